@@ -1,0 +1,1 @@
+//! hyperpod-init: PID 1 of the guest.

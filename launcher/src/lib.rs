@@ -1,0 +1,1 @@
+//! hyperlaunch: boots a `.pod` in a minimal KVM micro-VM.

@@ -1,0 +1,84 @@
+//! The run spec (what to run in the guest, from the image config) and launch-time overrides.
+//!
+//! The builder writes the spec into the manifest and, as `/hyperpod/spec.json`, into the
+//! initramfs; the launcher passes [`Overrides`] as `/hyperpod/overrides.json` in a second cpio
+//! archive appended to the initramfs (see `docs/guest-protocol.md`); init merges the two.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the run spec inside the initramfs.
+pub const SPEC_PATH: &str = "/hyperpod/spec.json";
+/// Path of the launch-time overrides inside the (appended) initramfs.
+pub const OVERRIDES_PATH: &str = "/hyperpod/overrides.json";
+/// Largest spec or overrides file init accepts, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// What the image says to run and how, in Docker's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSpec {
+    /// The image's `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// The image's `Cmd`: arguments after the entrypoint (or the command, with no entrypoint).
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` pairs, in order.
+    pub env: Vec<String>,
+    /// Working directory (absolute); empty means `/`.
+    pub working_dir: String,
+    /// `uid`, `uid:gid`, `name` or `name:group`; empty means root.
+    pub user: String,
+    /// Guest hostname; empty lets init choose.
+    pub hostname: String,
+    /// Signal that asks the app to stop (`SIGTERM` when empty).
+    pub stop_signal: String,
+    /// `PORT/PROTO` entries, sorted.
+    pub exposed_ports: Vec<String>,
+    /// Image labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Changes requested at launch (`hyperlaunch -e`, `--entrypoint`, `-- ARGS`, ...).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overrides {
+    /// `KEY=VALUE` pairs added to (or replacing) the spec's env.
+    pub env: Vec<String>,
+    /// Replaces the spec's `cmd`.
+    pub args: Option<Vec<String>>,
+    /// Replaces the spec's entrypoint and resets `cmd` (Docker's `--entrypoint`).
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl Overrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_rejects_unknown_fields() {
+        let spec = RunSpec {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["PATH=/bin".into()],
+            labels: [("a".to_string(), "b".to_string())].into(),
+            ..RunSpec::default()
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<RunSpec>(&json).unwrap(), spec);
+        assert!(serde_json::from_str::<RunSpec>(r#"{"entrypont":[]}"#).is_err());
+        assert!(Overrides::default().is_empty());
+        let o: Overrides = serde_json::from_str(r#"{"entrypoint":[]}"#).unwrap();
+        assert_eq!(o.entrypoint, Some(vec![]));
+    }
+}
