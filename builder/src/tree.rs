@@ -34,7 +34,14 @@ pub struct Meta {
 impl Meta {
     /// Metadata with the given mode, owned by root, at time 0, with no xattrs.
     pub fn with_mode(mode: u32) -> Self {
-        Meta { mode: mode & 0o7777, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, xattrs: BTreeMap::new() }
+        Meta {
+            mode: mode & 0o7777,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: BTreeMap::new(),
+        }
     }
 }
 
@@ -55,10 +62,19 @@ pub enum Content {
 pub enum NodeKind {
     /// Entries by name (one path component, never empty, `.`, `..` or containing `/` or NUL).
     Dir(BTreeMap<Vec<u8>, NodeId>),
-    File { size: u64, content: Content },
+    File {
+        size: u64,
+        content: Content,
+    },
     Symlink(Vec<u8>),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -89,7 +105,12 @@ pub fn valid_name(name: &[u8]) -> bool {
 impl Tree {
     /// A tree holding only a root directory with `root_meta`.
     pub fn new(root_meta: Meta) -> Self {
-        Tree { nodes: vec![Node { kind: NodeKind::Dir(BTreeMap::new()), meta: root_meta }] }
+        Tree {
+            nodes: vec![Node {
+                kind: NodeKind::Dir(BTreeMap::new()),
+                meta: root_meta,
+            }],
+        }
     }
 
     /// Adds a node that no directory names yet; link it with [`Tree::link`].
@@ -118,7 +139,9 @@ impl Tree {
     /// callers validate untrusted names first.
     pub fn link(&mut self, dir: NodeId, name: &[u8], node: NodeId) -> Option<NodeId> {
         assert!(valid_name(name), "invalid entry name");
-        self.entries_mut(dir).expect("link into a non-directory").insert(name.to_vec(), node)
+        self.entries_mut(dir)
+            .expect("link into a non-directory")
+            .insert(name.to_vec(), node)
     }
 
     /// Removes entry `name` from `dir`; returns the node it named.
@@ -235,7 +258,10 @@ mod tests {
 
     fn file(bytes: &[u8]) -> Node {
         Node {
-            kind: NodeKind::File { size: bytes.len() as u64, content: Content::Inline(bytes.into()) },
+            kind: NodeKind::File {
+                size: bytes.len() as u64,
+                content: Content::Inline(bytes.into()),
+            },
             meta: Meta::with_mode(0o644),
         }
     }
@@ -243,13 +269,19 @@ mod tests {
     #[test]
     fn walk_is_ordered_and_visits_hardlinks_once() {
         let mut t = Tree::new(Meta::with_mode(0o755));
-        let d = t.push(Node { kind: NodeKind::Dir(BTreeMap::new()), meta: Meta::with_mode(0o755) });
+        let d = t.push(Node {
+            kind: NodeKind::Dir(BTreeMap::new()),
+            meta: Meta::with_mode(0o755),
+        });
         t.link(ROOT, b"etc", d);
         let f = t.push(file(b"x"));
         t.link(d, b"b", f);
         t.link(d, b"a", f);
         let walked: Vec<_> = t.walk().into_iter().map(|(p, _)| p).collect();
-        assert_eq!(walked, vec![b"".to_vec(), b"etc".to_vec(), b"etc/a".to_vec()]);
+        assert_eq!(
+            walked,
+            vec![b"".to_vec(), b"etc".to_vec(), b"etc/a".to_vec()]
+        );
         let counts = t.link_counts();
         assert_eq!((counts[ROOT], counts[d], counts[f]), (3, 2, 2));
         assert_eq!(t.resolve(b"etc/b"), Some(f));

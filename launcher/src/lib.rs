@@ -1,1 +1,4 @@
-//! hyperlaunch: boots a `.pod` in a minimal KVM micro-VM.
+//! hyperlaunch: boots a `.pod` in a minimal KVM micro-VM (or QEMU where KVM cannot run it).
+
+pub mod config;
+pub mod control;

@@ -1,0 +1,36 @@
+//! Container images: where they come from (`reference`, `registry`, `oci_layout`,
+//! `docker_archive`, `cache`), how their blobs are checked, and how their layers become one
+//! tree (`decompress`, `tar`, `flatten`).
+//!
+//! The boundary between the two halves is [`Layer`]: a verified compressed blob on disk plus
+//! what its descriptor and the config promise about it.
+
+use std::path::PathBuf;
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// One layer, ready to be applied: its compressed blob is on disk and its size and sha256
+/// were checked against the descriptor. The uncompressed stream is checked against `diff_id`
+/// while it is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    /// The verified blob (in the content-addressed cache, or inside an OCI layout).
+    pub blob: PathBuf,
+    /// Byte offset of the blob inside `blob` (non-zero for a layer inside a `docker save`
+    /// archive read in place), and its length.
+    pub offset: u64,
+    pub size: u64,
+    /// `sha256:<64 hex>` of the compressed blob.
+    pub digest: String,
+    /// The descriptor's media type, as written.
+    pub media_type: String,
+    pub compression: Compression,
+    /// `sha256:<64 hex>` of the uncompressed tar, from the image config's `rootfs.diff_ids`.
+    pub diff_id: String,
+}
