@@ -1,0 +1,245 @@
+//! `manifest.json`: what a pod holds and how to run it.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::spec::RunSpec;
+use crate::time;
+
+/// The manifest format version this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest manifest accepted, in bytes (checked before it is read).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Guest memory bounds, MiB.
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 16..=1 << 20;
+/// vCPU count bounds.
+pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=254;
+
+/// Why a manifest was refused.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported pod format version {0} (this build reads {FORMAT_VERSION})")]
+    Version(u32),
+    #[error("section {section}: sha256 {value:?} is not 64 lowercase hex digits")]
+    Digest {
+        section: &'static str,
+        value: String,
+    },
+    #[error("created {0:?} is not a UTC time like 2024-01-02T03:04:05Z")]
+    Created(String),
+    #[error("memory {0} MiB is outside 16..=1048576")]
+    Memory(u32),
+    #[error("vcpus {0} is outside 1..=254")]
+    Vcpus(u32),
+    #[error("kernel command line has {0} bytes, more than 2048")]
+    Cmdline(usize),
+}
+
+/// One section's recorded size and digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectionInfo {
+    pub size: u64,
+    /// Lowercase hex sha256 of the section's bytes.
+    pub sha256: String,
+}
+
+/// The three payload sections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sections {
+    pub kernel: SectionInfo,
+    pub initramfs: SectionInfo,
+    pub rootfs: SectionInfo,
+}
+
+/// Where the pod's image came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The reference as resolved (e.g. `docker.io/library/busybox:latest`, `oci:/path:tag`).
+    pub reference: String,
+    /// `sha256:...` of the image manifest that was built.
+    pub manifest_digest: String,
+}
+
+/// Default guest resources.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub memory_mib: u32,
+    pub vcpus: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            memory_mib: 128,
+            vcpus: 1,
+        }
+    }
+}
+
+/// The whole manifest. Field order is the JSON order; maps are sorted, so serialising is
+/// deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// `hyperbuild <version>`.
+    pub builder: String,
+    /// Creation time, UTC, `YYYY-MM-DDTHH:MM:SSZ`: from the image or `SOURCE_DATE_EPOCH`.
+    pub created: String,
+    pub source: Source,
+    pub sections: Sections,
+    pub run: RunSpec,
+    pub resources: Resources,
+    /// Kernel command line; the launcher appends its device entries.
+    pub kernel_cmdline: String,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        // Read the version first so a newer format gets a version error, not a field error.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes)?;
+        if v.format_version != FORMAT_VERSION {
+            return Err(ManifestError::Version(v.format_version));
+        }
+        let m: Manifest = serde_json::from_slice(bytes)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Serialises the manifest (pretty, trailing newline), after validating it.
+    pub fn to_json(&self) -> Result<Vec<u8>, ManifestError> {
+        self.validate()?;
+        let mut out = serde_json::to_vec_pretty(self)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Checks every field that has a fixed form.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(ManifestError::Version(self.format_version));
+        }
+        for (section, info) in self.sections() {
+            if !is_sha256_hex(&info.sha256) {
+                return Err(ManifestError::Digest {
+                    section,
+                    value: info.sha256.clone(),
+                });
+            }
+        }
+        if time::parse_rfc3339(&self.created).is_none() {
+            return Err(ManifestError::Created(self.created.clone()));
+        }
+        if !MEMORY_MIB_RANGE.contains(&self.resources.memory_mib) {
+            return Err(ManifestError::Memory(self.resources.memory_mib));
+        }
+        if !VCPUS_RANGE.contains(&self.resources.vcpus) {
+            return Err(ManifestError::Vcpus(self.resources.vcpus));
+        }
+        if self.kernel_cmdline.len() > 2048 {
+            return Err(ManifestError::Cmdline(self.kernel_cmdline.len()));
+        }
+        Ok(())
+    }
+
+    /// The creation time in seconds since the epoch (validated by [`Manifest::validate`]).
+    pub fn created_unix(&self) -> i64 {
+        time::parse_rfc3339(&self.created).unwrap_or(0)
+    }
+
+    /// `(name, info)` of the payload sections, in file order.
+    pub fn sections(&self) -> [(&'static str, &SectionInfo); 3] {
+        [
+            ("kernel", &self.sections.kernel),
+            ("initramfs", &self.sections.initramfs),
+            ("rootfs.ext4", &self.sections.rootfs),
+        ]
+    }
+}
+
+/// Whether `s` is 64 lowercase hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            builder: "hyperbuild 0.1.0".into(),
+            created: "2024-01-02T03:04:05Z".into(),
+            source: Source {
+                reference: "docker.io/library/busybox:latest".into(),
+                manifest_digest: format!("sha256:{}", "1".repeat(64)),
+            },
+            sections: Sections::default(),
+            run: RunSpec {
+                cmd: vec!["sh".into()],
+                ..RunSpec::default()
+            },
+            resources: Resources::default(),
+            kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        }
+    }
+
+    #[test]
+    fn validates_fields() {
+        let mut m = sample();
+        for s in [
+            &mut m.sections.kernel,
+            &mut m.sections.initramfs,
+            &mut m.sections.rootfs,
+        ] {
+            s.sha256 = "a".repeat(64);
+        }
+        let json = m.to_json().unwrap();
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+
+        let mut bad = m.clone();
+        bad.sections.rootfs.sha256 = "A".repeat(64);
+        assert!(matches!(
+            bad.validate(),
+            Err(ManifestError::Digest {
+                section: "rootfs.ext4",
+                ..
+            })
+        ));
+        let mut bad = m.clone();
+        bad.created = "yesterday".into();
+        assert!(matches!(bad.validate(), Err(ManifestError::Created(_))));
+        let mut bad = m.clone();
+        bad.resources.vcpus = 0;
+        assert!(matches!(bad.validate(), Err(ManifestError::Vcpus(0))));
+        let mut bad = m.clone();
+        bad.resources.memory_mib = 1;
+        assert!(matches!(bad.validate(), Err(ManifestError::Memory(1))));
+
+        let newer = String::from_utf8(json)
+            .unwrap()
+            .replace("\"format_version\": 1", "\"format_version\": 2");
+        assert!(matches!(
+            Manifest::from_json(newer.as_bytes()),
+            Err(ManifestError::Version(2))
+        ));
+        assert!(matches!(
+            Manifest::from_json(b"{"),
+            Err(ManifestError::Json(_))
+        ));
+    }
+}
