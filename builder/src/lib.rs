@@ -3,5 +3,10 @@
 //! The build is one pipeline of named steps: resolve → fetch → flatten → write rootfs →
 //! write initramfs → seal. See `ARCHITECTURE.md` for the code map.
 
+pub mod build;
+pub mod ext4;
 pub mod image;
+pub mod initramfs;
+pub mod inspect;
+pub mod kernel;
 pub mod tree;

@@ -1,4 +1,245 @@
-fn main() {
-    eprintln!("hyperbuild: not built yet");
-    std::process::exit(2);
+//! `hyperbuild`: the command line. Parses arguments, runs one command, maps its error to a
+//! documented exit code (see `docs/cli.md`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use builder::build::{self, BuildError, BuildOptions, SpecOverrides};
+use builder::image::config::Platform;
+use builder::image::source::{FetchOptions, SourceError};
+use builder::inspect;
+use clap::{Args, Parser, Subcommand};
+use pod::manifest::Resources;
+
+/// Exit codes of `hyperbuild` (documented in docs/cli.md).
+mod code {
+    /// Bad arguments (clap uses 2 as well).
+    pub const USAGE: u8 = 2;
+    /// A pod could not be opened: not a pod, bad version, truncated, bad manifest.
+    pub const BAD_POD: u8 = 3;
+    /// A digest or size did not match what a manifest or descriptor promised.
+    pub const DIGEST: u8 = 4;
+    /// The image could not be found or fetched (reference, registry, auth, network, cache).
+    pub const SOURCE: u8 = 5;
+    /// An I/O error on our side (output path, disk full, permissions).
+    pub const IO: u8 = 6;
+    /// The image's content is refused (hostile or unsupported layer, bad config).
+    pub const BAD_IMAGE: u8 = 7;
+    /// A build input of ours is missing: the guest kernel or the static init.
+    pub const MISSING_PART: u8 = 8;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "hyperbuild",
+    version,
+    about = "Turn a container image into a sealed micro-VM pod",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a pod holds: manifest, run spec, sections with offsets and digests.
+    Inspect {
+        pod: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute every section's sha256 and compare with the manifest.
+    Verify { pod: PathBuf },
+    /// Print the path of the cached guest kernel for this build's fragments.
+    Kernel,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Image: NAME[:TAG|@DIGEST], docker://NAME, oci:DIR[:REF], docker-archive:FILE.
+    #[arg(required = true)]
+    image: Option<String>,
+    /// Where to write the pod.
+    #[arg(short, long, value_name = "FILE", required = true)]
+    output: Option<PathBuf>,
+    /// Default guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Default vCPU count.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Replace the entrypoint (JSON array or words); clears the image's cmd.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Replace the cmd (JSON array or words).
+    #[arg(long)]
+    cmd: Option<String>,
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory of the app.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// User of the app: uid, uid:gid, name or name:group.
+    #[arg(long)]
+    user: Option<String>,
+    /// Free space in the rootfs beyond its contents (e.g. 16M, 1G).
+    #[arg(long, default_value = "16M", value_parser = build::parse_size)]
+    rootfs_extra: u64,
+    /// Platform to pick from a multi-platform image.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
+    /// Registry credentials USER:PASS.
+    #[arg(long)]
+    creds: Option<String>,
+    /// Docker-style config.json with registry credentials.
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Allow plain HTTP to this registry (HOST:PORT); loopback registries always may.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Use only the local cache; fail if anything is missing.
+    #[arg(long)]
+    offline: bool,
+    /// Guest kernel (ELF vmlinux); default: the cached build of kernel-fragments/.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Static init binary; default: $HYPERPOD_INIT or the one built next to hyperbuild.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn pod_error_code(e: &pod::PodError) -> u8 {
+    match e {
+        pod::PodError::Io(_) => code::IO,
+        pod::PodError::DigestMismatch { .. } => code::DIGEST,
+        _ => code::BAD_POD,
+    }
+}
+
+fn build_error_code(e: &BuildError) -> u8 {
+    match e {
+        BuildError::Source(s) => source_error_code(s),
+        BuildError::Flatten(_) => code::BAD_IMAGE,
+        BuildError::Rootfs(_) | BuildError::Io { .. } | BuildError::Seal { .. } => code::IO,
+        BuildError::Initramfs(_) | BuildError::Kernel(_) => code::MISSING_PART,
+        BuildError::SourceDateEpoch(_) | BuildError::Spec(_) => code::USAGE,
+    }
+}
+
+fn source_error_code(e: &SourceError) -> u8 {
+    let text = e.to_string();
+    if text.contains("sha256") && (text.contains("mismatch") || text.contains("expected")) {
+        code::DIGEST
+    } else {
+        code::SOURCE
+    }
+}
+
+fn fail(what: &std::path::Path, e: &pod::PodError) -> ExitCode {
+    eprintln!("hyperbuild: {}: {e}", what.display());
+    ExitCode::from(pod_error_code(e))
+}
+
+fn run_build(a: BuildArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("hyperbuild: {msg}");
+        ExitCode::from(code::USAGE)
+    };
+    let platform = match Platform::parse(&a.platform) {
+        Ok(p) => p,
+        Err(e) => return usage(e.to_string()),
+    };
+    let parse = |flag: &str, v: Option<String>| -> Result<Option<Vec<String>>, String> {
+        v.map(|s| build::parse_command(&s).map_err(|e| format!("--{flag}: {e}"))).transpose()
+    };
+    let (entrypoint, cmd) = match (parse("entrypoint", a.entrypoint), parse("cmd", a.cmd)) {
+        (Ok(e), Ok(c)) => (e, c),
+        (Err(m), _) | (_, Err(m)) => return usage(m),
+    };
+    let opts = BuildOptions {
+        image: a.image.unwrap_or_default(),
+        output: a.output.unwrap_or_default(),
+        fetch: FetchOptions {
+            platform,
+            offline: a.offline,
+            quiet: a.quiet,
+            creds: a.creds,
+            authfile: a.authfile,
+            insecure_registries: a.insecure_registry,
+            cache_root: None,
+        },
+        overrides: SpecOverrides { entrypoint, cmd, env: a.env, workdir: a.workdir, user: a.user },
+        resources: Resources { memory_mib: a.memory, vcpus: a.vcpus },
+        kernel: a.kernel,
+        init: a.init,
+        rootfs_extra: a.rootfs_extra,
+        quiet: a.quiet,
+    };
+    if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
+        return usage(format!("--memory {} is outside 16..=1048576 MiB", opts.resources.memory_mib));
+    }
+    if !pod::manifest::VCPUS_RANGE.contains(&opts.resources.vcpus) {
+        return usage(format!("--vcpus {} is outside 1..=254", opts.resources.vcpus));
+    }
+    match build::build(&opts) {
+        Ok(s) => {
+            println!(
+                "built {} ({}) from {} {} in {:.2} s",
+                s.output.display(),
+                inspect::human_size(s.pod_bytes),
+                s.reference,
+                s.image_digest,
+                s.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hyperbuild: {e}");
+            ExitCode::from(build_error_code(&e))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_build(cli.build),
+        Some(Command::Inspect { pod: path, json }) => match pod::Pod::open(&path) {
+            Ok(p) if json => {
+                println!("{:#}", inspect::json(&p));
+                ExitCode::SUCCESS
+            }
+            Ok(p) => {
+                print!("{}", inspect::table(&path, &p));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&path, &e),
+        },
+        Some(Command::Verify { pod: path }) => match inspect::verify(&path) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&path, &e),
+        },
+        Some(Command::Kernel) => match builder::kernel::locate(None) {
+            Ok(p) => {
+                println!("{}", p.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hyperbuild: {e}");
+                ExitCode::from(code::MISSING_PART)
+            }
+        },
+    }
 }

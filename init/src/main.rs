@@ -1,1 +1,68 @@
-fn main() {}
+//! hyperpod-init: PID 1 of the guest. Runs the pod's app with Docker's semantics, then powers
+//! the VM off with the app's status. See `docs/guest-protocol.md`.
+
+use init::{InitError, cmdline, control, error_chain, exit, guest, mounts, plan, reap, spawn};
+use init::{Steps, spec, user};
+
+fn main() {
+    // 8. Timing mark first, from the initramfs's own device nodes.
+    let t0 = init::monotonic_us();
+    control::open();
+    control::send("T init\n");
+    exit::open_port();
+    exit::install_panic_hook();
+
+    let code = match run(t0) {
+        Ok(code) => code,
+        Err(err) => {
+            control::say(&error_chain(&err));
+            err.exit_code()
+        }
+    };
+    // 7. Exit.
+    exit::power_off(code)
+}
+
+/// Steps 1-6; returns the pod's exit status.
+fn run(t0: u64) -> Result<u8, InitError> {
+    let mut steps = Steps::new(t0);
+    // 1. Early mounts.
+    mounts::early()?;
+    let opts = cmdline::parse(&std::fs::read_to_string(cmdline::CMDLINE_PATH).unwrap_or_default())?;
+    steps.mark("mounts");
+
+    // 2. Run spec and overrides.
+    let (spec, overrides) = spec::load()?;
+    let plan = plan::plan(&spec, &overrides)?;
+    steps.mark("spec");
+
+    // 3. Root: the image read-only under a writable overlay.
+    mounts::switch_to_image(opts.upper.as_deref())?;
+    steps.mark("root");
+
+    // 4. Guest setup.
+    guest::set_hostname(&plan.hostname)?;
+    guest::loopback_up()?;
+    steps.mark("net");
+    guest::etc_files(&plan.hostname)?;
+    guest::raise_nofile()?;
+    steps.mark("etc");
+    let user = user::lookup(&plan.user)?;
+    let mut env = plan.env.clone();
+    plan::add_defaults(&mut env, &plan.hostname, &user.home);
+    steps.mark("user");
+    if opts.debug {
+        control::say(&steps.summary());
+    }
+
+    // 5. Spawn the app (signals blocked first, so none is lost).
+    let signals = reap::Signals::block()?;
+    spawn::ensure_workdir(&plan.workdir)?;
+    let launch = spawn::Launch::new(&plan, &env, &user, opts.debug.then_some(t0))?;
+    let app = spawn::spawn(&launch)?;
+
+    // 6. Reap and forward until the app exits.
+    let status = reap::supervise(&signals, app)?;
+    reap::end_all();
+    Ok(exit::status_code(status))
+}

@@ -2,3 +2,8 @@
 
 pub mod config;
 pub mod control;
+pub mod devices;
+pub mod doctor;
+pub mod layout;
+pub mod qemu;
+pub mod vmm;

@@ -1,11 +1,30 @@
-//! Container images: where they come from (`reference`, `registry`, `oci_layout`,
-//! `docker_archive`, `cache`), how their blobs are checked, and how their layers become one
-//! tree (`decompress`, `tar`, `flatten`).
+//! Container images: where they come from (`reference`, `registry` with `auth`, `oci_layout`,
+//! `docker_archive`, `cache`; [`resolve_and_fetch`] in `source` is the entry point), how their
+//! blobs are checked (`digest`, `manifest`, `config`), and how their layers become one tree
+//! (`decompress`, `tar`, `flatten`).
 //!
 //! The boundary between the two halves is [`Layer`]: a verified compressed blob on disk plus
 //! what its descriptor and the config promise about it.
 
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod decompress;
+pub mod digest;
+pub mod docker_archive;
+pub mod flatten;
+pub mod layer_content;
+pub mod manifest;
+pub mod oci_layout;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod source;
+pub mod tar;
+
 use std::path::PathBuf;
+
+pub use source::{FetchOptions, FetchedImage, SourceError, resolve_and_fetch};
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,293 @@
+//! `hyperbuild IMAGE -o app.pod`: one function of named steps,
+//! resolve → fetch → flatten → write rootfs → write initramfs → seal.
+//!
+//! Intermediate files live in a private temp directory next to the output (same filesystem,
+//! removed on any exit but SIGKILL); the pod appears at its path only when sealed.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pod::manifest::{FORMAT_VERSION, Manifest, Resources, Sections, Source};
+use pod::spec::RunSpec;
+use pod::{SealError, SectionInfo};
+use thiserror::Error;
+
+use crate::ext4::{self, Ext4Error, Ext4Options};
+use crate::image::decompress::Limits;
+use crate::image::flatten::{self, FlattenError};
+use crate::image::layer_content::LayerContent;
+use crate::image::source::{self, FetchOptions, FetchedImage, SourceError};
+use crate::initramfs::{self, InitramfsError};
+use crate::kernel::{self, KernelError};
+use crate::tree::Tree;
+
+/// The kernel command line every pod starts with (Firecracker-style: no probing, no waiting,
+/// quiet console). The launcher appends its device entries and `console=`.
+pub const DEFAULT_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux \
+     i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check rcupdate.rcu_expedited=1 \
+     cryptomgr.notests quiet root=/dev/vda ro rootfstype=ext4";
+
+/// Run-spec changes given to `hyperbuild` (Docker's `run` flags, applied at build time).
+#[derive(Clone, Debug, Default)]
+pub struct SpecOverrides {
+    /// Replaces the entrypoint and clears the image's cmd, as `docker run --entrypoint` does.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces cmd.
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE`, added or replacing the image's.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Everything one build needs.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub image: String,
+    pub output: PathBuf,
+    pub fetch: FetchOptions,
+    pub overrides: SpecOverrides,
+    pub resources: Resources,
+    pub kernel: Option<PathBuf>,
+    pub init: Option<PathBuf>,
+    /// Free space left in the rootfs, bytes.
+    pub rootfs_extra: u64,
+    /// No progress or step lines.
+    pub quiet: bool,
+}
+
+/// What was built.
+#[derive(Clone, Debug)]
+pub struct BuildSummary {
+    pub output: PathBuf,
+    pub pod_bytes: u64,
+    pub reference: String,
+    /// The image manifest digest, or the config digest (image ID) for a `docker save` archive.
+    pub image_digest: String,
+    pub elapsed: Duration,
+}
+
+/// Why a build failed. Each step has its own variant; `main` maps them to exit codes.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Flatten(#[from] FlattenError),
+    #[error("rootfs: {0}")]
+    Rootfs(#[from] Ext4Error),
+    #[error("initramfs: {0}")]
+    Initramfs(#[from] InitramfsError),
+    #[error("{0}")]
+    Kernel(#[from] KernelError),
+    #[error("seal {path}: {source}")]
+    Seal { path: PathBuf, source: SealError },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("SOURCE_DATE_EPOCH {0:?} is not a whole number of seconds")]
+    SourceDateEpoch(String),
+    #[error("run spec: {0}")]
+    Spec(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Io { what, source }
+}
+
+/// Builds a pod. The whole pipeline, step by step.
+pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
+    let started = Instant::now();
+    let step = |name: &str, detail: &str| {
+        if !opts.quiet {
+            eprintln!("{name:>10} {detail}");
+        }
+    };
+    let out_dir = parent_dir(&opts.output);
+    let work = tempfile::Builder::new()
+        .prefix(".hyperbuild-")
+        .tempdir_in(out_dir)
+        .map_err(io_err(format!("temp directory in {}", out_dir.display())))?;
+
+    step("resolve", &opts.image);
+    let image = source::resolve_and_fetch(&opts.image, &opts.fetch)?;
+    let created = created_time(&image)?;
+    let spec = run_spec(&image, &opts.overrides)?;
+    let kernel_path = kernel::locate(opts.kernel.as_deref())?;
+    let init_path = initramfs::locate_init(opts.init.as_deref())?;
+
+    step("flatten", &format!("{} layer(s)", image.layers.len()));
+    let limits = Limits::default();
+    let tree = flatten::flatten(&image.layers, &limits)?;
+
+    step("rootfs", "writing ext4");
+    let rootfs_path = work.path().join("rootfs.ext4");
+    write_rootfs(&tree, &image, &limits, &rootfs_path, opts.rootfs_extra)?;
+
+    step("initramfs", &format!("init {}", init_path.display()));
+    let initramfs_path = work.path().join("initramfs");
+    write_initramfs(&init_path, &spec, created, &initramfs_path)?;
+
+    step("seal", &opts.output.display().to_string());
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        builder: format!("hyperbuild {}", env!("CARGO_PKG_VERSION")),
+        created: pod::time::format_rfc3339(created),
+        source: Source {
+            reference: image.reference.clone(),
+            manifest_digest: image.manifest_digest.as_ref().map(ToString::to_string).unwrap_or_default(),
+        },
+        sections: Sections {
+            kernel: section_info(&kernel_path)?,
+            initramfs: section_info(&initramfs_path)?,
+            rootfs: section_info(&rootfs_path)?,
+        },
+        run: spec,
+        resources: opts.resources.clone(),
+        kernel_cmdline: DEFAULT_CMDLINE.to_string(),
+    };
+    let open = |p: &Path| File::open(p).map_err(io_err(p.display().to_string()));
+    pod::seal(
+        &opts.output,
+        &manifest,
+        &mut open(&kernel_path)?,
+        &mut open(&initramfs_path)?,
+        &mut open(&rootfs_path)?,
+    )
+    .map_err(|source| BuildError::Seal { path: opts.output.clone(), source })?;
+
+    let pod_bytes = std::fs::metadata(&opts.output).map_err(io_err(opts.output.display().to_string()))?.len();
+    Ok(BuildSummary {
+        output: opts.output.clone(),
+        pod_bytes,
+        image_digest: image
+            .manifest_digest
+            .as_ref()
+            .unwrap_or(&image.config_digest)
+            .to_string(),
+        reference: image.reference,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+fn section_info(p: &Path) -> Result<SectionInfo, BuildError> {
+    SectionInfo::of_file(p).map_err(io_err(p.display().to_string()))
+}
+
+/// The pod's creation time: `SOURCE_DATE_EPOCH` when set, else the image's `created`, else 0.
+fn created_time(image: &FetchedImage) -> Result<i64, BuildError> {
+    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
+        return s.trim().parse().map_err(|_| BuildError::SourceDateEpoch(s));
+    }
+    Ok(image.config.created.as_deref().and_then(pod::time::parse_rfc3339).unwrap_or(0))
+}
+
+/// The image's run spec with the build-time overrides applied (Docker's rules).
+pub fn run_spec(image: &FetchedImage, o: &SpecOverrides) -> Result<RunSpec, BuildError> {
+    let mut spec = image.config.run_spec();
+    if let Some(ep) = &o.entrypoint {
+        spec.entrypoint = ep.clone();
+        spec.cmd.clear();
+    }
+    if let Some(cmd) = &o.cmd {
+        spec.cmd = cmd.clone();
+    }
+    for kv in &o.env {
+        let key = kv.split_once('=').map(|(k, _)| k).filter(|k| !k.is_empty());
+        let key = key.ok_or_else(|| BuildError::Spec(format!("env {kv:?} is not KEY=VALUE")))?;
+        spec.env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        spec.env.push(kv.clone());
+    }
+    if let Some(w) = &o.workdir {
+        if !w.starts_with('/') {
+            return Err(BuildError::Spec(format!("workdir {w:?} is not an absolute path")));
+        }
+        spec.working_dir = w.clone();
+    }
+    if let Some(u) = &o.user {
+        spec.user = u.clone();
+    }
+    if spec.entrypoint.is_empty() && spec.cmd.is_empty() {
+        return Err(BuildError::Spec("the image has no Entrypoint or Cmd: pass --entrypoint or --cmd".into()));
+    }
+    Ok(spec)
+}
+
+fn write_rootfs(
+    tree: &Tree,
+    image: &FetchedImage,
+    limits: &Limits,
+    path: &Path,
+    extra: u64,
+) -> Result<(), BuildError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path.display().to_string()))?;
+    let mut content = LayerContent::new(image.layers.clone(), limits.clone());
+    let opts = Ext4Options { extra_bytes: extra, ..Ext4Options::default() };
+    ext4::write_image(tree, &mut content, &file, &opts)?;
+    file.sync_data().map_err(io_err(path.display().to_string()))?;
+    Ok(())
+}
+
+fn write_initramfs(init: &Path, spec: &RunSpec, created: i64, path: &Path) -> Result<(), BuildError> {
+    let file = File::create(path).map_err(io_err(path.display().to_string()))?;
+    let mut w = BufWriter::new(file);
+    let mtime = u32::try_from(created.max(0)).unwrap_or(u32::MAX);
+    initramfs::write(init, spec, mtime, &mut w)?;
+    w.flush().map_err(io_err(path.display().to_string()))?;
+    Ok(())
+}
+
+/// Parses a size like `16M`, `1G`, `512K` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 16M, 1G or 4096"))
+}
+
+/// Parses `--entrypoint`/`--cmd`: a JSON array of strings, or words separated by spaces.
+pub fn parse_command(s: &str) -> Result<Vec<String>, String> {
+    if s.trim_start().starts_with('[') {
+        serde_json::from_str(s).map_err(|e| format!("{s:?} is not a JSON array of strings: {e}"))
+    } else {
+        Ok(s.split_whitespace().map(String::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_commands_parse() {
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        assert_eq!(parse_command(r#"["/bin/sh","-c","echo hi"]"#).unwrap(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(parse_command("echo  hi").unwrap(), ["echo", "hi"]);
+        assert!(parse_command("[1,2]").is_err());
+    }
+}

@@ -1,0 +1,510 @@
+//! Pulling an image from a registry with `oci-client`, into the blob cache.
+//!
+//! oci-client is async; a current-thread tokio runtime lives inside [`fetch`] only. Every blob
+//! is streamed into the cache through a size + sha256 check against its descriptor; manifests
+//! pulled by digest are checked against it, a tag's manifest is named by the digest of its
+//! bytes. Descriptor `urls` are never followed. Plain HTTP is used only for loopback registries
+//! and ones listed with `--insecure-registry`. With `--offline` nothing leaves the machine: the
+//! tag index and the cache must hold everything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+
+use super::cache::{BlobCache, CacheError, Lookup};
+use super::config::{ConfigError, ImageConfig};
+use super::digest::{Digest, DigestError};
+use super::manifest::{self, Descriptor, MANIFEST_TYPES, Manifest, ManifestError};
+use super::progress::Progress;
+use super::reference::RegistryReference;
+use super::source::{FetchOptions, FetchedImage, assemble};
+
+pub use super::auth::{AuthError, Credentials, resolve_credentials};
+
+const MAX_DEPTH: usize = 4;
+
+/// Why a registry pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {registry}: authentication required or refused (use --creds or --authfile)")]
+    Unauthorized { registry: String },
+    #[error("registry {registry}: {reason}")]
+    Request { registry: String, reason: String },
+    #[error("registry {registry}: {what} not found")]
+    NotFound { registry: String, what: String },
+    #[error("registry {registry}: manifest {what}: content does not match its digest: {detail}")]
+    ManifestDigest {
+        registry: String,
+        what: String,
+        detail: String,
+    },
+    #[error("registry {0}: indexes nested deeper than 4")]
+    TooDeep(String),
+    #[error("registry: cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Verify(#[from] DigestError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Pulls `r` (or, offline, finds it in the cache) and returns its verified layers.
+pub fn fetch(
+    r: &RegistryReference,
+    canonical: String,
+    cache: &BlobCache,
+    opts: &FetchOptions,
+) -> Result<FetchedImage, RegistryError> {
+    let progress = Progress::new(opts.quiet);
+    if opts.offline {
+        let mut p = Puller {
+            r,
+            cache,
+            net: None,
+            progress,
+            quiet: opts.quiet,
+        };
+        return run_pull(&mut p, canonical, opts, None);
+    }
+    let creds = resolve_credentials(&r.registry, opts.creds.as_deref(), opts.authfile.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
+    let plain_http = plain_http_allowed(r, &opts.insecure_registries);
+    let config = ClientConfig {
+        protocol: if plain_http {
+            ClientProtocol::HttpsExcept(vec![r.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(15)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..ClientConfig::default()
+    };
+    let client = Client::try_from(config).map_err(|e| request_err(&r.registry, e))?;
+    let auth = match creds {
+        Some(c) => RegistryAuth::Basic(c.username, c.password),
+        None => RegistryAuth::Anonymous,
+    };
+    let reference = match &r.digest {
+        Some(d) => Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
+        None => Reference::with_tag(
+            r.registry.clone(),
+            r.repository.clone(),
+            r.tag.clone().unwrap_or_else(|| "latest".into()),
+        ),
+    };
+    rt.block_on(async {
+        client
+            .auth(&reference, &auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| request_err(&r.registry, e))?;
+        let mut p = Puller {
+            r,
+            cache,
+            net: Some(Net {
+                client: &client,
+                reference: &reference,
+                auth: &auth,
+            }),
+            progress,
+            quiet: opts.quiet,
+        };
+        let top = p.top_manifest_online().await?;
+        run_pull_async(&mut p, canonical, opts, Some(top)).await
+    })
+}
+
+/// Maps an oci-client error to ours, naming the registry.
+fn request_err(registry: &str, e: OciDistributionError) -> RegistryError {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => RegistryError::Unauthorized {
+            registry: registry.to_string(),
+        },
+        OciDistributionError::AuthenticationFailure(_) => RegistryError::Unauthorized {
+            registry: registry.to_string(),
+        },
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::Unauthorized
+                        | oci_client::errors::OciErrorCode::Denied
+                )
+            }) =>
+        {
+            RegistryError::Unauthorized {
+                registry: registry.to_string(),
+            }
+        }
+        other => RegistryError::Request {
+            registry: registry.to_string(),
+            reason: chain(&other),
+        },
+    }
+}
+
+/// An error and its causes on one line (reqwest hides "connection refused" in its sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+struct Net<'a> {
+    client: &'a Client,
+    reference: &'a Reference,
+    auth: &'a RegistryAuth,
+}
+
+struct Puller<'a> {
+    r: &'a RegistryReference,
+    cache: &'a BlobCache,
+    net: Option<Net<'a>>,
+    progress: Progress,
+    quiet: bool,
+}
+
+/// The top-level manifest: its digest and bytes.
+struct Top {
+    digest: Digest,
+    bytes: Vec<u8>,
+}
+
+fn run_pull(
+    p: &mut Puller<'_>,
+    canonical: String,
+    opts: &FetchOptions,
+    top: Option<Top>,
+) -> Result<FetchedImage, RegistryError> {
+    // Offline: no I/O awaits anything, so a trivial executor is enough.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(RegistryError::Runtime)?;
+    rt.block_on(run_pull_async(p, canonical, opts, top))
+}
+
+async fn run_pull_async(
+    p: &mut Puller<'_>,
+    canonical: String,
+    opts: &FetchOptions,
+    top: Option<Top>,
+) -> Result<FetchedImage, RegistryError> {
+    let top = match top {
+        Some(t) => t,
+        None => p.top_manifest_offline()?,
+    };
+    let registry = p.r.registry.clone();
+    let mut what = top.digest.to_string();
+    let mut digest = top.digest.clone();
+    let mut doc = Manifest::parse(&what, &top.bytes, None)?;
+    let mut children = Vec::new();
+    let mut depth = 0;
+    let image = loop {
+        match doc {
+            Manifest::Image(m) => break m,
+            Manifest::Index(i) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(RegistryError::TooDeep(registry));
+                }
+                let d = i.select(&what, &opts.platform)?.clone();
+                let bytes = p.child_manifest(&d).await?;
+                what = d.digest.to_string();
+                digest = d.digest.clone();
+                doc = Manifest::parse(&what, &bytes, Some(&d.media_type))?;
+                children.push((d.digest, bytes));
+            }
+        }
+    };
+    let compressions = image.check()?;
+    let config_path = p.blob(&image.config, "config").await?;
+    let config_bytes = p.cache.read_small(&config_path)?;
+    let config = ImageConfig::parse(&image.config.digest.to_string(), &config_bytes)?;
+    config.check_platform(&image.config.digest.to_string(), &opts.platform)?;
+    let mut paths = Vec::new();
+    for l in &image.layers {
+        paths.push(p.blob(l, "layer").await?);
+    }
+    let mut paths = paths.into_iter();
+    let fetched = assemble::<RegistryError>(
+        canonical,
+        Some(digest),
+        &image,
+        &compressions,
+        config,
+        &opts.platform,
+        |_| Ok((paths.next().expect("one path per layer"), 0)),
+    )?;
+    // Everything verified: remember the manifests and the tag for offline builds.
+    if p.net.is_some() {
+        p.cache.insert_bytes(&top.digest, &top.bytes)?;
+        for (d, b) in &children {
+            p.cache.insert_bytes(d, b)?;
+        }
+        if let (Some(tag), None) = (&p.r.tag, &p.r.digest) {
+            p.cache
+                .set_ref(&p.r.registry, &p.r.repository, tag, &top.digest)?;
+        }
+    }
+    Ok(fetched)
+}
+
+impl Puller<'_> {
+    fn top_manifest_offline(&self) -> Result<Top, RegistryError> {
+        let r = self.r;
+        let digest = match (&r.digest, &r.tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(tag)) => self
+                .cache
+                .get_ref(&r.registry, &r.repository, tag)?
+                .ok_or_else(|| CacheError::NotCached {
+                    what: format!("tag {}:{tag}", r.name()),
+                })?,
+            (None, None) => unreachable!("the parser sets a tag or a digest"),
+        };
+        let path = self.cache.require("manifest", &digest, None)?;
+        let bytes = self.cache.read_small(&path)?;
+        Ok(Top { digest, bytes })
+    }
+
+    async fn top_manifest_online(&self) -> Result<Top, RegistryError> {
+        let net = self.net.as_ref().expect("online");
+        let registry = &self.r.registry;
+        if self.r.digest.is_none() {
+            // A HEAD names the tag's manifest; if it is cached (and still verifies), skip the GET.
+            if let Ok(d) = net
+                .client
+                .fetch_manifest_digest(net.reference, net.auth)
+                .await
+            {
+                if let Ok(d) = Digest::parse(&d) {
+                    if let Lookup::Hit(path) = self.cache.lookup(&d, None)? {
+                        let bytes = self.cache.read_small(&path)?;
+                        return Ok(Top { digest: d, bytes });
+                    }
+                }
+            }
+        }
+        let (bytes, _) = net
+            .client
+            .pull_manifest_raw(net.reference, net.auth, MANIFEST_TYPES)
+            .await
+            .map_err(|e| manifest_err(registry, &self.r.to_string(), e))?;
+        let what = self.r.to_string();
+        manifest::check_size(&what, bytes.len() as u64)?;
+        let actual = Digest::of_bytes(&bytes);
+        if let Some(d) = &self.r.digest {
+            if *d != actual {
+                return Err(RegistryError::ManifestDigest {
+                    registry: registry.clone(),
+                    what,
+                    detail: format!("expected {d}, got {actual}"),
+                });
+            }
+        }
+        Ok(Top {
+            digest: actual,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// A manifest named by an index entry: size capped before the pull, size and digest
+    /// checked after.
+    async fn child_manifest(&self, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
+        manifest::check_size(&d.digest.to_string(), d.size)?;
+        let Some(net) = &self.net else {
+            let path = self.cache.require("manifest", &d.digest, Some(d.size))?;
+            return Ok(self.cache.read_small(&path)?);
+        };
+        if let Lookup::Hit(path) = self.cache.lookup(&d.digest, Some(d.size))? {
+            return Ok(self.cache.read_small(&path)?);
+        }
+        let reference = net.reference.clone_with_digest(d.digest.to_string());
+        let (bytes, _) = net
+            .client
+            .pull_manifest_raw(&reference, net.auth, MANIFEST_TYPES)
+            .await
+            .map_err(|e| manifest_err(&self.r.registry, &d.digest.to_string(), e))?;
+        d.digest.verify_bytes(d.size, &bytes)?;
+        Ok(bytes.to_vec())
+    }
+
+    /// A config or layer blob in the cache, verified; fetched (streamed through the checks)
+    /// if missing or corrupt.
+    async fn blob(&self, d: &Descriptor, kind: &str) -> Result<PathBuf, RegistryError> {
+        if kind == "config" {
+            manifest::check_size(&d.digest.to_string(), d.size)?;
+        }
+        let Some(net) = &self.net else {
+            return Ok(self.cache.require(kind, &d.digest, Some(d.size))?);
+        };
+        match self.cache.lookup(&d.digest, Some(d.size))? {
+            Lookup::Hit(p) => return Ok(p),
+            Lookup::Missing => {}
+            Lookup::Corrupt(e) => {
+                if !self.quiet {
+                    eprintln!("hyperbuild: cached {kind} was corrupt ({e}); fetching it again");
+                }
+            }
+        }
+        let registry = &self.r.registry;
+        // Our own descriptor: never hand `urls` to the client (it would follow them).
+        let desc = OciDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.to_string(),
+            size: i64::try_from(d.size).unwrap_or(i64::MAX),
+            urls: None,
+            annotations: None,
+            ..OciDescriptor::default()
+        };
+        let mut stream = net
+            .client
+            .pull_blob_stream(net.reference, &desc)
+            .await
+            .map_err(|e| match e {
+                OciDistributionError::ServerError { code: 404, .. } => RegistryError::NotFound {
+                    registry: registry.clone(),
+                    what: format!("{kind} {}", d.digest),
+                },
+                OciDistributionError::RegistryError { envelope, .. }
+                    if envelope.errors.iter().any(|e| {
+                        matches!(
+                            e.code,
+                            oci_client::errors::OciErrorCode::BlobUnknown
+                                | oci_client::errors::OciErrorCode::NotFound
+                        )
+                    }) =>
+                {
+                    RegistryError::NotFound {
+                        registry: registry.clone(),
+                        what: format!("{kind} {}", d.digest),
+                    }
+                }
+                e => request_err(registry, e),
+            })?;
+        if let Some(len) = stream.content_length {
+            if len != d.size {
+                return Err(DigestError::SizeMismatch {
+                    digest: d.digest.clone(),
+                    expected: d.size,
+                    actual: len,
+                }
+                .into());
+            }
+        }
+        let bar = self.progress.blob(&d.digest.hex()[..12], d.size);
+        let mut w = self.cache.writer(&d.digest, d.size)?;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    w.write_all(&bytes).map_err(verify_err)?;
+                    bar.inc(bytes.len() as u64);
+                }
+                // The client's own digest check fails at the very end; report ours instead.
+                Err(_) if w.written() == d.size => break,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(RegistryError::Request {
+                        registry: registry.clone(),
+                        reason: format!("{kind} {}: {}", d.digest, chain(&e)),
+                    });
+                }
+            }
+        }
+        bar.finish();
+        w.commit().map_err(verify_err)
+    }
+}
+
+/// A verification failure while writing a blob is the registry's fault, not the cache's.
+fn verify_err(e: CacheError) -> RegistryError {
+    match e {
+        CacheError::Verify(d) => RegistryError::Verify(d),
+        e => RegistryError::Cache(e),
+    }
+}
+
+/// Whether plain HTTP may be used: loopback registries, and ones named with
+/// `--insecure-registry HOST:PORT`.
+pub fn plain_http_allowed(r: &RegistryReference, insecure: &[String]) -> bool {
+    r.is_loopback() || insecure.contains(&r.registry)
+}
+
+fn manifest_err(registry: &str, what: &str, e: OciDistributionError) -> RegistryError {
+    match e {
+        OciDistributionError::DigestError(e) => RegistryError::ManifestDigest {
+            registry: registry.to_string(),
+            what: what.to_string(),
+            detail: e.to_string(),
+        },
+        OciDistributionError::ServerError { code: 404, .. } => RegistryError::NotFound {
+            registry: registry.to_string(),
+            what: format!("manifest {what}"),
+        },
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                )
+            }) =>
+        {
+            RegistryError::NotFound {
+                registry: registry.to_string(),
+                what: format!("manifest {what}"),
+            }
+        }
+        e => request_err(registry, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_or_listed() {
+        let parse = |s: &str| RegistryReference::parse(s).unwrap();
+        let none: Vec<String> = vec![];
+        assert!(plain_http_allowed(&parse("127.0.0.1:5000/a"), &none));
+        assert!(plain_http_allowed(&parse("127.9.9.9:5000/a"), &none));
+        assert!(plain_http_allowed(&parse("localhost:5000/a"), &none));
+        assert!(plain_http_allowed(&parse("[::1]:5000/a"), &none));
+        assert!(!plain_http_allowed(&parse("10.0.0.1:5000/a"), &none));
+        assert!(!plain_http_allowed(&parse("registry.example.com/a"), &none));
+        assert!(!plain_http_allowed(&parse("alpine"), &none));
+        let listed = vec!["registry.example.com:5000".to_string()];
+        assert!(plain_http_allowed(
+            &parse("registry.example.com:5000/a"),
+            &listed
+        ));
+        assert!(!plain_http_allowed(
+            &parse("registry.example.com/a"),
+            &listed
+        ));
+    }
+}

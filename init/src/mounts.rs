@@ -1,0 +1,298 @@
+//! The guest's filesystems: the early mounts, the root (read-only image + overlay) and the
+//! switch out of the initramfs.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, symlink};
+
+use thiserror::Error;
+
+use crate::cvt;
+
+/// One mount: what, where, which filesystem, flags, options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mount<'a> {
+    pub source: &'a str,
+    pub target: &'a str,
+    pub fstype: &'a str,
+    pub flags: libc::c_ulong,
+    pub data: &'a str,
+}
+
+const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+/// The early mounts, in order (a target under another target comes after it).
+pub const EARLY: &[Mount<'static>] = &[
+    Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV | libc::MS_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV | libc::MS_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: "newinstance,gid=5,mode=0620,ptmxmode=0666",
+    },
+    Mount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+    },
+    Mount {
+        source: "run",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "tmp",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+    },
+];
+
+/// The root image's block device.
+pub const ROOT_DEV: &str = "/dev/vda";
+/// Where the pieces of the new root are mounted inside the initramfs.
+const LOWER: &str = "/mnt/lower";
+const RW: &str = "/mnt/rw";
+const NEW_ROOT: &str = "/mnt/root";
+
+/// `/dev` symlinks programs expect (Docker creates the same).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+];
+
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error("mount {fstype} {source_} on {target}")]
+    Mount {
+        fstype: String,
+        source_: String,
+        target: String,
+        source: io::Error,
+    },
+    #[error("move mount {from} to {to}")]
+    Move {
+        from: String,
+        to: String,
+        source: io::Error,
+    },
+    #[error("create {path}")]
+    Create { path: String, source: io::Error },
+    #[error("{0} exists and is not a directory")]
+    NotDir(String),
+    #[error("switch root to {path}")]
+    SwitchRoot { path: String, source: io::Error },
+}
+
+/// The mounts directly under `/`: moving them moves the nested ones too.
+pub fn top_level<'t>(table: &'t [Mount<'t>]) -> impl Iterator<Item = &'t Mount<'t>> {
+    table
+        .iter()
+        .filter(|m| m.target.rfind('/') == Some(0) && m.target.len() > 1)
+}
+
+fn cstring(s: &str) -> CString {
+    // Every string here is a constant path or a checked device path: no NUL.
+    CString::new(s).unwrap_or_default()
+}
+
+/// `mount(2)`.
+fn mount(m: &Mount<'_>) -> Result<(), MountError> {
+    let (source, target, fstype, data) = (
+        cstring(m.source),
+        cstring(m.target),
+        cstring(m.fstype),
+        cstring(m.data),
+    );
+    let data_ptr = if m.data.is_empty() {
+        std::ptr::null()
+    } else {
+        data.as_ptr().cast()
+    };
+    // SAFETY: all pointers are NUL-terminated strings alive for the call (or null for data).
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            m.flags,
+            data_ptr,
+        )
+    })
+    .map(|_| ())
+    .map_err(|source| MountError::Mount {
+        fstype: m.fstype.into(),
+        source_: m.source.into(),
+        target: m.target.into(),
+        source,
+    })
+}
+
+/// Moves the mount at `from` to `to`.
+fn move_mount(from: &str, to: &str) -> Result<(), MountError> {
+    let (f, t) = (cstring(from), cstring(to));
+    // SAFETY: both are NUL-terminated paths alive for the call; MS_MOVE ignores type and data.
+    cvt(unsafe {
+        libc::mount(
+            f.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    })
+    .map(|_| ())
+    .map_err(|source| MountError::Move {
+        from: from.into(),
+        to: to.into(),
+        source,
+    })
+}
+
+/// Creates directory `path` (and its parents) unless it is already a directory.
+fn ensure_dir(path: &str, mode: u32) -> Result<(), MountError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(MountError::NotDir(path.into())),
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|source| MountError::Create {
+                path: path.into(),
+                source,
+            }),
+    }
+}
+
+/// Step 1: the early mounts, in table order, and the usual `/dev` symlinks.
+pub fn early() -> Result<(), MountError> {
+    for m in EARLY {
+        ensure_dir(m.target, 0o755)?;
+        mount(m)?;
+    }
+    for (target, link) in DEV_LINKS {
+        match symlink(target, link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(MountError::Create {
+                    path: (*link).into(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: mounts the image read-only with a writable overlay on top (a tmpfs, or the ext4
+/// disk `upper` when given), moves the early mounts in and makes it the root.
+pub fn switch_to_image(upper: Option<&str>) -> Result<(), MountError> {
+    for dir in [LOWER, RW, NEW_ROOT] {
+        ensure_dir(dir, 0o755)?;
+    }
+    mount(&Mount {
+        source: ROOT_DEV,
+        target: LOWER,
+        fstype: "ext4",
+        flags: libc::MS_RDONLY,
+        data: "",
+    })?;
+    match upper {
+        Some(dev) => mount(&Mount {
+            source: dev,
+            target: RW,
+            fstype: "ext4",
+            flags: 0,
+            data: "",
+        })?,
+        None => mount(&Mount {
+            source: "overlay-rw",
+            target: RW,
+            fstype: "tmpfs",
+            flags: 0,
+            data: "mode=0755",
+        })?,
+    }
+    ensure_dir("/mnt/rw/upper", 0o755)?;
+    ensure_dir("/mnt/rw/work", 0o755)?;
+    mount(&Mount {
+        source: "overlay",
+        target: NEW_ROOT,
+        fstype: "overlay",
+        flags: 0,
+        data: "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work",
+    })?;
+    for m in top_level(EARLY) {
+        let to = format!("{NEW_ROOT}{}", m.target);
+        ensure_dir(&to, 0o755)?;
+        move_mount(m.target, &to)?;
+    }
+    switch_root(NEW_ROOT)
+}
+
+/// Makes `new_root` the root: the initramfs cannot be pivoted away from, so move the new root
+/// over `/` and chroot into it (what `switch_root` does).
+fn switch_root(new_root: &str) -> Result<(), MountError> {
+    let err = |source| MountError::SwitchRoot {
+        path: new_root.into(),
+        source,
+    };
+    std::env::set_current_dir(new_root).map_err(err)?;
+    move_mount(new_root, "/")?;
+    // SAFETY: "." is a NUL-terminated literal; chroot has no memory effects.
+    cvt(unsafe { libc::chroot(c".".as_ptr()) }).map_err(err)?;
+    std::env::set_current_dir("/").map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_table_is_ordered_and_moves_top_level_mounts() {
+        let moved: Vec<&str> = top_level(EARLY).map(|m| m.target).collect();
+        assert_eq!(moved, ["/dev", "/proc", "/sys", "/run", "/tmp"]);
+        // Every nested target comes after its parent's mount.
+        for (i, m) in EARLY.iter().enumerate() {
+            let parent = &m.target[..m.target.rfind('/').unwrap()];
+            if !parent.is_empty() {
+                assert!(
+                    EARLY[..i].iter().any(|p| p.target == parent),
+                    "{}",
+                    m.target
+                );
+            }
+        }
+    }
+}

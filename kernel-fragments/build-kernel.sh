@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# build-kernel.sh: build hyperpod's guest kernel (an ELF vmlinux with a PVH entry) from the config
+# fragments next to this script, and cache it by a hash of those fragments.
+#
+# Usage: build-kernel.sh [--source DIR] [--fragments DIR] [--check-only] [--jobs N]
+#   --source DIR     any kernel source tree (default: Debian's /usr/src/linux-source-6.12.tar.xz,
+#                    unpacked once into the cache)
+#   --fragments DIR  the fragments directory (default: the directory holding this script)
+#   --check-only     merge the fragments and run the strict check, build nothing, cache nothing
+#   --jobs N         parallel make jobs (default: nproc)
+# On success the last line of stdout is the absolute path of the cached vmlinux (--check-only:
+# the path of a kept copy of the checked .config). Progress and errors go to stderr.
+#
+# The configuration: ARCH=x86_64 `make tinyconfig`, then every option line of
+# <fragments>/common/*.conf and then <fragments>/x86_64/*.conf (each set in LC_ALL=C order)
+# replaces that option in .config, then `make olddefconfig`. Strict check: every option a fragment
+# names must exist in the tree's Kconfig files and end up in the final .config exactly as asked
+# ("# CONFIG_X is not set" is also met by X being absent because its dependencies are off);
+# an option named twice, an option line without a "# why: ..." comment line right above it, or
+# any other kind of line fails the build too.
+#
+# Cache key (the Rust builder recomputes it to find the kernel; keep the two in step):
+#   Take every regular file under the fragments directory, recursively (symlinks and other
+#   non-regular files are skipped, not followed), this script included. Name each by its path
+#   relative to that directory, '/'-separated, with no leading "./" (e.g. "common/base.conf",
+#   "build-kernel.sh"). Sort the names bytewise (LC_ALL=C sort). Feed one SHA-256, for each file
+#   in that order: the relative path's bytes, one NUL byte, the file's bytes, one NUL byte.
+#   key16 = the first 16 lowercase hex digits of that digest.
+#   version = the dpkg version of package linux-source-6.12 for the default source (for example
+#   "6.12.117-1~deb12u1"), or `make -s kernelversion` of the --source tree.
+# Cache layout, under ${HYPERPOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperpod}/kernel/:
+#   <key16>-<version>/vmlinux     the kernel (only ever appears complete: built aside, renamed in)
+#   <key16>-<version>/config      its final .config
+#   by-fragments/<key16>          symlink -> ../<key16>-<version> (the newest build of those fragments)
+#   src/<version>/                the unpacked Debian source (default source only)
+#   build/<key16>-<version>/      out-of-tree build directory (removed after a successful build)
+# If <key16>-<version>/vmlinux exists the script prints its path and exits 0 at once. Runs for
+# the same key take a lock (flock) so two concurrent runs build once.
+set -euo pipefail
+
+ARCH_DIR=x86_64
+DEBIAN_TARBALL=/usr/src/linux-source-6.12.tar.xz
+DEBIAN_PACKAGE=linux-source-6.12
+
+die() {
+	echo "build-kernel.sh: $*" >&2
+	exit 1
+}
+say() { echo "build-kernel.sh: $*" >&2; }
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source_dir=""
+fragments_dir="$script_dir"
+check_only=0
+jobs=$(nproc)
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--source)
+		[ $# -ge 2 ] || die "--source needs a directory"
+		source_dir=$2
+		shift 2
+		;;
+	--fragments)
+		[ $# -ge 2 ] || die "--fragments needs a directory"
+		fragments_dir=$2
+		shift 2
+		;;
+	--check-only)
+		check_only=1
+		shift
+		;;
+	--jobs)
+		[ $# -ge 2 ] || die "--jobs needs a number"
+		jobs=$2
+		shift 2
+		;;
+	-h | --help)
+		sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		exit 0
+		;;
+	*) die "unknown argument: $1" ;;
+	esac
+done
+
+[ -d "$fragments_dir" ] || die "fragments directory not found: $fragments_dir"
+fragments_dir=$(cd "$fragments_dir" && pwd)
+[ -d "$fragments_dir/common" ] || die "no common/ in fragments directory $fragments_dir"
+[ -d "$fragments_dir/$ARCH_DIR" ] || die "no $ARCH_DIR/ in fragments directory $fragments_dir"
+case "$jobs" in '' | *[!0-9]*) die "--jobs: not a number: $jobs" ;; esac
+
+cache_root=${HYPERPOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperpod}
+kcache="$cache_root/kernel"
+mkdir -p "$kcache"
+
+# --- cache key -------------------------------------------------------------------------------
+fragments_key() {
+	(
+		cd "$fragments_dir"
+		find . -type f -print0 | sed -z 's|^\./||' | LC_ALL=C sort -z |
+			while IFS= read -r -d '' rel; do
+				printf '%s\0' "$rel"
+				cat -- "$rel"
+				printf '\0'
+			done
+	) | sha256sum | cut -c1-16
+}
+key16=$(fragments_key)
+
+# --- source and its version ------------------------------------------------------------------
+if [ -n "$source_dir" ]; then
+	[ -f "$source_dir/Makefile" ] && [ -f "$source_dir/Kconfig" ] ||
+		die "not a kernel source tree: $source_dir"
+	source_dir=$(cd "$source_dir" && pwd)
+	version=$(make -s -C "$source_dir" kernelversion 2>/dev/null) ||
+		die "cannot read the kernel version of $source_dir"
+else
+	[ -f "$DEBIAN_TARBALL" ] || die "$DEBIAN_TARBALL not found (apt-get install $DEBIAN_PACKAGE, or pass --source DIR)"
+	version=$(dpkg-query -W -f='${Version}' "$DEBIAN_PACKAGE" 2>/dev/null) ||
+		die "package $DEBIAN_PACKAGE is not installed"
+fi
+case "$version" in '' | */* | *[[:space:]]*) die "unusable kernel version: '$version'" ;; esac
+
+out_name="$key16-$version"
+out_dir="$kcache/$out_name"
+if [ "$check_only" = 0 ] && [ -f "$out_dir/vmlinux" ]; then
+	echo "$out_dir/vmlinux"
+	exit 0
+fi
+
+# Unpack the Debian source once, under a lock, into a temp dir renamed into place.
+if [ -z "$source_dir" ]; then
+	src_dir="$kcache/src/$version"
+	if [ ! -f "$src_dir/Makefile" ]; then
+		mkdir -p "$kcache/src"
+		exec 8>"$kcache/src/.lock"
+		flock 8
+		if [ ! -f "$src_dir/Makefile" ]; then
+			say "unpacking $DEBIAN_TARBALL ($version)"
+			unpack=$(mktemp -d "$kcache/src/.unpack.XXXXXX")
+			tar -xJf "$DEBIAN_TARBALL" -C "$unpack"
+			top=$(find "$unpack" -mindepth 1 -maxdepth 1 -type d)
+			[ "$(printf '%s\n' "$top" | wc -l)" = 1 ] && [ -f "$top/Makefile" ] ||
+				die "unexpected layout in $DEBIAN_TARBALL"
+			rm -rf "$src_dir"
+			mv -T "$top" "$src_dir"
+			rm -rf "$unpack"
+		fi
+		flock -u 8
+		exec 8>&-
+	fi
+	source_dir=$src_dir
+fi
+
+# --- fragments: parse and validate ------------------------------------------------------------
+mapfile -t fragment_files < <(
+	cd "$fragments_dir"
+	for d in common "$ARCH_DIR"; do
+		find "$d" -maxdepth 1 -type f -name '*.conf' | LC_ALL=C sort
+	done
+)
+[ "${#fragment_files[@]}" -gt 0 ] || die "no *.conf fragments in $fragments_dir"
+
+# requested: one line per option, "NAME<TAB>VALUE" (VALUE "n" for "is not set").
+requested=$(
+	cd "$fragments_dir"
+	awk '
+		function fail(msg) { printf "%s:%d: %s\n", FILENAME, FNR, msg > "/dev/stderr"; bad = 1 }
+		FNR == 1 { prev = "" }
+		{
+			line = $0
+			name = ""; value = ""
+			if (match(line, /^CONFIG_[A-Za-z0-9_]+=/)) {
+				name = substr(line, 8, RLENGTH - 8); value = substr(line, RLENGTH + 1)
+				if (value == "") fail("CONFIG_" name ": empty value")
+			} else if (line ~ /^# CONFIG_[A-Za-z0-9_]+ is not set$/) {
+				name = line; sub(/^# CONFIG_/, "", name); sub(/ is not set$/, "", name); value = "n"
+			} else if (line ~ /^#/ || line ~ /^[ \t]*$/) {
+				prev = line; next
+			} else {
+				fail("not an option, comment or blank line: " line); prev = line; next
+			}
+			if (prev !~ /^# why: ./) fail("CONFIG_" name ": no \"# why: ...\" comment line above it")
+			if (name in where) fail("CONFIG_" name ": already set in " where[name])
+			where[name] = FILENAME ":" FNR
+			printf "%s\t%s\n", name, value
+			prev = line
+		}
+		END { exit bad }
+	' "${fragment_files[@]}"
+) || die "bad fragments in $fragments_dir (see above)"
+
+# --- configure -------------------------------------------------------------------------------
+kmake() {
+	make -s -C "$source_dir" O="$build_dir" ARCH=x86_64 \
+		KBUILD_BUILD_USER=hyperpod KBUILD_BUILD_HOST=hyperpod \
+		KBUILD_BUILD_TIMESTAMP='1970-01-01 00:00:00 UTC' KBUILD_BUILD_VERSION=1 "$@"
+}
+
+lock_file="$kcache/.lock-$out_name"
+if [ "$check_only" = 1 ]; then
+	mkdir -p "$kcache/check"
+	build_dir=$(mktemp -d "$kcache/check/$key16.XXXXXX")
+	trap 'rm -rf "$build_dir"' EXIT
+else
+	exec 9>"$lock_file"
+	flock 9
+	if [ -f "$out_dir/vmlinux" ]; then
+		echo "$out_dir/vmlinux"
+		exit 0
+	fi
+	build_dir="$kcache/build/$out_name"
+	mkdir -p "$build_dir"
+fi
+
+say "configuring $version in $build_dir"
+kmake tinyconfig >&2
+cfg="$build_dir/.config"
+# Replace each requested option's line in .config with the fragment's line.
+printf '%s\n' "$requested" | awk -F '\t' '
+	NR == FNR { want[$1] = $2; order[++n] = $1; next }
+	{
+		name = ""
+		if (match($0, /^CONFIG_[A-Za-z0-9_]+=/)) name = substr($0, 8, RLENGTH - 8)
+		else if ($0 ~ /^# CONFIG_[A-Za-z0-9_]+ is not set$/) { name = $0; sub(/^# CONFIG_/, "", name); sub(/ is not set$/, "", name) }
+		if (!(name != "" && name in want)) print
+	}
+	END {
+		for (i = 1; i <= n; i++) {
+			s = order[i]
+			if (want[s] == "n") print "# CONFIG_" s " is not set"
+			else print "CONFIG_" s "=" want[s]
+		}
+	}
+' - "$cfg" >"$cfg.merged"
+mv "$cfg.merged" "$cfg"
+kmake olddefconfig >&2
+
+# --- strict check ----------------------------------------------------------------------------
+find "$source_dir" -name 'Kconfig*' -type f -print0 |
+	xargs -0 grep -hoE '^[[:space:]]*(menu)?config[[:space:]]+[A-Za-z0-9_]+' |
+	awk '{ print $2 }' | LC_ALL=C sort -u >"$build_dir/known-options"
+printf '%s\n' "$requested" >"$build_dir/requested-options"
+problems=$(
+	awk -F '\t' '
+		FILENAME == ARGV[1] { known[$1] = 1; next }
+		FILENAME == ARGV[2] { want[$1] = $2; order[++n] = $1; next }
+		{
+			if (match($0, /^CONFIG_[A-Za-z0-9_]+=/)) got[substr($0, 8, RLENGTH - 8)] = substr($0, RLENGTH + 1)
+			else if ($0 ~ /^# CONFIG_[A-Za-z0-9_]+ is not set$/) { s = $0; sub(/^# CONFIG_/, "", s); sub(/ is not set$/, "", s); got[s] = "n" }
+		}
+		END {
+			for (i = 1; i <= n; i++) {
+				s = order[i]; w = want[s]
+				if (!(s in known)) { print "CONFIG_" s ": no such option in this kernel"; continue }
+				g = (s in got) ? got[s] : "n"
+				shown = (s in got) ? (g == "n" ? "is not set" : "=" g) : "absent (dependencies not met)"
+				if (g != w) print "CONFIG_" s ": asked " (w == "n" ? "is not set" : "=" w) ", got " shown
+			}
+		}
+	' "$build_dir/known-options" "$build_dir/requested-options" "$cfg"
+)
+if [ -n "$problems" ]; then
+	printf '%s\n' "$problems" | sed 's/^/build-kernel.sh: strict check: /' >&2
+	die "strict check failed: $(printf '%s\n' "$problems" | wc -l) option(s) not as the fragments ask (config: $cfg)"
+fi
+say "strict check passed: $(printf '%s\n' "$requested" | wc -l) options as asked"
+
+if [ "$check_only" = 1 ]; then
+	kept="$kcache/check/$key16.config"
+	cp "$cfg" "$kept.tmp.$$"
+	mv -f "$kept.tmp.$$" "$kept"
+	echo "$kept"
+	exit 0
+fi
+
+# --- build -----------------------------------------------------------------------------------
+say "building vmlinux with $jobs jobs"
+start=$(date +%s)
+kmake -j"$jobs" vmlinux >&2
+say "vmlinux built in $(($(date +%s) - start)) s"
+
+vmlinux="$build_dir/vmlinux"
+[ "$(head -c 4 "$vmlinux" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] || die "$vmlinux is not an ELF file"
+# The PVH entry is a Xen ELF note of type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
+# readelf prints it as "Xen  0x00000008  Unknown note type: (0x00000012)" (newer: PHYS32_ENTRY).
+readelf -n "$vmlinux" | awk '$1 == "Xen" && ($0 ~ /\(0x00000012\)/ || $0 ~ /PHYS32_ENTRY/) { found = 1 } END { exit !found }' ||
+	die "$vmlinux has no PVH entry note (Xen ELF note type 18)"
+
+stage=$(mktemp -d "$kcache/.stage-$out_name.XXXXXX")
+cp "$vmlinux" "$stage/vmlinux"
+cp "$cfg" "$stage/config"
+rm -rf "$out_dir"
+mv -T "$stage" "$out_dir"
+mkdir -p "$kcache/by-fragments"
+ln -sfn "../$out_name" "$kcache/by-fragments/.$key16.tmp.$$"
+mv -fT "$kcache/by-fragments/.$key16.tmp.$$" "$kcache/by-fragments/$key16"
+rm -rf "$build_dir"
+say "cached $out_dir ($(stat -c %s "$out_dir/vmlinux") bytes)"
+echo "$out_dir/vmlinux"

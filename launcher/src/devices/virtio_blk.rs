@@ -1,0 +1,456 @@
+//! A virtio-blk device behind a virtio-mmio (version 2) register window: the rootfs, served in
+//! place from its section of the pod file, and `--disk` extras.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::blk_request::{
+    self, Desc, HEADER_LEN, ID_LEN, Request, RequestKind, S_IOERR, S_OK, S_UNSUPP, SECTOR_SIZE,
+};
+
+/// "virt" in little-endian.
+const MAGIC: u32 = 0x7472_6976;
+/// virtio-mmio transport version 2 (modern).
+const VERSION: u32 = 2;
+/// virtio device ID of a block device.
+const DEVICE_ID_BLOCK: u32 = 2;
+/// Our vendor ID ("HYPD").
+const VENDOR_ID: u32 = 0x4450_5948;
+/// Largest queue the device offers.
+const QUEUE_MAX: u16 = 256;
+/// `VIRTIO_BLK_F_RO`.
+const F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_FLUSH`.
+const F_FLUSH: u64 = 1 << 9;
+/// `VIRTIO_F_VERSION_1`.
+const F_VERSION_1: u64 = 1 << 32;
+/// Device status bit `DRIVER_OK`.
+const STATUS_DRIVER_OK: u32 = 4;
+/// Device status bit `FEATURES_OK`.
+const STATUS_FEATURES_OK: u32 = 8;
+/// Interrupt status bit: the used ring was updated.
+const INT_USED_RING: u32 = 1;
+/// Start of the device-specific configuration space.
+const CONFIG_OFFSET: u64 = 0x100;
+
+/// Why a disk could not be set up.
+#[derive(Debug, Error)]
+pub enum VirtioBlkError {
+    #[error("disk size {0} is not a multiple of 512 bytes")]
+    NotSectors(u64),
+    #[error("cannot create the interrupt eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Where a disk's bytes live: a window of a host file.
+#[derive(Clone, Debug)]
+pub struct DiskBackend {
+    pub file: Arc<File>,
+    /// Byte offset of sector 0 in `file`.
+    pub offset: u64,
+    /// Length of the disk in bytes.
+    pub len: u64,
+    pub read_only: bool,
+}
+
+/// One virtio-mmio block device.
+pub struct VirtioBlk {
+    backend: DiskBackend,
+    id: [u8; ID_LEN as usize],
+    mem: GuestMemoryMmap,
+    irq: EventFd,
+    queue: Queue,
+    device_features_sel: u32,
+    driver_features: u64,
+    driver_features_sel: u32,
+    status: u32,
+    interrupt_status: u32,
+    queue_sel: u32,
+}
+
+impl VirtioBlk {
+    /// A device serving `backend`, named `id` (truncated to 20 bytes), raising `irq`.
+    pub fn new(
+        backend: DiskBackend,
+        id: &str,
+        mem: GuestMemoryMmap,
+    ) -> Result<VirtioBlk, VirtioBlkError> {
+        if backend.len % SECTOR_SIZE != 0 {
+            return Err(VirtioBlkError::NotSectors(backend.len));
+        }
+        let mut id_bytes = [0u8; ID_LEN as usize];
+        let n = id.len().min(id_bytes.len());
+        id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+        Ok(VirtioBlk {
+            backend,
+            id: id_bytes,
+            mem,
+            irq: EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioBlkError::EventFd)?,
+            queue: Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a power of two"),
+            device_features_sel: 0,
+            driver_features: 0,
+            driver_features_sel: 0,
+            status: 0,
+            interrupt_status: 0,
+            queue_sel: 0,
+        })
+    }
+
+    /// The eventfd to register as this device's irqfd.
+    pub fn irq_evt(&self) -> &EventFd {
+        &self.irq
+    }
+
+    fn device_features(&self) -> u64 {
+        let rw = if self.backend.read_only {
+            F_RO
+        } else {
+            F_FLUSH
+        };
+        F_VERSION_1 | rw
+    }
+
+    fn reset(&mut self) {
+        self.queue = Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a power of two");
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+        self.queue_sel = 0;
+    }
+
+    /// A guest read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            let mut config = [0u8; 8];
+            config.copy_from_slice(&(self.backend.len / SECTOR_SIZE).to_le_bytes());
+            for (i, b) in data.iter_mut().enumerate() {
+                let at = (offset - CONFIG_OFFSET) as usize + i;
+                *b = config.get(at).copied().unwrap_or(0);
+            }
+            return;
+        }
+        let v: u32 = match offset {
+            0x000 => MAGIC,
+            0x004 => VERSION,
+            0x008 => DEVICE_ID_BLOCK,
+            0x00c => VENDOR_ID,
+            0x010 => match self.device_features_sel {
+                0 => self.device_features() as u32,
+                1 => (self.device_features() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 if self.queue_sel_valid() => u32::from(QUEUE_MAX),
+            0x044 => u32::from(self.queue_sel_valid() && self.queue.ready()),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x0fc => 0,
+            _ => 0,
+        };
+        let bytes = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn queue_sel_valid(&self) -> bool {
+        self.queue_sel == 0
+    }
+
+    /// A guest write at `offset` in the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 4 {
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        let q_ok = self.queue_sel_valid() && !self.queue.ready();
+        match offset {
+            0x014 => self.device_features_sel = v,
+            0x020 => {
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let keep = !(0xffff_ffffu64 << shift);
+                self.driver_features = (self.driver_features & keep)
+                    | (u64::from(v) << shift) & self.device_features();
+            }
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x038 if q_ok => self.queue.set_size(v as u16),
+            0x044 if self.queue_sel_valid() => self.queue.set_ready(v == 1),
+            0x050 => self.notify(),
+            0x064 => self.interrupt_status &= !v,
+            0x070 => {
+                if v == 0 {
+                    self.reset();
+                } else {
+                    if v & STATUS_FEATURES_OK != 0 && self.driver_features & F_VERSION_1 == 0 {
+                        // A legacy driver: refuse FEATURES_OK.
+                        self.status = v & !STATUS_FEATURES_OK;
+                        return;
+                    }
+                    self.status = v;
+                }
+            }
+            0x080 if q_ok => self.queue.set_desc_table_address(Some(v), None),
+            0x084 if q_ok => self.queue.set_desc_table_address(None, Some(v)),
+            0x090 if q_ok => self.queue.set_avail_ring_address(Some(v), None),
+            0x094 if q_ok => self.queue.set_avail_ring_address(None, Some(v)),
+            0x0a0 if q_ok => self.queue.set_used_ring_address(Some(v), None),
+            0x0a4 if q_ok => self.queue.set_used_ring_address(None, Some(v)),
+            _ => {}
+        }
+    }
+
+    /// The guest kicked the queue: serve every available request.
+    fn notify(&mut self) {
+        if self.status & STATUS_DRIVER_OK == 0 || !self.queue.ready() {
+            return;
+        }
+        let mem = self.mem.clone();
+        if !self.queue.is_valid(&mem) {
+            return;
+        }
+        let mut served = false;
+        while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let descs: Vec<Desc> = chain
+                .take(blk_request::MAX_DESCRIPTORS + 1)
+                .map(|d| Desc {
+                    addr: d.addr().0,
+                    len: d.len(),
+                    write_only: d.is_write_only(),
+                })
+                .collect();
+            let used_len = self.serve(&descs);
+            if self.queue.add_used(&mem, head, used_len).is_err() {
+                break;
+            }
+            served = true;
+        }
+        if served {
+            self.interrupt_status |= INT_USED_RING;
+            // A full eventfd counter still means "interrupt pending": nothing is lost.
+            let _ = self.irq.write(1);
+        }
+    }
+
+    /// Serves one chain; returns the number of bytes written into guest buffers.
+    fn serve(&self, descs: &[Desc]) -> u32 {
+        let mut header = [0u8; HEADER_LEN as usize];
+        let Some(first) = descs.first() else {
+            return 0;
+        };
+        if self
+            .mem
+            .read_slice(&mut header, GuestAddress(first.addr))
+            .is_err()
+        {
+            return 0;
+        }
+        let Ok(req) = blk_request::parse_request(descs, &header) else {
+            return 0;
+        };
+        let (status, written) = self.execute(&req);
+        if self
+            .mem
+            .write_obj(status, GuestAddress(req.status_addr))
+            .is_err()
+        {
+            return 0;
+        }
+        written + 1
+    }
+
+    /// Runs a parsed request against the backend: (status, bytes written to the guest).
+    fn execute(&self, req: &Request) -> (u8, u32) {
+        let b = &self.backend;
+        let in_range = |len: u64| {
+            req.sector
+                .checked_mul(SECTOR_SIZE)
+                .and_then(|start| start.checked_add(len))
+                .is_some_and(|end| end <= b.len)
+        };
+        match req.kind {
+            RequestKind::In => {
+                if !in_range(req.data_len) {
+                    return (S_IOERR, 0);
+                }
+                let mut pos = b.offset + req.sector * SECTOR_SIZE;
+                let mut written = 0u32;
+                for d in &req.data {
+                    let mut buf = vec![0u8; d.len as usize];
+                    if b.file.read_exact_at(&mut buf, pos).is_err()
+                        || self.mem.write_slice(&buf, GuestAddress(d.addr)).is_err()
+                    {
+                        return (S_IOERR, written);
+                    }
+                    pos += u64::from(d.len);
+                    written = written.saturating_add(d.len);
+                }
+                (S_OK, written)
+            }
+            RequestKind::Out => {
+                if b.read_only || !in_range(req.data_len) {
+                    return (S_IOERR, 0);
+                }
+                let mut pos = b.offset + req.sector * SECTOR_SIZE;
+                for d in &req.data {
+                    let mut buf = vec![0u8; d.len as usize];
+                    if self.mem.read_slice(&mut buf, GuestAddress(d.addr)).is_err()
+                        || b.file.write_all_at(&buf, pos).is_err()
+                    {
+                        return (S_IOERR, 0);
+                    }
+                    pos += u64::from(d.len);
+                }
+                (S_OK, 0)
+            }
+            RequestKind::Flush => {
+                if b.read_only {
+                    return (S_OK, 0);
+                }
+                match b.file.sync_data() {
+                    Ok(()) => (S_OK, 0),
+                    Err(_) => (S_IOERR, 0),
+                }
+            }
+            RequestKind::GetId => {
+                let mut written = 0u32;
+                let mut left: &[u8] = &self.id;
+                for d in &req.data {
+                    let n = left.len().min(d.len as usize);
+                    if self
+                        .mem
+                        .write_slice(&left[..n], GuestAddress(d.addr))
+                        .is_err()
+                    {
+                        return (S_IOERR, written);
+                    }
+                    written += n as u32;
+                    left = &left[n..];
+                }
+                (S_OK, written)
+            }
+            RequestKind::Unsupported(_) => (S_UNSUPP, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn device(read_only: bool) -> (VirtioBlk, GuestMemoryMmap, tempfile::NamedTempFile) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let backend = DiskBackend {
+            file: Arc::new(f.reopen().unwrap()),
+            offset: 4096,
+            len: 4096,
+            read_only,
+        };
+        (
+            VirtioBlk::new(backend, "rootfs", mem.clone()).unwrap(),
+            mem,
+            f,
+        )
+    }
+
+    fn w(dev: &mut VirtioBlk, off: u64, v: u32) {
+        dev.write(off, &v.to_le_bytes());
+    }
+
+    fn r(dev: &mut VirtioBlk, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        dev.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Drives the transport like a driver: one request with the given type and data direction.
+    fn one_request(dev: &mut VirtioBlk, mem: &GuestMemoryMmap, kind: u32, sector: u64) -> u8 {
+        assert_eq!(r(dev, 0), MAGIC);
+        w(dev, 0x070, 1 | 2);
+        w(dev, 0x024, 1);
+        w(dev, 0x020, 1); // VERSION_1
+        w(dev, 0x070, 1 | 2 | 8);
+        assert_eq!(r(dev, 0x070) & 8, 8);
+        w(dev, 0x030, 0);
+        assert_eq!(r(dev, 0x034), u32::from(QUEUE_MAX));
+        w(dev, 0x038, 4);
+        w(dev, 0x080, 0x1000);
+        w(dev, 0x090, 0x2000);
+        w(dev, 0x0a0, 0x3000);
+        w(dev, 0x044, 1);
+        w(dev, 0x070, 1 | 2 | 4 | 8);
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(0x5000)).unwrap();
+        let data_flags: u16 = if kind == 0 { 2 | 1 } else { 1 };
+        let descs: [(u64, u32, u16, u16); 3] = [
+            (0x5000, 16, 1, 1),
+            (0x6000, 512, data_flags, 2),
+            (0x7000, 1, 2, 0),
+        ];
+        for (i, (a, l, f, n)) in descs.iter().enumerate() {
+            let base = 0x1000 + 16 * i as u64;
+            mem.write_obj(*a, GuestAddress(base)).unwrap();
+            mem.write_obj(*l, GuestAddress(base + 8)).unwrap();
+            mem.write_obj(*f, GuestAddress(base + 12)).unwrap();
+            mem.write_obj(*n, GuestAddress(base + 14)).unwrap();
+        }
+        mem.write_obj(0u16, GuestAddress(0x2004)).unwrap(); // ring[0] = head 0
+        mem.write_obj(1u16, GuestAddress(0x2002)).unwrap(); // avail idx
+        mem.write_obj(0xffu8, GuestAddress(0x7000)).unwrap();
+        w(dev, 0x050, 0);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+        assert_eq!(r(dev, 0x060), INT_USED_RING);
+        mem.read_obj::<u8>(GuestAddress(0x7000)).unwrap()
+    }
+
+    #[test]
+    fn reads_sectors_from_the_window() {
+        let (mut dev, mem, _f) = device(true);
+        assert_eq!(r(&mut dev, 0x100), 8); // capacity in sectors
+        assert_eq!(one_request(&mut dev, &mem, 0, 2), S_OK);
+        let mut got = [0u8; 512];
+        mem.read_slice(&mut got, GuestAddress(0x6000)).unwrap();
+        let want: Vec<u8> = (4096 + 1024..4096 + 1536u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        assert_eq!(&got[..], &want[..]);
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes_and_bounds_reads() {
+        let (mut dev, mem, f) = device(true);
+        assert_eq!(one_request(&mut dev, &mem, 1, 0), S_IOERR);
+        let on_disk = std::fs::read(f.path()).unwrap();
+        let original: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(on_disk, original);
+        let (mut dev, mem, _f) = device(true);
+        assert_eq!(one_request(&mut dev, &mem, 0, 8), S_IOERR);
+        let (mut dev, mem, _f) = device(true);
+        assert_eq!(one_request(&mut dev, &mem, 42, 0), S_UNSUPP);
+    }
+
+    #[test]
+    fn writable_disk_takes_writes() {
+        let (mut dev, mem, f) = device(false);
+        mem.write_slice(&[0xab; 512], GuestAddress(0x6000)).unwrap();
+        assert_eq!(one_request(&mut dev, &mem, 1, 1), S_OK);
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert!(on_disk[4096 + 512..4096 + 1024].iter().all(|&b| b == 0xab));
+        assert_eq!(on_disk[4096 + 1024], ((4096 + 1024) % 251) as u8);
+    }
+}

@@ -1,0 +1,373 @@
+//! Putting the guest's first software in memory: kernel (ELF with PVH note, ELF 64-bit entry,
+//! or bzImage, via linux-loader), initramfs (+ the overrides archive), command line, and the
+//! boot information (PVH `hvm_start_info` + memory map, or Linux `boot_params` + e820).
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use thiserror::Error;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice,
+};
+
+use super::cpu::EntryMode;
+use super::memory::{E820Entry, e820_map, low_ram_end};
+use crate::layout;
+
+#[derive(Debug, Error)]
+pub enum BootError {
+    #[error("kernel is neither an ELF vmlinux nor a bzImage")]
+    UnknownKernel,
+    #[error("cannot load the kernel")]
+    Load(#[source] linux_loader::loader::Error),
+    #[error("kernel command line is invalid")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot write the command line")]
+    WriteCmdline(#[source] linux_loader::loader::Error),
+    #[error(
+        "initramfs of {size} bytes does not fit between the kernel end {kernel_end:#x} and {limit:#x}"
+    )]
+    InitramfsTooBig {
+        size: u64,
+        kernel_end: u64,
+        limit: u64,
+    },
+    #[error("cannot write boot information")]
+    Memory(#[source] vm_memory::GuestMemoryError),
+    #[error("cannot write PVH boot information")]
+    Pvh(#[source] linux_loader::configurator::Error),
+}
+
+/// `XEN_HVM_START_MAGIC_VALUE`.
+const PVH_MAGIC: u32 = 0x336e_c578;
+/// `KERNEL_LOADER_OTHER` in `boot_params.hdr.type_of_loader`.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// "HdrS".
+const HDRS_MAGIC: u32 = 0x5372_6448;
+/// `boot_params.hdr.boot_flag`.
+const BOOT_FLAG: u16 = 0xaa55;
+/// Offset of the 64-bit entry point from a bzImage's protected-mode code.
+const BZIMAGE_64BIT_ENTRY: u64 = 0x200;
+
+/// A read-only cursor over bytes (the kernel inside the mapped pod), as linux-loader reads it.
+pub struct SliceReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> SliceReader<'a> {
+    pub fn new(data: &'a [u8]) -> SliceReader<'a> {
+        SliceReader { data, pos: 0 }
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        &self.data[self.pos.min(self.data.len())..]
+    }
+}
+
+impl Read for SliceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.rest().read(buf)?;
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Seek for SliceReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let len = self.data.len() as i128;
+        let new = match to {
+            SeekFrom::Start(n) => i128::from(n),
+            SeekFrom::End(d) => len + i128::from(d),
+            SeekFrom::Current(d) => self.pos as i128 + i128::from(d),
+        };
+        if new < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
+        }
+        self.pos = usize::try_from(new).unwrap_or(usize::MAX);
+        Ok(new as u64)
+    }
+}
+
+impl ReadVolatile for SliceReader<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<'_, B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let mut rest = self.rest();
+        let n = rest.read_volatile(buf)?;
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Where and how the kernel starts.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    pub mode: EntryMode,
+    pub entry: u64,
+    /// First byte after the kernel image.
+    pub end: u64,
+    /// The bzImage's setup header (Linux64 from a bzImage only).
+    pub setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+}
+
+/// Loads `kernel` (ELF vmlinux or bzImage) at 1 MiB. An ELF with a PVH note is entered via PVH
+/// when `use_pvh` (the default everywhere but tests of the 64-bit entry), else at its 64-bit
+/// entry point.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    kernel: &[u8],
+    use_pvh: bool,
+) -> Result<LoadedKernel, BootError> {
+    let mut r = SliceReader::new(kernel);
+    let highmem = Some(GuestAddress(layout::HIMEM_START));
+    if kernel.starts_with(b"\x7fELF") {
+        let res = Elf::load(mem, None, &mut r, highmem).map_err(BootError::Load)?;
+        let (mode, entry) = match res.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(a) if use_pvh => (EntryMode::Pvh, a.0),
+            _ => (EntryMode::Linux64, res.kernel_load.0),
+        };
+        Ok(LoadedKernel {
+            mode,
+            entry,
+            end: res.kernel_end,
+            setup_header: None,
+        })
+    } else if kernel.len() > 0x206 && &kernel[0x202..0x206] == b"HdrS" {
+        let res = BzImage::load(mem, None, &mut r, highmem).map_err(BootError::Load)?;
+        Ok(LoadedKernel {
+            mode: EntryMode::Linux64,
+            entry: res.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
+            end: res.kernel_end,
+            setup_header: res.setup_header,
+        })
+    } else {
+        Err(BootError::UnknownKernel)
+    }
+}
+
+/// Builds the command line: the pod's, then each device's entry.
+pub fn build_cmdline(base: &str, entries: &[String]) -> Result<Cmdline, BootError> {
+    let mut c = Cmdline::new(layout::CMDLINE_MAX).map_err(BootError::Cmdline)?;
+    if !base.trim().is_empty() {
+        c.insert_str(base).map_err(BootError::Cmdline)?;
+    }
+    for e in entries {
+        c.insert_str(e).map_err(BootError::Cmdline)?;
+    }
+    Ok(c)
+}
+
+/// Where the initramfs goes: page-aligned, as high as allowed below the end of low RAM.
+pub fn initramfs_addr(mem_bytes: u64, size: u64, kernel_end: u64) -> Result<u64, BootError> {
+    let limit = low_ram_end(mem_bytes).min(layout::INITRAMFS_MAX_END);
+    let err = BootError::InitramfsTooBig {
+        size,
+        kernel_end,
+        limit,
+    };
+    let addr = limit.checked_sub(size).ok_or(err)? & !0xfff;
+    if addr < kernel_end {
+        return Err(BootError::InitramfsTooBig {
+            size,
+            kernel_end,
+            limit,
+        });
+    }
+    Ok(addr)
+}
+
+/// Writes the initramfs parts back to back (each later part 4-byte aligned, as Linux wants
+/// concatenated archives) and returns (address, total length).
+pub fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    kernel_end: u64,
+    parts: &[&[u8]],
+) -> Result<(u64, u64), BootError> {
+    let mut total = 0u64;
+    for p in parts {
+        total = total.next_multiple_of(4) + p.len() as u64;
+    }
+    let addr = initramfs_addr(mem_bytes, total, kernel_end)?;
+    let mut at = 0u64;
+    for p in parts {
+        at = at.next_multiple_of(4);
+        mem.write_slice(p, GuestAddress(addr + at))
+            .map_err(BootError::Memory)?;
+        at += p.len() as u64;
+    }
+    Ok((addr, total))
+}
+
+/// Everything the boot information describes.
+pub struct BootInfo<'a> {
+    pub mem_bytes: u64,
+    pub cmdline: &'a Cmdline,
+    pub initramfs: Option<(u64, u64)>,
+    pub kernel: &'a LoadedKernel,
+}
+
+/// Writes the command line and the protocol's boot information.
+pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo<'_>) -> Result<(), BootError> {
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), info.cmdline)
+        .map_err(BootError::WriteCmdline)?;
+    let cmdline_len = info
+        .cmdline
+        .as_cstring()
+        .map_err(BootError::Cmdline)?
+        .as_bytes()
+        .len();
+    let map = e820_map(info.mem_bytes);
+    match info.kernel.mode {
+        EntryMode::Pvh => write_pvh(mem, info, &map),
+        EntryMode::Linux64 => {
+            let bp = linux_boot_params(info, &map, cmdline_len as u32);
+            mem.write_obj(bp, GuestAddress(layout::ZERO_PAGE))
+                .map_err(BootError::Memory)
+        }
+    }
+}
+
+fn write_pvh(
+    mem: &GuestMemoryMmap,
+    info: &BootInfo<'_>,
+    map: &[E820Entry],
+) -> Result<(), BootError> {
+    let mut start = hvm_start_info {
+        magic: PVH_MAGIC,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE,
+        memmap_paddr: layout::PVH_MEMMAP,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    if let Some((addr, size)) = info.initramfs {
+        start.nr_modules = 1;
+        start.modlist_paddr = layout::PVH_MODLIST;
+        let module = hvm_modlist_entry {
+            paddr: addr,
+            size,
+            ..Default::default()
+        };
+        mem.write_obj(module, GuestAddress(layout::PVH_MODLIST))
+            .map_err(BootError::Memory)?;
+    }
+    let entries: Vec<hvm_memmap_table_entry> = map
+        .iter()
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind as u32,
+            reserved: 0,
+        })
+        .collect();
+    let mut params = BootParams::new(&start, GuestAddress(layout::PVH_START_INFO));
+    params.set_sections(&entries, GuestAddress(layout::PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(BootError::Pvh)
+}
+
+/// The Linux zero page for the 64-bit entry.
+pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry], cmdline_len: u32) -> boot_params {
+    let mut bp = boot_params::default();
+    if let Some(h) = info.kernel.setup_header {
+        bp.hdr = h;
+    }
+    bp.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    bp.hdr.boot_flag = BOOT_FLAG;
+    bp.hdr.header = HDRS_MAGIC;
+    bp.hdr.kernel_alignment = 0x0100_0000;
+    bp.hdr.cmd_line_ptr = layout::CMDLINE as u32;
+    bp.hdr.cmdline_size = cmdline_len;
+    if let Some((addr, size)) = info.initramfs {
+        bp.hdr.ramdisk_image = addr as u32;
+        bp.hdr.ramdisk_size = size as u32;
+    }
+    for (slot, e) in bp.e820_table.iter_mut().zip(map) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind as u32,
+        };
+    }
+    bp.e820_entries = map.len().min(bp.e820_table.len()) as u8;
+    bp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_goes_high_and_aligned() {
+        let a = initramfs_addr(128 << 20, 5000, 0x20_0000).unwrap();
+        assert_eq!(a % 4096, 0);
+        assert!(a + 5000 <= 128 << 20 && a + 5000 + 4096 > 128 << 20);
+        assert!(initramfs_addr(16 << 20, 15 << 20, 0x20_0000).is_err());
+        let big = initramfs_addr(8u64 << 30, 4096, 0).unwrap();
+        assert_eq!(big, layout::INITRAMFS_MAX_END - 4096);
+    }
+
+    #[test]
+    fn concatenated_parts_are_4_byte_aligned() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let (addr, len) = load_initramfs(&mem, 16 << 20, 0x20_0000, &[b"abcde", b"xyz"]).unwrap();
+        assert_eq!(len, 11);
+        let mut got = [0u8; 11];
+        mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
+        assert_eq!(&got, b"abcde\0\0\0xyz");
+    }
+
+    #[test]
+    fn garbage_kernels_are_refused() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        assert!(matches!(
+            load_kernel(&mem, b"not a kernel", true),
+            Err(BootError::UnknownKernel)
+        ));
+        assert!(matches!(
+            load_kernel(&mem, b"\x7fELF\x02\x01\x01", true),
+            Err(BootError::Load(_))
+        ));
+    }
+
+    #[test]
+    fn command_line_and_zero_page() {
+        let c = build_cmdline("panic=1 quiet", &["console=ttyS0".into()]).unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "panic=1 quiet console=ttyS0"
+        );
+        let k = LoadedKernel {
+            mode: EntryMode::Linux64,
+            entry: 0x100_0000,
+            end: 0x200_0000,
+            setup_header: None,
+        };
+        let info = BootInfo {
+            mem_bytes: 128 << 20,
+            cmdline: &c,
+            initramfs: Some((0x700_0000, 1234)),
+            kernel: &k,
+        };
+        let map = e820_map(128 << 20);
+        let bp = linux_boot_params(&info, &map, 27);
+        assert_eq!(bp.e820_entries, 3);
+        let image = bp.hdr.ramdisk_image;
+        assert_eq!(image, 0x700_0000);
+        let magic = bp.hdr.header;
+        assert_eq!(magic, HDRS_MAGIC);
+    }
+}

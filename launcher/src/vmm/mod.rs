@@ -1,0 +1,367 @@
+//! The KVM engine. [`build_vm_for_boot`] reads as its steps: open the pod, create guest memory
+//! and the VM, load the kernel and initramfs, attach devices, configure vCPUs; [`run::run`] then
+//! runs it to its exit code.
+
+pub mod boot;
+pub mod cpu;
+pub mod exit;
+pub mod memory;
+pub mod mptable;
+pub mod overrides;
+pub mod run;
+pub mod source;
+pub mod term;
+pub mod trust;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::LaunchConfig;
+use crate::devices::Devices;
+use crate::devices::serial::{ConsoleSerial, ControlSerial, ControlSink, IrqTrigger};
+use crate::devices::virtio_blk::{DiskBackend, VirtioBlk, VirtioBlkError};
+use crate::layout;
+use run::{Event, Marks, Outcome, RunOptions, Runner};
+use source::{PodImage, SourceError};
+
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot open /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    #[error("cannot set up the VM ({0})")]
+    Vm(&'static str, #[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error("disk {0}")]
+    Disk(String, #[source] VirtioBlkError),
+    #[error("cannot open disk {0}")]
+    DiskOpen(String, #[source] std::io::Error),
+    #[error("{0} disks is more than the {max} this VMM wires", max = layout::VIRTIO_IRQS.len())]
+    TooManyDisks(usize),
+    #[error("{0} vCPUs: must be 1 to {max}", max = mptable::MAX_CPUS)]
+    Vcpus(u32),
+    #[error("cannot write the overrides archive")]
+    Overrides(#[source] pod::cpio::CpioError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// A virtio block device to attach.
+pub struct DiskSpec {
+    pub backend: DiskBackend,
+    /// Name returned by `VIRTIO_BLK_T_GET_ID`.
+    pub id: String,
+}
+
+/// Everything needed to build a VM, independent of where it came from (a pod, or a test).
+pub struct BootInputs<'a> {
+    pub kernel: &'a [u8],
+    /// Initramfs archives, concatenated in order (4-byte aligned).
+    pub initramfs: Vec<&'a [u8]>,
+    /// Command line before the devices' entries.
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Rootfs first, then extra disks.
+    pub disks: Vec<DiskSpec>,
+    /// Where the console's output goes.
+    pub console: Box<dyn Write + Send>,
+    /// Enter an ELF kernel with a PVH note via PVH (true everywhere but tests of the 64-bit
+    /// entry).
+    pub use_pvh: bool,
+}
+
+/// A built VM: KVM handles kept alive for the run.
+pub struct Vm {
+    _kvm: Kvm,
+    _fd: VmFd,
+    _mem: GuestMemoryMmap,
+    pub runner: Runner,
+}
+
+fn register_irq(vm: &VmFd, evt: &EventFd, irq: u32) -> Result<(), VmmError> {
+    vm.register_irqfd(evt, irq)
+        .map_err(|e| VmmError::Vm("irqfd", e))
+}
+
+/// Step 2a: the KVM VM with its irqchip, PIT, private pages and memory slots.
+fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(|e| VmmError::Vm("create", e))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live anonymous mapping of `memory_size` bytes owned by `mem`,
+        // which the returned `Vm` keeps alive for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(r) }.map_err(|e| VmmError::Vm("memory slot", e))?;
+    }
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
+        .map_err(|e| VmmError::Vm("identity map", e))?;
+    vm.set_tss_address(layout::KVM_TSS as usize)
+        .map_err(|e| VmmError::Vm("TSS", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmmError::Vm("irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(|e| VmmError::Vm("PIT", e))?;
+    Ok(vm)
+}
+
+/// Step 4: the devices; each adds its command-line entry.
+fn create_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    disks: Vec<DiskSpec>,
+    console_out: Box<dyn Write + Send>,
+    events: mpsc::Sender<Event>,
+) -> Result<Devices, VmmError> {
+    if disks.len() > layout::VIRTIO_IRQS.len() {
+        return Err(VmmError::TooManyDisks(disks.len()));
+    }
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd);
+    let console_evt = evt()?;
+    register_irq(vm, &console_evt, layout::SERIAL_CONSOLE_IRQ)?;
+    let console: ConsoleSerial = Serial::new(IrqTrigger(console_evt), console_out);
+    let control_evt = evt()?;
+    register_irq(vm, &control_evt, layout::SERIAL_CONTROL_IRQ)?;
+    let sink = ControlSink::new(Box::new(move |r| {
+        let _ = events.send(Event::Control(r));
+    }));
+    let control: ControlSerial = Serial::new(IrqTrigger(control_evt), sink);
+    let mut blocks = Vec::new();
+    for (i, d) in disks.into_iter().enumerate() {
+        let dev = VirtioBlk::new(d.backend, &d.id, mem.clone())
+            .map_err(|e| VmmError::Disk(d.id.clone(), e))?;
+        register_irq(vm, dev.irq_evt(), layout::VIRTIO_IRQS[i])?;
+        blocks.push(dev);
+    }
+    Ok(Devices::new(console, control, blocks))
+}
+
+/// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way.
+pub fn build_vm(inputs: BootInputs<'_>, marks: &mut Marks) -> Result<Vm, VmmError> {
+    if inputs.vcpus == 0 || inputs.vcpus > u32::from(mptable::MAX_CPUS) {
+        return Err(VmmError::Vcpus(inputs.vcpus));
+    }
+    let vcpu_count = inputs.vcpus as u8;
+
+    // 2. Guest memory, the VM, the vCPUs.
+    let mem = memory::create_guest_memory(inputs.memory_mib)?;
+    let mem_bytes = u64::from(inputs.memory_mib) << 20;
+    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    let vm = create_vm(&kvm, &mem)?;
+    let vcpus: Vec<VcpuFd> = (0..vcpu_count)
+        .map(|i| {
+            vm.create_vcpu(u64::from(i))
+                .map_err(|e| VmmError::Vm("vCPU", e))
+        })
+        .collect::<Result<_, _>>()?;
+    marks.vm_created = Some(Instant::now());
+
+    // 3. Kernel, initramfs.
+    let kernel = boot::load_kernel(&mem, inputs.kernel, inputs.use_pvh)?;
+    let parts: Vec<&[u8]> = inputs
+        .initramfs
+        .iter()
+        .copied()
+        .filter(|p| !p.is_empty())
+        .collect();
+    let initramfs = if parts.is_empty() {
+        None
+    } else {
+        Some(boot::load_initramfs(&mem, mem_bytes, kernel.end, &parts)?)
+    };
+    marks.kernel_loaded = Some(Instant::now());
+
+    // 4. Devices, then the command line and boot information that name them.
+    let (events_tx, events) = mpsc::channel();
+    let devices = create_devices(&vm, &mem, inputs.disks, inputs.console, events_tx.clone())?;
+    let cmdline = boot::build_cmdline(&inputs.cmdline, &devices.cmdline_entries())?;
+    boot::write_boot_info(
+        &mem,
+        &boot::BootInfo {
+            mem_bytes,
+            cmdline: &cmdline,
+            initramfs,
+            kernel: &kernel,
+        },
+    )?;
+    mptable::write(&mem, vcpu_count)?;
+    cpu::write_boot_tables(&mem, kernel.mode)?;
+    let cpuid = cpu::supported_cpuid(&kvm)?;
+    for (i, v) in vcpus.iter().enumerate() {
+        cpu::configure_vcpu(v, &cpuid, i as u8, vcpu_count, kernel.mode, kernel.entry)?;
+    }
+    Ok(Vm {
+        _kvm: kvm,
+        _fd: vm,
+        _mem: mem,
+        runner: Runner {
+            vcpus,
+            devices: Arc::new(Mutex::new(devices)),
+            events,
+            events_tx,
+        },
+    })
+}
+
+/// A signal name or number (`SIGTERM`, `TERM`, `15`) as a number; SIGTERM when empty/unknown.
+pub fn parse_signal(s: &str) -> i32 {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return n;
+        }
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        _ => libc::SIGTERM,
+    }
+}
+
+/// Steps 1–4 for a launch: open the pod, then [`build_vm`] with its kernel, initramfs (+ the
+/// overrides archive), command line, rootfs and `--disk`s.
+pub fn build_vm_for_boot(
+    cfg: &LaunchConfig,
+    marks: &mut Marks,
+) -> Result<(Vm, RunOptions), VmmError> {
+    // 1. The pod: mapped, kernel/initramfs digests established.
+    let cache = trust::default_cache_dir().map(trust::VerifiedCache::new);
+    let image = PodImage::open(&cfg.pod, cache.as_ref(), cfg.verify)?;
+    marks.pod_opened = Some(Instant::now());
+    let m = image.manifest();
+
+    let overrides = overrides::archive(&cfg.overrides).map_err(VmmError::Overrides)?;
+    let mut initramfs = vec![image.initramfs()];
+    if let Some(o) = &overrides {
+        initramfs.push(o);
+    }
+    let mut disks = vec![DiskSpec {
+        backend: image.rootfs()?,
+        id: "rootfs".into(),
+    }];
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let name = d.path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| VmmError::DiskOpen(name.clone(), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| VmmError::DiskOpen(name.clone(), e))?
+            .len();
+        disks.push(DiskSpec {
+            backend: DiskBackend {
+                file: Arc::new(file),
+                offset: 0,
+                len,
+                read_only: d.read_only,
+            },
+            id: format!("disk{}", i + 1),
+        });
+    }
+    let inputs = BootInputs {
+        kernel: image.kernel(),
+        initramfs,
+        cmdline: m.kernel_cmdline.clone(),
+        memory_mib: cfg.memory_mib.unwrap_or(m.resources.memory_mib),
+        vcpus: cfg.vcpus.unwrap_or(m.resources.vcpus),
+        disks,
+        console: Box::new(crate::devices::serial::Stdout),
+        use_pvh: true,
+    };
+    let vm = build_vm(inputs, marks)?;
+    let opts = RunOptions {
+        timeout: cfg.timeout,
+        grace: cfg.grace,
+        forward_signals: true,
+        stop_signal: parse_signal(&m.run.stop_signal),
+        stdin: cfg.interactive,
+    };
+    Ok((vm, opts))
+}
+
+/// A whole launch on the KVM engine: build, run, report. Returns the launcher's exit code.
+pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
+    let mut marks = Marks::new(exec);
+    let outcome = match build_vm_for_boot(cfg, &mut marks) {
+        Ok((vm, opts)) => {
+            let _raw = if cfg.tty {
+                term::RawTerminal::enter(0)
+            } else {
+                None
+            };
+            run::run(vm.runner, &opts, &mut marks)
+        }
+        Err(e) => Outcome {
+            code: crate::control::EXIT_LAUNCHER,
+            message: Some(error_chain(&e)),
+        },
+    };
+    if let Some(m) = &outcome.message {
+        eprintln!("hyperlaunch: {m}");
+    }
+    if cfg.timing {
+        eprint!("{}", marks.report());
+    }
+    outcome.code
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.ends_with(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal(""), libc::SIGTERM);
+        assert_eq!(parse_signal("SIGQUIT"), libc::SIGQUIT);
+        assert_eq!(parse_signal("INT"), libc::SIGINT);
+        assert_eq!(parse_signal("9"), 9);
+        assert_eq!(parse_signal("SIGNOPE"), libc::SIGTERM);
+    }
+}

@@ -1,0 +1,192 @@
+//! The pod as the VMM reads it: the file mapped read-only, kernel and initramfs as slices of that
+//! mapping, the rootfs as a window (offset, length) of the file served in place.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use pod::{Manifest, Pod, PodError, Section};
+use thiserror::Error;
+
+use super::trust::{self, FileStamp, VerifiedCache};
+use crate::devices::virtio_blk::DiskBackend;
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: PodError,
+    },
+    #[error("cannot map the pod file")]
+    Map(#[source] std::io::Error),
+    #[error("cannot stat the pod file")]
+    Stat(#[source] std::io::Error),
+    #[error("{section}: sha256 is {actual}, the manifest says {expected}")]
+    Digest {
+        section: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("verifying the rootfs: {0}")]
+    Verify(#[source] PodError),
+}
+
+/// A read-only, private mapping of a whole file.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never remapped while shared; `&[u8]` views of it may be
+// sent and shared between threads like any immutable slice.
+unsafe impl Send for Mapping {}
+// SAFETY: see the `Send` impl: nothing mutates through the pointer.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(file: &File, len: usize) -> std::io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh read-only private mapping of `len` bytes of an open file; the kernel
+        // picks the address, so no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives. The pod file is
+        // expected not to be truncated while a VM runs from it (a truncation would fault,
+        // as with any mapped executable); see docs/launcher.md.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping exactly the region `new` mapped; no slice of it outlives `self`.
+            unsafe {
+                libc::munmap(self.ptr, self.len);
+            }
+        }
+    }
+}
+
+/// How the kernel and initramfs digests were established for this launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Hashed now and matched the manifest (and recorded in the cache).
+    Hashed,
+    /// The cache says this exact file (same stamps) was verified before.
+    Cached,
+}
+
+/// An opened pod, ready to boot.
+pub struct PodImage {
+    pod: Pod,
+    map: Mapping,
+    pub trust: Trust,
+}
+
+impl PodImage {
+    /// Opens and maps `path`, and establishes the kernel/initramfs digests (hash or cache hit;
+    /// `cache` = `None` always hashes). `verify_rootfs` hashes the rootfs section too.
+    pub fn open(
+        path: &Path,
+        cache: Option<&VerifiedCache>,
+        verify_rootfs: bool,
+    ) -> Result<PodImage, SourceError> {
+        let pod = Pod::open(path).map_err(|source| SourceError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let len = pod.layout().file_len as usize;
+        let map = Mapping::new(pod.file(), len).map_err(SourceError::Map)?;
+        let mut image = PodImage {
+            pod,
+            map,
+            trust: Trust::Hashed,
+        };
+        let stamp = FileStamp::of(image.pod.file()).map_err(SourceError::Stat)?;
+        let key = stamp.key(&image.pod.manifest_sha256());
+        if cache.is_some_and(|c| c.contains(&key)) {
+            image.trust = Trust::Cached;
+        } else {
+            for s in [Section::Kernel, Section::Initramfs] {
+                let actual = trust::sha256_hex(image.section(s));
+                let expected = image.pod.recorded_sha256(s);
+                if actual != expected {
+                    return Err(SourceError::Digest {
+                        section: s.name(),
+                        expected: expected.to_string(),
+                        actual,
+                    });
+                }
+            }
+            if let Some(c) = cache {
+                // Not recording only means hashing again next time.
+                let _ = c.insert(&key);
+            }
+        }
+        if verify_rootfs {
+            image
+                .pod
+                .verify_section(Section::Rootfs)
+                .map_err(SourceError::Verify)?;
+        }
+        Ok(image)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        self.pod.manifest()
+    }
+
+    fn section(&self, s: Section) -> &[u8] {
+        let loc = self.pod.section(s);
+        &self.map.bytes()[loc.offset as usize..(loc.offset + loc.len) as usize]
+    }
+
+    /// The kernel image, in place in the mapping.
+    pub fn kernel(&self) -> &[u8] {
+        self.section(Section::Kernel)
+    }
+
+    /// The initramfs, in place in the mapping.
+    pub fn initramfs(&self) -> &[u8] {
+        self.section(Section::Initramfs)
+    }
+
+    /// The rootfs as a read-only disk window of the pod file.
+    pub fn rootfs(&self) -> Result<DiskBackend, SourceError> {
+        let loc = self.pod.section(Section::Rootfs);
+        let file = self.pod.file().try_clone().map_err(SourceError::Stat)?;
+        Ok(DiskBackend {
+            file: Arc::new(file),
+            offset: loc.offset,
+            len: loc.len,
+            read_only: true,
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! The KVM engine on this machine's /dev/kvm, end to end: probe guests (tests/probes/) sealed
+//! into real .pod files and booted by the `hyperlaunch` binary with `--engine kvm`.
+
+mod probes;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const CMDLINE: &str = "probe=1 quiet";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn hyperlaunch(dir: &Path, pod: &Path, extra: &[&str]) -> Run {
+    hyperlaunch_args(dir, pod, extra, &[])
+}
+
+fn hyperlaunch_args(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm"])
+        .args(extra)
+        .arg(pod)
+        .arg("--")
+        .args(app_args)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .output()
+        .unwrap();
+    let r = Run {
+        code: out.status.code().expect("hyperlaunch killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!(
+        "--- exit {}\n--- stdout\n{}--- stderr\n{}",
+        r.code, r.stdout, r.stderr
+    );
+    r
+}
+
+/// A rootfs whose every sector differs.
+fn rootfs(sectors: usize) -> Vec<u8> {
+    (0..sectors * 512)
+        .map(|i| ((i * 7 + i / 512 * 13) % 253) as u8)
+        .collect()
+}
+
+fn probe_pod(
+    dir: &Path,
+    probe: &str,
+    defines: &[&str],
+    initramfs: &[u8],
+    disk: &[u8],
+) -> std::path::PathBuf {
+    let kernel = probes::build(dir, probe, defines);
+    let pod = dir.join(format!("{probe}.pod"));
+    probes::seal_pod(&pod, &kernel, initramfs, disk, CMDLINE);
+    pod
+}
+
+#[test]
+fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
+    if !probes::kvm_available("kvm_hello_probe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let initramfs = vec![0x5au8; 3000];
+    let pod = probe_pod(
+        dir.path(),
+        "hello",
+        &["EXIT_CODE=42"],
+        &initramfs,
+        &rootfs(8),
+    );
+    let r = hyperlaunch(dir.path(), &pod, &["--memory", "48", "--timing"]);
+    assert_eq!(r.code, 42, "the launcher exits with the guest's X code");
+    assert!(r.stdout.contains("hello from probe"));
+    let cmdline = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CMDLINE: "))
+        .expect("probe printed the command line");
+    assert!(cmdline.starts_with(CMDLINE), "{cmdline}");
+    assert!(cmdline.contains("console=ttyS0"), "{cmdline}");
+    assert!(
+        cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "{cmdline}"
+    );
+    assert!(r.stdout.contains(&format!("RAMTOP: {}", 48u64 << 20)));
+    assert!(r.stdout.contains("INITRAMFS: 3000\n"));
+    assert!(!r.stdout.contains("OVERRIDES"));
+    for phase in [
+        "pod-opened",
+        "vm-created",
+        "kernel-loaded",
+        "first-kvm-run",
+        "init-entered",
+        "exit",
+    ] {
+        assert!(r.stderr.contains(phase), "--timing shows {phase}");
+    }
+
+    // Overrides travel as a second archive appended to the initramfs.
+    let r = hyperlaunch_args(dir.path(), &pod, &["-e", "A=1"], &["x"]);
+    assert_eq!(r.code, 42);
+    assert!(r.stdout.contains("OVERRIDES: present"));
+    let size: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("INITRAMFS: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(size > 3000 && size % 4 == 0, "{size}");
+
+    // Two vCPUs: the MP table describes both; the application processor waits for SIPI.
+    let r = hyperlaunch(dir.path(), &pod, &["--vcpus", "2", "--memory", "64"]);
+    assert_eq!(r.code, 42);
+    assert!(r.stdout.contains(&format!("RAMTOP: {}", 64u64 << 20)));
+}
+
+#[test]
+fn kvm_verified_digest_cache_rehashes_a_changed_pod() {
+    if !probes::kvm_available("kvm_verified_digest_cache") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "hello", &["EXIT_CODE=7"], b"init", &rootfs(8));
+    assert_eq!(hyperlaunch(dir.path(), &pod, &[]).code, 7);
+    let cache = dir.path().join("cache/hyperpod/verified");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    assert_eq!(hyperlaunch(dir.path(), &pod, &["--verify"]).code, 7);
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "second launch hits the cache"
+    );
+
+    // Corrupt one kernel byte in place: the stamp changes, the hash is redone and fails.
+    let mut bytes = std::fs::read(&pod).unwrap();
+    let kernel_at = bytes.windows(4).position(|w| w == b"\x7fELF").unwrap();
+    bytes[kernel_at + 0x1000 + 5] ^= 0xff;
+    std::fs::write(&pod, &bytes).unwrap();
+    let r = hyperlaunch(dir.path(), &pod, &[]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("kernel: sha256 is"), "{}", r.stderr);
+}
+
+#[test]
+fn kvm_block_probe_reads_the_rootfs_window() {
+    if !probes::kvm_available("kvm_block_probe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = rootfs(200);
+    let chosen = [3usize, 17, 199, 0];
+    let list = chosen.map(|s| s.to_string()).join(",");
+    let pod = probe_pod(
+        dir.path(),
+        "blk",
+        &[&format!("SECTORS={list}")],
+        b"x",
+        &disk,
+    );
+    let r = hyperlaunch(dir.path(), &pod, &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("CAPACITY: 200\n"));
+    let mut bytes = Vec::new();
+    for s in chosen {
+        bytes.extend_from_slice(&disk[s * 512..(s + 1) * 512]);
+    }
+    let want = format!("SUM {:08x}", probes::fnv1a(&bytes));
+    assert!(r.stdout.contains(&want), "want {want}");
+}
+
+#[test]
+fn kvm_block_probe_write_to_read_only_rootfs_gets_ioerr() {
+    if !probes::kvm_available("kvm_block_write_ro") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = rootfs(16);
+    let pod = probe_pod(
+        dir.path(),
+        "blk",
+        &["WRITE_TEST=1", "SECTORS=0"],
+        b"x",
+        &disk,
+    );
+    let before = std::fs::read(&pod).unwrap();
+    let r = hyperlaunch(dir.path(), &pod, &[]);
+    assert!(r.stdout.contains("WRITE STATUS: 1\n"), "VIRTIO_BLK_S_IOERR");
+    assert_eq!(r.code, 41);
+    assert_eq!(std::fs::read(&pod).unwrap(), before, "the pod is untouched");
+}
+
+#[test]
+fn kvm_triple_fault_is_reported_with_code_122() {
+    if !probes::kvm_available("kvm_triple_fault") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "triple", &[], b"x", &rootfs(8));
+    let r = hyperlaunch(dir.path(), &pod, &[]);
+    assert!(r.stdout.contains("about to triple-fault"));
+    assert!(!r.stdout.contains("still alive"));
+    assert_eq!(r.code, 122);
+    assert!(r.stderr.contains("triple-fault"), "{}", r.stderr);
+}
+
+#[test]
+fn kvm_guest_that_never_exits_times_out_with_124() {
+    if !probes::kvm_available("kvm_timeout") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "spin", &[], b"x", &rootfs(8));
+    let start = std::time::Instant::now();
+    let r = hyperlaunch(dir.path(), &pod, &["--timeout", "0.5"]);
+    assert!(r.stdout.contains("spinning"));
+    assert_eq!(r.code, 124);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn kvm_extra_disk_is_writable_unless_ro() {
+    if !probes::kvm_available("kvm_extra_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The probe writes 0xee over sector 0 of device 1, the first --disk.
+    let pod = probe_pod(
+        dir.path(),
+        "blk",
+        &["WRITE_TEST=1", "DEV=1", "SECTORS=0"],
+        b"x",
+        &rootfs(8),
+    );
+    let extra = dir.path().join("extra.img");
+    std::fs::write(&extra, vec![0u8; 8192]).unwrap();
+    let spec = format!("{}:ro", extra.display());
+    let r = hyperlaunch(dir.path(), &pod, &["--disk", &spec]);
+    assert!(r.stdout.contains("CAPACITY: 16\n"));
+    assert_eq!(r.code, 41, "read-only --disk refuses the write");
+    assert!(std::fs::read(&extra).unwrap().iter().all(|&b| b == 0));
+    let r = hyperlaunch(dir.path(), &pod, &["--disk", extra.to_str().unwrap()]);
+    assert_eq!(r.code, 40, "writable --disk takes the write");
+    let after = std::fs::read(&extra).unwrap();
+    assert!(after[..512].iter().all(|&b| b == 0xee));
+    assert!(after[512..].iter().all(|&b| b == 0));
+
+    let hello = probe_pod(dir.path(), "hello", &["EXIT_CODE=0"], b"x", &rootfs(8));
+    let r = hyperlaunch(dir.path(), &hello, &["--disk", &spec]);
+    assert!(r.stdout.contains("virtio_mmio.device=4K@0xd0001000:6"));
+    let r = hyperlaunch(dir.path(), &hello, &["--disk", "/nonexistent/disk.img"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("/nonexistent/disk.img"));
+}
+
+/// A running hyperlaunch whose stdout is collected in the background.
+struct Live {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Live {
+    fn start(dir: &Path, pod: &Path, extra: &[&str]) -> Live {
+        use std::io::Read;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+            .args(["--engine", "kvm"])
+            .args(extra)
+            .arg(pod)
+            .env("XDG_CACHE_HOME", dir.join("cache"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Live { child, out }
+    }
+
+    /// Waits (up to 20 s) until stdout contains `marker`.
+    fn wait_for(&self, marker: &str) {
+        let start = std::time::Instant::now();
+        while !self.out.lock().unwrap().contains(marker) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "no {marker:?} in {:?}",
+                self.out.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process by pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the exit: (code, stdout, stderr).
+    fn finish(self) -> (i32, String, String) {
+        let out = self.child.wait_with_output().unwrap();
+        // Let the reader thread drain the last bytes.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let stdout = self.out.lock().unwrap().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "--- exit {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+            out.status
+        );
+        (out.status.code().unwrap(), stdout, stderr)
+    }
+}
+
+#[test]
+fn kvm_sigterm_reaches_the_guest_as_an_s_line_and_stdin_reaches_the_console() {
+    if !probes::kvm_available("kvm_signals") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "io", &["READ_CONSOLE=1"], b"x", &rootfs(8));
+    let mut live = Live::start(dir.path(), &pod, &["-i"]);
+    live.wait_for("ready");
+    {
+        use std::io::Write;
+        live.child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"ping\n")
+            .unwrap();
+    }
+    live.wait_for("waiting for a signal");
+    live.signal(libc::SIGTERM);
+    let (code, stdout, _) = live.finish();
+    assert!(stdout.contains("GOT ping"));
+    assert!(stdout.contains("CONTROL: S 15"));
+    assert_eq!(
+        code, 15,
+        "SIGTERM is forwarded as the pod's stop signal (default SIGTERM)"
+    );
+}
+
+#[test]
+fn kvm_ctrl_c_arrives_as_sigint_and_grace_expiry_stops_the_vm() {
+    if !probes::kvm_available("kvm_grace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "io", &[], b"x", &rootfs(8));
+    let live = Live::start(dir.path(), &pod, &[]);
+    live.wait_for("waiting for a signal");
+    live.signal(libc::SIGINT);
+    let (code, stdout, _) = live.finish();
+    assert!(stdout.contains("CONTROL: S 2"));
+    assert_eq!(code, 2);
+
+    let pod = probe_pod(dir.path(), "spin", &[], b"x", &rootfs(8));
+    let live = Live::start(dir.path(), &pod, &["--grace", "0.3"]);
+    live.wait_for("spinning");
+    let start = std::time::Instant::now();
+    live.signal(libc::SIGTERM);
+    let (code, _, stderr) = live.finish();
+    assert_eq!(code, 137, "{stderr}");
+    assert!(stderr.contains("did not exit"), "{stderr}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+#[test]
+fn kvm_i8042_reset_ends_the_vm_with_the_reported_status_or_122() {
+    if !probes::kvm_available("kvm_i8042_reset") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "reset", &[], b"x", &rootfs(8));
+    let r = hyperlaunch(dir.path(), &pod, &[]);
+    assert!(r.stdout.contains("resetting"));
+    assert_eq!(r.code, 122);
+    assert!(
+        r.stderr
+            .contains("reset the machine without reporting a status"),
+        "{}",
+        r.stderr
+    );
+    let pod = probe_pod(dir.path(), "reset", &["WITH_STATUS=1"], b"x", &rootfs(8));
+    assert_eq!(hyperlaunch(dir.path(), &pod, &[]).code, 9);
+}

@@ -1,0 +1,183 @@
+//! Builds the probe guests (C + assembly in this directory, compiled with the host's gcc and
+//! binutils to a flat 32-bit image) and wraps them in a minimal ELF64 with a PVH note, so the
+//! launcher's real ELF/PVH loader path runs them. Also seals them into real .pod files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the probe image is linked and loaded.
+pub const LOAD_ADDR: u64 = 0x10_0000;
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (install gcc and binutils): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Compiles `probe` (`hello`, `blk`, `triple`, `spin`) with extra `-D` defines into a flat image.
+pub fn build_flat(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
+    let src = src_dir();
+    let start_o = dir.join(format!("{probe}-start.o"));
+    let main_o = dir.join(format!("{probe}.o"));
+    let bin = dir.join(format!("{probe}.bin"));
+    run(Command::new("gcc")
+        .args(["-m32", "-c", "-o"])
+        .arg(&start_o)
+        .arg(src.join("start.S")));
+    let mut cc = Command::new("gcc");
+    cc.args([
+        "-m32",
+        "-march=i686",
+        "-O2",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-pic",
+        "-fno-pie",
+        "-fno-stack-protector",
+        "-fno-asynchronous-unwind-tables",
+        "-fno-tree-loop-distribute-patterns",
+        "-mgeneral-regs-only",
+        "-nostdlib",
+        "-Wall",
+        "-Werror",
+        "-Wno-unused-function",
+        "-c",
+    ]);
+    for d in defines {
+        cc.arg(format!("-D{d}"));
+    }
+    run(cc
+        .arg("-o")
+        .arg(&main_o)
+        .arg(src.join(format!("{probe}.c"))));
+    run(Command::new("ld")
+        .args(["-m", "elf_i386", "--oformat", "binary", "-T"])
+        .arg(src.join("probe.ld"))
+        .arg("-o")
+        .arg(&bin)
+        .arg(&start_o)
+        .arg(&main_o));
+    std::fs::read(&bin).unwrap()
+}
+
+/// Wraps a flat image in an ELF64 executable: one PT_LOAD at [`LOAD_ADDR`] and a PT_NOTE
+/// holding the `Xen` `XEN_ELFNOTE_PHYS32_ENTRY` note pointing at its first byte.
+pub fn pvh_elf(flat: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let note_off = EHDR + 2 * PHDR;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+    let code_off = 0x1000usize;
+    let mut e = vec![0u8; code_off];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // ELFCLASS64
+    e[5] = 1; // little-endian
+    e[6] = 1; // version
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    e[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    e[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    e[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    e[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+    let mut phdr =
+        |i: usize, p_type: u32, flags: u32, off: u64, addr: u64, size: u64, align: u64| {
+            let b = EHDR + i * PHDR;
+            e[b..b + 4].copy_from_slice(&p_type.to_le_bytes());
+            e[b + 4..b + 8].copy_from_slice(&flags.to_le_bytes());
+            e[b + 8..b + 16].copy_from_slice(&off.to_le_bytes());
+            e[b + 16..b + 24].copy_from_slice(&addr.to_le_bytes()); // vaddr
+            e[b + 24..b + 32].copy_from_slice(&addr.to_le_bytes()); // paddr
+            e[b + 32..b + 40].copy_from_slice(&size.to_le_bytes()); // filesz
+            e[b + 40..b + 48].copy_from_slice(&size.to_le_bytes()); // memsz
+            e[b + 48..b + 56].copy_from_slice(&align.to_le_bytes());
+        };
+    phdr(
+        0,
+        1,
+        7,
+        code_off as u64,
+        LOAD_ADDR,
+        flat.len() as u64,
+        0x1000,
+    ); // PT_LOAD rwx
+    phdr(1, 4, 4, note_off as u64, 0, note.len() as u64, 4); // PT_NOTE
+    e[note_off..note_off + note.len()].copy_from_slice(&note);
+    e.extend_from_slice(flat);
+    e
+}
+
+/// Builds probe `probe` as a PVH ELF.
+pub fn build(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
+    pvh_elf(&build_flat(dir, probe, defines))
+}
+
+/// Seals a real .pod at `path` with `kernel`, `initramfs` and `rootfs`.
+pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmdline: &str) {
+    use pod::SectionInfo;
+    use pod::manifest::{Manifest, Resources, Sections, Source};
+    let manifest = Manifest {
+        format_version: pod::manifest::FORMAT_VERSION,
+        builder: "launcher probe tests".into(),
+        created: "2024-01-01T00:00:00Z".into(),
+        source: Source::default(),
+        sections: Sections {
+            kernel: SectionInfo::of_bytes(kernel),
+            initramfs: SectionInfo::of_bytes(initramfs),
+            rootfs: SectionInfo::of_bytes(rootfs),
+        },
+        run: Default::default(),
+        resources: Resources {
+            memory_mib: 64,
+            vcpus: 1,
+        },
+        kernel_cmdline: cmdline.into(),
+    };
+    pod::seal(
+        path,
+        &manifest,
+        &mut &kernel[..],
+        &mut &initramfs[..],
+        &mut &rootfs[..],
+    )
+    .unwrap();
+}
+
+/// `true` when /dev/kvm can be opened; otherwise prints the loud skip line.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED: {test}: /dev/kvm cannot be opened ({e}); this test needs KVM");
+            false
+        }
+    }
+}
+
+/// FNV-1a 32 over `bytes`, as blk.c computes it.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(2_166_136_261u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    })
+}
