@@ -85,7 +85,10 @@ pub enum BuildError {
     #[error("seal {path}: {source}")]
     Seal { path: PathBuf, source: SealError },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("SOURCE_DATE_EPOCH {0:?} is not a whole number of seconds")]
     SourceDateEpoch(String),
     #[error("run spec: {0}")]
@@ -137,7 +140,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         created: pod::time::format_rfc3339(created),
         source: Source {
             reference: image.reference.clone(),
-            manifest_digest: image.manifest_digest.as_ref().map(ToString::to_string).unwrap_or_default(),
+            manifest_digest: image
+                .manifest_digest
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         },
         sections: Sections {
             kernel: section_info(&kernel_path)?,
@@ -156,9 +163,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         &mut open(&initramfs_path)?,
         &mut open(&rootfs_path)?,
     )
-    .map_err(|source| BuildError::Seal { path: opts.output.clone(), source })?;
+    .map_err(|source| BuildError::Seal {
+        path: opts.output.clone(),
+        source,
+    })?;
 
-    let pod_bytes = std::fs::metadata(&opts.output).map_err(io_err(opts.output.display().to_string()))?.len();
+    let pod_bytes = std::fs::metadata(&opts.output)
+        .map_err(io_err(opts.output.display().to_string()))?
+        .len();
     Ok(BuildSummary {
         output: opts.output.clone(),
         pod_bytes,
@@ -188,7 +200,12 @@ fn created_time(image: &FetchedImage) -> Result<i64, BuildError> {
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
         return s.trim().parse().map_err(|_| BuildError::SourceDateEpoch(s));
     }
-    Ok(image.config.created.as_deref().and_then(pod::time::parse_rfc3339).unwrap_or(0))
+    Ok(image
+        .config
+        .created
+        .as_deref()
+        .and_then(pod::time::parse_rfc3339)
+        .unwrap_or(0))
 }
 
 /// The image's run spec with the build-time overrides applied (Docker's rules).
@@ -204,12 +221,15 @@ pub fn run_spec(image: &FetchedImage, o: &SpecOverrides) -> Result<RunSpec, Buil
     for kv in &o.env {
         let key = kv.split_once('=').map(|(k, _)| k).filter(|k| !k.is_empty());
         let key = key.ok_or_else(|| BuildError::Spec(format!("env {kv:?} is not KEY=VALUE")))?;
-        spec.env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        spec.env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
         spec.env.push(kv.clone());
     }
     if let Some(w) = &o.workdir {
         if !w.starts_with('/') {
-            return Err(BuildError::Spec(format!("workdir {w:?} is not an absolute path")));
+            return Err(BuildError::Spec(format!(
+                "workdir {w:?} is not an absolute path"
+            )));
         }
         spec.working_dir = w.clone();
     }
@@ -217,7 +237,9 @@ pub fn run_spec(image: &FetchedImage, o: &SpecOverrides) -> Result<RunSpec, Buil
         spec.user = u.clone();
     }
     if spec.entrypoint.is_empty() && spec.cmd.is_empty() {
-        return Err(BuildError::Spec("the image has no Entrypoint or Cmd: pass --entrypoint or --cmd".into()));
+        return Err(BuildError::Spec(
+            "the image has no Entrypoint or Cmd: pass --entrypoint or --cmd".into(),
+        ));
     }
     Ok(spec)
 }
@@ -236,13 +258,22 @@ fn write_rootfs(
         .open(path)
         .map_err(io_err(path.display().to_string()))?;
     let mut content = LayerContent::new(image.layers.clone(), limits.clone());
-    let opts = Ext4Options { extra_bytes: extra, ..Ext4Options::default() };
+    let opts = Ext4Options {
+        extra_bytes: extra,
+        ..Ext4Options::default()
+    };
     ext4::write_image(tree, &mut content, &file, &opts)?;
-    file.sync_data().map_err(io_err(path.display().to_string()))?;
+    file.sync_data()
+        .map_err(io_err(path.display().to_string()))?;
     Ok(())
 }
 
-fn write_initramfs(init: &Path, spec: &RunSpec, created: i64, path: &Path) -> Result<(), BuildError> {
+fn write_initramfs(
+    init: &Path,
+    spec: &RunSpec,
+    created: i64,
+    path: &Path,
+) -> Result<(), BuildError> {
     let file = File::create(path).map_err(io_err(path.display().to_string()))?;
     let mut w = BufWriter::new(file);
     let mtime = u32::try_from(created.max(0)).unwrap_or(u32::MAX);
@@ -286,7 +317,10 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999G").is_err());
-        assert_eq!(parse_command(r#"["/bin/sh","-c","echo hi"]"#).unwrap(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(
+            parse_command(r#"["/bin/sh","-c","echo hi"]"#).unwrap(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
         assert_eq!(parse_command("echo  hi").unwrap(), ["echo", "hi"]);
         assert!(parse_command("[1,2]").is_err());
     }

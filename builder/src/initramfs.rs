@@ -17,7 +17,9 @@ pub enum InitramfsError {
     Init { path: PathBuf, source: io::Error },
     #[error("init binary {0}: not a static x86-64 ELF executable")]
     NotStatic(PathBuf),
-    #[error("no init binary found: build it with scripts/setup, or pass --init / set HYPERPOD_INIT")]
+    #[error(
+        "no init binary found: build it with scripts/setup, or pass --init / set HYPERPOD_INIT"
+    )]
     NoInit,
     #[error("cpio: {0}")]
     Cpio(#[from] CpioError),
@@ -26,7 +28,9 @@ pub enum InitramfsError {
 }
 
 /// Directories created in the initramfs (init mounts onto or below them).
-const DIRS: [&str; 8] = ["dev", "hyperpod", "mnt", "proc", "run", "sys", "tmp", "root"];
+const DIRS: [&str; 8] = [
+    "dev", "hyperpod", "mnt", "proc", "run", "sys", "tmp", "root",
+];
 
 /// Device nodes init needs before devtmpfs: (path, mode, major, minor).
 const DEVICES: [(&str, u32, u32, u32); 5] = [
@@ -40,7 +44,10 @@ const DEVICES: [(&str, u32, u32, u32); 5] = [
 /// Finds the static init: `explicit`, else `$HYPERPOD_INIT`, else next to this executable, else
 /// in the workspace's static-target build directory.
 pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
-    if let Some(p) = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("HYPERPOD_INIT").map(PathBuf::from)) {
+    if let Some(p) = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("HYPERPOD_INIT").map(PathBuf::from))
+    {
         return Ok(p);
     }
     let exe = std::env::current_exe().map_err(|_| InitramfsError::NoInit)?;
@@ -50,12 +57,18 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
         dir.join("../x86_64-unknown-linux-gnu/release/hyperpod-init"),
         dir.join("../../x86_64-unknown-linux-gnu/release/hyperpod-init"),
     ];
-    candidates.into_iter().find(|p| p.is_file()).ok_or(InitramfsError::NoInit)
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or(InitramfsError::NoInit)
 }
 
 /// Checks that `path` is an x86-64 ELF executable with no program interpreter (static).
 fn check_static(path: &Path, file: &mut File) -> Result<u64, InitramfsError> {
-    let err = |source| InitramfsError::Init { path: path.to_path_buf(), source };
+    let err = |source| InitramfsError::Init {
+        path: path.to_path_buf(),
+        source,
+    };
     let size = file.metadata().map_err(err)?.len();
     let mut head = vec![0u8; 4096.min(size as usize)];
     file.read_exact(&mut head).map_err(err)?;
@@ -78,8 +91,16 @@ fn check_static(path: &Path, file: &mut File) -> Result<u64, InitramfsError> {
 }
 
 /// Writes the initramfs for `spec` with init binary `init` to `out`; every entry gets `mtime`.
-pub fn write(init: &Path, spec: &RunSpec, mtime: u32, out: impl Write) -> Result<(), InitramfsError> {
-    let mut file = File::open(init).map_err(|source| InitramfsError::Init { path: init.to_path_buf(), source })?;
+pub fn write(
+    init: &Path,
+    spec: &RunSpec,
+    mtime: u32,
+    out: impl Write,
+) -> Result<(), InitramfsError> {
+    let mut file = File::open(init).map_err(|source| InitramfsError::Init {
+        path: init.to_path_buf(),
+        source,
+    })?;
     let size = check_static(init, &mut file)?;
     let mut w = CpioWriter::new(out, mtime);
     for d in DIRS {
@@ -120,19 +141,39 @@ mod tests {
     fn holds_init_spec_and_devices_deterministically() {
         let dir = tempfile::tempdir().unwrap();
         let init = fake_static_elf(dir.path());
-        let spec = RunSpec { cmd: vec!["/bin/sh".into()], ..RunSpec::default() };
+        let spec = RunSpec {
+            cmd: vec!["/bin/sh".into()],
+            ..RunSpec::default()
+        };
         let mut a = Vec::new();
         write(&init, &spec, 1_700_000_000, &mut a).unwrap();
         let mut b = Vec::new();
         write(&init, &spec, 1_700_000_000, &mut b).unwrap();
         assert_eq!(a, b);
         let entries = pod::cpio::parse(&a).unwrap();
-        let names: Vec<String> = entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
-        for want in ["init", "hyperpod/spec.json", "dev/console", "dev/port", "dev/ttyS1"] {
-            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        let names: Vec<String> = entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect();
+        for want in [
+            "init",
+            "hyperpod/spec.json",
+            "dev/console",
+            "dev/port",
+            "dev/ttyS1",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
         }
-        let spec_entry = entries.iter().find(|e| e.name == b"hyperpod/spec.json").unwrap();
-        let pod::cpio::EntryKind::File(data) = &spec_entry.kind else { panic!("spec is not a file") };
+        let spec_entry = entries
+            .iter()
+            .find(|e| e.name == b"hyperpod/spec.json")
+            .unwrap();
+        let pod::cpio::EntryKind::File(data) = &spec_entry.kind else {
+            panic!("spec is not a file")
+        };
         let back: RunSpec = serde_json::from_slice(data).unwrap();
         assert_eq!(back, spec);
     }
@@ -147,7 +188,13 @@ mod tests {
         // /bin/sh on the host is dynamically linked.
         let err = write(Path::new("/bin/sh"), &RunSpec::default(), 0, Vec::new()).unwrap_err();
         assert!(matches!(err, InitramfsError::NotStatic(_)), "{err}");
-        let err = write(&dir.path().join("missing"), &RunSpec::default(), 0, Vec::new()).unwrap_err();
+        let err = write(
+            &dir.path().join("missing"),
+            &RunSpec::default(),
+            0,
+            Vec::new(),
+        )
+        .unwrap_err();
         assert!(matches!(err, InitramfsError::Init { .. }), "{err}");
     }
 }

@@ -15,7 +15,10 @@ pub fn table(path: &Path, pod: &Pod) -> String {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<12} {v}");
     };
-    row("pod", format!("{} ({})", path.display(), human_size(pod.layout().file_len)));
+    row(
+        "pod",
+        format!("{} ({})", path.display(), human_size(pod.layout().file_len)),
+    );
     row("format", m.format_version.to_string());
     row("builder", m.builder.clone());
     row("created", m.created.clone());
@@ -36,9 +39,16 @@ pub fn table(path: &Path, pod: &Pod) -> String {
     for (k, v) in &r.labels {
         row("label", format!("{k}={v}"));
     }
-    row("resources", format!("{} MiB, {} vCPU", m.resources.memory_mib, m.resources.vcpus));
+    row(
+        "resources",
+        format!("{} MiB, {} vCPU", m.resources.memory_mib, m.resources.vcpus),
+    );
     row("cmdline", m.kernel_cmdline.clone());
-    let _ = writeln!(out, "\n{:<12} {:>12} {:>12}  SHA256", "SECTION", "OFFSET", "SIZE");
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:>12} {:>12}  SHA256",
+        "SECTION", "OFFSET", "SIZE"
+    );
     let loc = pod.layout().manifest_loc;
     let _ = writeln!(
         out,
@@ -50,8 +60,14 @@ pub fn table(path: &Path, pod: &Pod) -> String {
     );
     for s in Section::ALL {
         let loc = pod.section(s);
-        let _ =
-            writeln!(out, "{:<12} {:>12} {:>12}  {}", s.name(), loc.offset, loc.len, pod.recorded_sha256(s));
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {:>12}  {}",
+            s.name(),
+            loc.offset,
+            loc.len,
+            pod.recorded_sha256(s)
+        );
     }
     out
 }
@@ -88,7 +104,11 @@ pub fn verify(path: &Path) -> Result<String, PodError> {
 }
 
 fn or_default(s: &str, default: &str) -> String {
-    if s.is_empty() { default.to_string() } else { s.to_string() }
+    if s.is_empty() {
+        default.to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// `1234567` → `1.2 MiB`.
@@ -100,7 +120,11 @@ pub fn human_size(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

@@ -70,9 +70,15 @@ mod tests {
         assert!(FRAGMENTS_KEY.bytes().all(|b| b.is_ascii_hexdigit()));
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("vmlinux");
-        assert!(matches!(locate(Some(&missing)), Err(KernelError::Missing(_))));
+        assert!(matches!(
+            locate(Some(&missing)),
+            Err(KernelError::Missing(_))
+        ));
         std::fs::write(&missing, b"MZ not elf").unwrap();
-        assert!(matches!(locate(Some(&missing)), Err(KernelError::NotElf(_))));
+        assert!(matches!(
+            locate(Some(&missing)),
+            Err(KernelError::NotElf(_))
+        ));
         std::fs::write(&missing, b"\x7fELF....").unwrap();
         assert_eq!(locate(Some(&missing)).unwrap(), missing);
     }
@@ -81,12 +87,23 @@ mod tests {
     fn finds_what_the_build_script_built() {
         // The script is the reference: the kernel it prints must be the one our key names.
         // It returns at once when the kernel is cached (scripts/setup builds it first).
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-fragments/build-kernel.sh");
-        let out = std::process::Command::new("bash").arg(&script).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-fragments/build-kernel.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let built = Path::new(stdout.lines().last().unwrap().trim());
-        let ours = cache_root().join("kernel/by-fragments").join(FRAGMENTS_KEY).join("vmlinux");
+        let ours = cache_root()
+            .join("kernel/by-fragments")
+            .join(FRAGMENTS_KEY)
+            .join("vmlinux");
         assert_eq!(ours.canonicalize().unwrap(), built.canonicalize().unwrap());
     }
 }

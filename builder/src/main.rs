@@ -159,7 +159,8 @@ fn run_build(a: BuildArgs) -> ExitCode {
         Err(e) => return usage(e.to_string()),
     };
     let parse = |flag: &str, v: Option<String>| -> Result<Option<Vec<String>>, String> {
-        v.map(|s| build::parse_command(&s).map_err(|e| format!("--{flag}: {e}"))).transpose()
+        v.map(|s| build::parse_command(&s).map_err(|e| format!("--{flag}: {e}")))
+            .transpose()
     };
     let (entrypoint, cmd) = match (parse("entrypoint", a.entrypoint), parse("cmd", a.cmd)) {
         (Ok(e), Ok(c)) => (e, c),
@@ -177,18 +178,33 @@ fn run_build(a: BuildArgs) -> ExitCode {
             insecure_registries: a.insecure_registry,
             cache_root: None,
         },
-        overrides: SpecOverrides { entrypoint, cmd, env: a.env, workdir: a.workdir, user: a.user },
-        resources: Resources { memory_mib: a.memory, vcpus: a.vcpus },
+        overrides: SpecOverrides {
+            entrypoint,
+            cmd,
+            env: a.env,
+            workdir: a.workdir,
+            user: a.user,
+        },
+        resources: Resources {
+            memory_mib: a.memory,
+            vcpus: a.vcpus,
+        },
         kernel: a.kernel,
         init: a.init,
         rootfs_extra: a.rootfs_extra,
         quiet: a.quiet,
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
-        return usage(format!("--memory {} is outside 16..=1048576 MiB", opts.resources.memory_mib));
+        return usage(format!(
+            "--memory {} is outside 16..=1048576 MiB",
+            opts.resources.memory_mib
+        ));
     }
     if !pod::manifest::VCPUS_RANGE.contains(&opts.resources.vcpus) {
-        return usage(format!("--vcpus {} is outside 1..=254", opts.resources.vcpus));
+        return usage(format!(
+            "--vcpus {} is outside 1..=254",
+            opts.resources.vcpus
+        ));
     }
     match build::build(&opts) {
         Ok(s) => {

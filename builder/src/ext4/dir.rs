@@ -240,16 +240,25 @@ mod tests {
         assert!(!d.indexed);
         assert_eq!(d.data.len(), BSU);
         // The last entry's rec_len reaches the tail.
-        assert_eq!(u16::from_le_bytes([d.data[28], d.data[29]]) as usize, LEAF_ROOM - 24);
+        assert_eq!(
+            u16::from_le_bytes([d.data[28], d.data[29]]) as usize,
+            LEAF_ROOM - 24
+        );
         assert_eq!(d.data[LEAF_ROOM + 7], 0xDE);
     }
 
     #[test]
     fn big_directories_are_indexed_with_two_levels_when_needed() {
-        let names: Vec<Vec<u8>> = (0..150_000).map(|i| format!("entry-{i:08}").into_bytes()).collect();
+        let names: Vec<Vec<u8>> = (0..150_000)
+            .map(|i| format!("entry-{i:08}").into_bytes())
+            .collect();
         let e: Vec<Entry<'_>> = names
             .iter()
-            .map(|n| Entry { name: n, ino: 20, ftype: FT_REG })
+            .map(|n| Entry {
+                name: n,
+                ino: 20,
+                ftype: FT_REG,
+            })
             .collect();
         let d = build(&e, 2, 2, &[1, 2, 3, 4], 0).unwrap();
         assert!(d.indexed);

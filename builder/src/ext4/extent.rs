@@ -86,7 +86,11 @@ pub(crate) struct TreeBlock {
 
 /// Builds the tree for `extents`: returns the 60-byte `i_block` root and the tree blocks
 /// (allocated from `alloc`, checksummed with the inode's `seed`) the caller must write.
-pub(crate) fn build(extents: &[Extent], alloc: &mut Alloc, seed: u32) -> ([u8; 60], Vec<TreeBlock>) {
+pub(crate) fn build(
+    extents: &[Extent],
+    alloc: &mut Alloc,
+    seed: u32,
+) -> ([u8; 60], Vec<TreeBlock>) {
     let mut root = [0u8; 60];
     if extents.len() <= IN_INODE {
         header(&mut root, extents.len(), IN_INODE, 0);
@@ -158,7 +162,11 @@ mod tests {
     #[test]
     fn many_extents_make_a_deeper_tree() {
         let exts: Vec<Extent> = (0..2000u32)
-            .map(|i| Extent { logical: i * 2, start: 10_000 + u64::from(i) * 2, len: 1 })
+            .map(|i| Extent {
+                logical: i * 2,
+                start: 10_000 + u64::from(i) * 2,
+                len: 1,
+            })
             .collect();
         let mut a = Alloc::new(1);
         let (root, blocks) = build(&exts, &mut a, 0);

@@ -25,10 +25,16 @@ fn itable_blocks(ipg: u64) -> u64 {
 
 /// Places group metadata for `groups` groups on `alloc`; returns (block bitmaps, inode
 /// bitmaps, inode tables).
-fn place_group_metadata(alloc: &mut Alloc, groups: u64, ipg: u64) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+fn place_group_metadata(
+    alloc: &mut Alloc,
+    groups: u64,
+    ipg: u64,
+) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     let bb = (0..groups).map(|_| alloc.block()).collect();
     let ib = (0..groups).map(|_| alloc.block()).collect();
-    let it = (0..groups).map(|_| alloc.contiguous(itable_blocks(ipg))).collect();
+    let it = (0..groups)
+        .map(|_| alloc.contiguous(itable_blocks(ipg)))
+        .collect();
     (bb, ib, it)
 }
 
@@ -54,12 +60,18 @@ fn geometry(plan: &Plan, opts: &Ext4Options) -> Result<Geometry, Ext4Error> {
         let reserved = if has_super(last) { sim.area_len() } else { 0 };
         blocks = blocks.max(last * BPG + reserved + LAST_GROUP_SLACK);
         if gdt_blocks(groups) > plan.gdt_reserved {
-            return Err(Ext4Error::Layout("descriptor blocks beyond the reserved area"));
+            return Err(Ext4Error::Layout(
+                "descriptor blocks beyond the reserved area",
+            ));
         }
         if groups > u64::from(u32::MAX) / BPG {
             return Err(Ext4Error::Layout("too many groups"));
         }
-        return Ok(Geometry { groups, ipg, blocks });
+        return Ok(Geometry {
+            groups,
+            ipg,
+            blocks,
+        });
     }
     Err(Ext4Error::Layout("group count did not settle"))
 }
@@ -85,7 +97,12 @@ fn write(out: &File, bytes: &[u8], at: u64) -> Result<(), Ext4Error> {
 }
 
 /// Writes bitmaps, inode tables, descriptors and superblocks; sizes the file.
-pub(crate) fn finish(tree: &Tree, plan: &Plan, out: &File, opts: &Ext4Options) -> Result<Ext4Summary, Ext4Error> {
+pub(crate) fn finish(
+    tree: &Tree,
+    plan: &Plan,
+    out: &File,
+    opts: &Ext4Options,
+) -> Result<Ext4Summary, Ext4Error> {
     let geo = geometry(plan, opts)?;
     let (groups, ipg) = (geo.groups, geo.ipg);
     let mut alloc = plan.alloc.clone();
@@ -142,7 +159,11 @@ pub(crate) fn finish(tree: &Tree, plan: &Plan, out: &File, opts: &Ext4Options) -
             }
             let meta_node = rec.node.unwrap_or(crate::tree::ROOT);
             let meta = &tree.nodes[meta_node].meta;
-            let (uid, gid) = if rec.node.is_some() { (meta.uid, meta.gid) } else { (0, 0) };
+            let (uid, gid) = if rec.node.is_some() {
+                (meta.uid, meta.gid)
+            } else {
+                (0, 0)
+            };
             let record = inode::Inode {
                 mode: rec.mode,
                 uid,
@@ -177,7 +198,11 @@ pub(crate) fn finish(tree: &Tree, plan: &Plan, out: &File, opts: &Ext4Options) -
     }
     let mut gdt = vec![0u8; (gdt_used * BS) as usize];
     for (g, d) in descs.iter().enumerate() {
-        gdt[g * 64..g * 64 + 64].copy_from_slice(&superblock::encode_desc(d, g as u32, plan.fs_seed));
+        gdt[g * 64..g * 64 + 64].copy_from_slice(&superblock::encode_desc(
+            d,
+            g as u32,
+            plan.fs_seed,
+        ));
     }
     let mut label = [0u8; 16];
     label[..opts.label.len()].copy_from_slice(opts.label.as_bytes());

@@ -88,7 +88,11 @@ pub enum Ext4Error {
         source: io::Error,
     },
     #[error("{path}: content is {got} bytes, expected {expected}")]
-    ShortContent { path: String, expected: u64, got: u64 },
+    ShortContent {
+        path: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("{path}: content is longer than {expected} bytes")]
     LongContent { path: String, expected: u64 },
     #[error("{path}: content never streamed")]
@@ -207,7 +211,12 @@ fn copy_one(
                 expected: size,
             });
         }
-        Err(data::CopyProblem::Read(source)) => return Err(Ext4Error::Read { path: path.clone(), source }),
+        Err(data::CopyProblem::Read(source)) => {
+            return Err(Ext4Error::Read {
+                path: path.clone(),
+                source,
+            });
+        }
         Err(data::CopyProblem::Write(e)) => return Err(Ext4Error::Write(e)),
     };
     plan.data_blocks += extents.blocks();

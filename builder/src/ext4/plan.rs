@@ -120,7 +120,12 @@ fn tree_digest(tree: &Tree, walk: &[(Vec<u8>, NodeId)], ino_of: &[u32]) -> [u8; 
             NodeKind::Fifo => {}
         }
         let m = &node.meta;
-        for v in [u64::from(m.mode), u64::from(m.uid), u64::from(m.gid), m.mtime as u64] {
+        for v in [
+            u64::from(m.mode),
+            u64::from(m.uid),
+            u64::from(m.gid),
+            m.mtime as u64,
+        ] {
             h.update(v.to_le_bytes());
         }
         h.update(m.mtime_nsec.to_le_bytes());
@@ -193,23 +198,35 @@ impl Plan {
                 }
                 NodeKind::File { size, .. } => {
                     if *size > (1u64 << 32) * BS {
-                        return Err(Ext4Error::FileTooLarge { path: show(path), size: *size });
+                        return Err(Ext4Error::FileTooLarge {
+                            path: show(path),
+                            size: *size,
+                        });
                     }
                     if counts[*id] > MAX_LINKS {
-                        return Err(Ext4Error::TooManyLinks { path: show(path), count: counts[*id] });
+                        return Err(Ext4Error::TooManyLinks {
+                            path: show(path),
+                            count: counts[*id],
+                        });
                     }
                     let blocks = size.div_ceil(BS);
                     estimate += blocks + blocks / 300 + 2;
                 }
                 NodeKind::Symlink(t) => {
                     if t.is_empty() || t.len() >= BS as usize {
-                        return Err(Ext4Error::SymlinkTarget { path: show(path), len: t.len() });
+                        return Err(Ext4Error::SymlinkTarget {
+                            path: show(path),
+                            len: t.len(),
+                        });
                     }
                     estimate += 1;
                 }
                 _ => {
                     if counts[*id] > MAX_LINKS {
-                        return Err(Ext4Error::TooManyLinks { path: show(path), count: counts[*id] });
+                        return Err(Ext4Error::TooManyLinks {
+                            path: show(path),
+                            count: counts[*id],
+                        });
                     }
                 }
             }
@@ -230,8 +247,16 @@ impl Plan {
         uuid[6] = (uuid[6] & 0x0f) | 0x40;
         uuid[8] = (uuid[8] & 0x3f) | 0x80;
         let hs = derive(&seed_input, b"hash-seed");
-        let hash_seed = std::array::from_fn(|i| u32::from_le_bytes(hs[4 * i..4 * i + 4].try_into().unwrap()));
-        let time = tree.nodes.iter().enumerate().filter(|(id, _)| ino_of[*id] != 0).map(|(_, n)| n.meta.mtime).max().unwrap_or(0);
+        let hash_seed =
+            std::array::from_fn(|i| u32::from_le_bytes(hs[4 * i..4 * i + 4].try_into().unwrap()));
+        let time = tree
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| ino_of[*id] != 0)
+            .map(|(_, n)| n.meta.mtime)
+            .max()
+            .unwrap_or(0);
         Ok(Plan {
             recs: vec![None; last_ino as usize + 1],
             ino_of,
@@ -265,11 +290,17 @@ impl Plan {
 
     /// Points inode `ino` at `extents` (already written), building and writing its extent
     /// tree blocks.
-    pub(crate) fn set_extents(&mut self, ino: u32, extents: &ExtentList, out: &File) -> Result<(), Ext4Error> {
+    pub(crate) fn set_extents(
+        &mut self,
+        ino: u32,
+        extents: &ExtentList,
+        out: &File,
+    ) -> Result<(), Ext4Error> {
         let seed = self.seed_of(ino);
         let (root, blocks) = extent::build(&extents.list, &mut self.alloc, seed);
         for b in &blocks {
-            out.write_all_at(&b.data, b.block * BS).map_err(Ext4Error::Write)?;
+            out.write_all_at(&b.data, b.block * BS)
+                .map_err(Ext4Error::Write)?;
         }
         let rec = self.rec(ino);
         rec.i_block = root;
@@ -285,14 +316,22 @@ impl Plan {
         let mut logical = 0u64;
         for (start, len) in self.alloc.runs_of(n) {
             let from = (logical * BS) as usize;
-            out.write_all_at(&bytes[from..from + (len * BS) as usize], start * BS).map_err(Ext4Error::Write)?;
+            out.write_all_at(&bytes[from..from + (len * BS) as usize], start * BS)
+                .map_err(Ext4Error::Write)?;
             extents.push(logical as u32, start, len as u32);
             logical += len;
         }
         self.set_extents(ino, &extents, out)
     }
 
-    fn put_dir(&mut self, ino: u32, parent: u32, entries: &[Entry<'_>], path: &[u8], out: &File) -> Result<(), Ext4Error> {
+    fn put_dir(
+        &mut self,
+        ino: u32,
+        parent: u32,
+        entries: &[Entry<'_>],
+        path: &[u8],
+        out: &File,
+    ) -> Result<(), Ext4Error> {
         let blocks = dir::build(entries, ino, parent, &self.hash_seed, self.seed_of(ino))
             .map_err(|_| Ext4Error::DirTooLarge { path: show(path) })?;
         self.put_blocks(ino, &blocks.data, out)?;
@@ -306,7 +345,11 @@ impl Plan {
 
     /// Writes every block known from the tree alone, in inode order, and fills the records
     /// of all non-file inodes.
-    pub(crate) fn write_metadata_blocks(&mut self, tree: &Tree, out: &File) -> Result<(), Ext4Error> {
+    pub(crate) fn write_metadata_blocks(
+        &mut self,
+        tree: &Tree,
+        out: &File,
+    ) -> Result<(), Ext4Error> {
         let counts = tree.link_counts();
         if self.lost_found {
             let rec = self.rec(FIRST_INO);
@@ -341,7 +384,11 @@ impl Plan {
                     .find(|k| xattr::encode(k, &node.meta.xattrs[*k]).is_err())
                     .map(|k| String::from_utf8_lossy(k).into_owned())
                     .unwrap_or_else(|| "(all)".into());
-                Ext4Error::Xattr { path: show(&path), name, reason }
+                Ext4Error::Xattr {
+                    path: show(&path),
+                    name,
+                    reason,
+                }
             })?;
             if !placed.block.is_empty() {
                 let b = self.alloc.block();
@@ -364,7 +411,14 @@ impl Plan {
                         .collect();
                     if id == ROOT && self.lost_found {
                         let at = entries.partition_point(|e| e.name < &b"lost+found"[..]);
-                        entries.insert(at, Entry { name: b"lost+found", ino: FIRST_INO, ftype: dir::FT_DIR });
+                        entries.insert(
+                            at,
+                            Entry {
+                                name: b"lost+found",
+                                ino: FIRST_INO,
+                                ftype: dir::FT_DIR,
+                            },
+                        );
                     }
                     let parent = self.parent[id];
                     self.put_dir(ino, parent, &entries, &path, out)?;

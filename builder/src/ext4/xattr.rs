@@ -90,7 +90,11 @@ pub(crate) fn encode(name: &[u8], value: &[u8]) -> Result<Attr, XattrProblem> {
             } else {
                 convert_acl(value).ok_or(XattrProblem::BadAcl)?
             };
-            return Ok(Attr { index, name: Vec::new(), value });
+            return Ok(Attr {
+                index,
+                name: Vec::new(),
+                value,
+            });
         }
     }
     let prefixes: [(&[u8], u8); 4] = [
@@ -108,7 +112,11 @@ pub(crate) fn encode(name: &[u8], value: &[u8]) -> Result<Attr, XattrProblem> {
             if rest.len() > 255 {
                 return Err(XattrProblem::NameTooLong);
             }
-            return Ok(Attr { index, name: rest.to_vec(), value: value.to_vec() });
+            return Ok(Attr {
+                index,
+                name: rest.to_vec(),
+                value: value.to_vec(),
+            });
         }
     }
     Err(XattrProblem::Namespace)
@@ -147,11 +155,20 @@ pub(crate) fn place(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Placement, Xa
             block.push(a);
         }
     }
-    let block_need: usize = BLOCK_HEAD + 4 + block.iter().map(|a| a.entry_len() + a.value_len()).sum::<usize>();
+    let block_need: usize = BLOCK_HEAD
+        + 4
+        + block
+            .iter()
+            .map(|a| a.entry_len() + a.value_len())
+            .sum::<usize>();
     if block_need > BS as usize {
         return Err(XattrProblem::TooLarge);
     }
-    let in_inode = if inode.is_empty() { Vec::new() } else { inode_area(&inode) };
+    let in_inode = if inode.is_empty() {
+        Vec::new()
+    } else {
+        inode_area(&inode)
+    };
     Ok(Placement { in_inode, block })
 }
 
@@ -217,12 +234,31 @@ mod tests {
     #[test]
     fn names_map_to_indexes() {
         assert_eq!(encode(b"user.a", b"1").unwrap().index, 1);
-        assert_eq!(encode(b"security.capability", b"").unwrap().name, b"capability");
+        assert_eq!(
+            encode(b"security.capability", b"").unwrap().name,
+            b"capability"
+        );
         assert_eq!(encode(b"foo.bar", b""), Err(XattrProblem::Namespace));
         assert_eq!(encode(b"user.", b""), Err(XattrProblem::Namespace));
-        let acl = [2u32.to_le_bytes(), [1, 0, 6, 0], [0xff; 4], [2, 0, 4, 0], 1000u32.to_le_bytes()].concat();
+        let acl = [
+            2u32.to_le_bytes(),
+            [1, 0, 6, 0],
+            [0xff; 4],
+            [2, 0, 4, 0],
+            1000u32.to_le_bytes(),
+        ]
+        .concat();
         let a = encode(b"system.posix_acl_access", &acl).unwrap();
-        assert_eq!(a.value, [1u32.to_le_bytes(), [1, 0, 6, 0], [2, 0, 4, 0], 1000u32.to_le_bytes()].concat());
+        assert_eq!(
+            a.value,
+            [
+                1u32.to_le_bytes(),
+                [1, 0, 6, 0],
+                [2, 0, 4, 0],
+                1000u32.to_le_bytes()
+            ]
+            .concat()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod oci_layout;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+mod registry_http;
 pub mod source;
 pub mod tar;
 

@@ -20,9 +20,10 @@ use oci_client::{Client, Reference, RegistryOperation};
 use super::cache::{BlobCache, CacheError, Lookup};
 use super::config::{ConfigError, ImageConfig};
 use super::digest::{Digest, DigestError};
-use super::manifest::{self, Descriptor, MANIFEST_TYPES, Manifest, ManifestError};
+use super::manifest::{self, Descriptor, Manifest, ManifestError};
 use super::progress::Progress;
 use super::reference::RegistryReference;
+use super::registry_http::{HttpAuth, ManifestFetcher};
 use super::source::{FetchOptions, FetchedImage, assemble};
 
 pub use super::auth::{AuthError, Credentials, resolve_credentials};
@@ -109,10 +110,22 @@ pub fn fetch(
         ),
     };
     rt.block_on(async {
-        client
+        let token = client
             .auth(&reference, &auth, RegistryOperation::Pull)
             .await
             .map_err(|e| request_err(&r.registry, e))?;
+        let http_auth = match (token, &auth) {
+            (Some(t), _) => HttpAuth::Bearer(t),
+            (None, RegistryAuth::Basic(u, p)) => HttpAuth::Basic(u.clone(), p.clone()),
+            (None, _) => HttpAuth::Anonymous,
+        };
+        let manifests = ManifestFetcher::new(
+            if plain_http { "http" } else { "https" },
+            reference.resolve_registry(),
+            &r.repository,
+            &r.registry,
+            http_auth,
+        )?;
         let mut p = Puller {
             r,
             cache,
@@ -120,6 +133,7 @@ pub fn fetch(
                 client: &client,
                 reference: &reference,
                 auth: &auth,
+                manifests: &manifests,
             }),
             progress,
             quiet: opts.quiet,
@@ -159,7 +173,7 @@ fn request_err(registry: &str, e: OciDistributionError) -> RegistryError {
 }
 
 /// An error and its causes on one line (reqwest hides "connection refused" in its sources).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -177,6 +191,7 @@ struct Net<'a> {
     client: &'a Client,
     reference: &'a Reference,
     auth: &'a RegistryAuth,
+    manifests: &'a ManifestFetcher,
 }
 
 struct Puller<'a> {
@@ -308,21 +323,29 @@ impl Puller<'_> {
                 }
             }
         }
-        let (bytes, _) = net
-            .client
-            .pull_manifest_raw(net.reference, net.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| manifest_err(registry, &self.r.to_string(), e))?;
         let what = self.r.to_string();
-        manifest::check_size(&what, bytes.len() as u64)?;
+        let name = match (&self.r.digest, &self.r.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => unreachable!("the parser sets a tag or a digest"),
+        };
+        let got = net.manifests.get(&name, &what).await?;
+        let bytes = got.bytes;
         let actual = Digest::of_bytes(&bytes);
+        let mismatch = |detail: String| RegistryError::ManifestDigest {
+            registry: registry.clone(),
+            what: what.clone(),
+            detail,
+        };
         if let Some(d) = &self.r.digest {
             if *d != actual {
-                return Err(RegistryError::ManifestDigest {
-                    registry: registry.clone(),
-                    what,
-                    detail: format!("expected {d}, got {actual}"),
-                });
+                return Err(mismatch(format!("expected {d}, got {actual}")));
+            }
+        } else if let Some(claimed) = &got.claimed_digest {
+            if *claimed != actual.to_string() {
+                return Err(mismatch(format!(
+                    "the registry says {claimed}, got {actual}"
+                )));
             }
         }
         Ok(Top {
@@ -342,14 +365,10 @@ impl Puller<'_> {
         if let Lookup::Hit(path) = self.cache.lookup(&d.digest, Some(d.size))? {
             return Ok(self.cache.read_small(&path)?);
         }
-        let reference = net.reference.clone_with_digest(d.digest.to_string());
-        let (bytes, _) = net
-            .client
-            .pull_manifest_raw(&reference, net.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| manifest_err(&self.r.registry, &d.digest.to_string(), e))?;
+        let what = d.digest.to_string();
+        let bytes = net.manifests.get(&what, &what).await?.bytes;
         d.digest.verify_bytes(d.size, &bytes)?;
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// A config or layer blob in the cache, verified; fetched (streamed through the checks)
@@ -451,35 +470,6 @@ fn verify_err(e: CacheError) -> RegistryError {
 /// `--insecure-registry HOST:PORT`.
 pub fn plain_http_allowed(r: &RegistryReference, insecure: &[String]) -> bool {
     r.is_loopback() || insecure.contains(&r.registry)
-}
-
-fn manifest_err(registry: &str, what: &str, e: OciDistributionError) -> RegistryError {
-    match e {
-        OciDistributionError::DigestError(e) => RegistryError::ManifestDigest {
-            registry: registry.to_string(),
-            what: what.to_string(),
-            detail: e.to_string(),
-        },
-        OciDistributionError::ServerError { code: 404, .. } => RegistryError::NotFound {
-            registry: registry.to_string(),
-            what: format!("manifest {what}"),
-        },
-        OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| {
-                matches!(
-                    e.code,
-                    oci_client::errors::OciErrorCode::ManifestUnknown
-                        | oci_client::errors::OciErrorCode::NameUnknown
-                )
-            }) =>
-        {
-            RegistryError::NotFound {
-                registry: registry.to_string(),
-                what: format!("manifest {what}"),
-            }
-        }
-        e => request_err(registry, e),
-    }
 }
 
 #[cfg(test)]

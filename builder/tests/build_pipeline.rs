@@ -1,0 +1,379 @@
+//! `hyperbuild IMAGE -o app.pod` as a user runs it: the demo image made by umoci
+//! (`scripts/make-demo-image`), built into a pod, read back by the real tools; reproducible across
+//! directories and umasks; a SIGKILL never leaves a partial pod; bad input gets its exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+const HYPERBUILD: &str = env!("CARGO_BIN_EXE_hyperbuild");
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The demo image as an OCI layout, generated once per test run with umoci.
+fn demo_image() -> &'static str {
+    static IMAGE: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    &IMAGE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = dir.path().join("oci");
+            let out = Command::new("bash")
+                .arg(workspace().join("scripts/make-demo-image"))
+                .arg(&layout)
+                .output()
+                .expect("run scripts/make-demo-image (needs umoci)");
+            assert!(
+                out.status.success(),
+                "make-demo-image: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (dir, format!("oci:{}:demo", layout.display()))
+        })
+        .1
+}
+
+/// A minimal static x86-64 ELF (one PT_LOAD, no interpreter): stands in for the kernel and the
+/// init where only their bytes matter.
+fn fake_elf(dir: &Path, name: &str, fill: u8) -> PathBuf {
+    let mut elf = vec![fill; 4096];
+    elf[..64 + 56].fill(0);
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[18] = 62;
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+    let p = dir.join(name);
+    std::fs::write(&p, &elf).unwrap();
+    p
+}
+
+fn hyperbuild(args: &[&str], umask: Option<&str>, cwd: &Path) -> Output {
+    let mut cmd = match umask {
+        Some(m) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("umask {m} && exec \"$0\" \"$@\""))
+                .arg(HYPERBUILD);
+            c
+        }
+        None => Command::new(HYPERBUILD),
+    };
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    pod::SectionInfo::of_file(path).unwrap().sha256
+}
+
+#[test]
+fn demo_image_builds_into_a_pod_that_tar_e2fsck_and_debugfs_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(dir.path(), "vmlinux", 0x11);
+    let init = fake_elf(dir.path(), "init", 0x22);
+    let out = hyperbuild(
+        &[
+            demo_image(),
+            "-o",
+            "app.pod",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "-q",
+            "-e",
+            "EXTRA=1",
+        ],
+        None,
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.starts_with("built app.pod ("), "{summary}");
+    assert!(summary.contains("sha256:"), "{summary}");
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet printed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pod = pod::Pod::open(&dir.path().join("app.pod")).unwrap();
+    pod.verify().unwrap();
+    let run = &pod.manifest().run;
+    assert_eq!(run.entrypoint, ["/app/hello.sh"]);
+    assert_eq!(run.cmd, ["world"]);
+    assert_eq!(run.user, "demo");
+    assert_eq!(run.working_dir, "/app");
+    assert_eq!(run.env, ["GREETING=hi", "EXTRA=1"]);
+    assert_eq!(
+        pod.read_section(pod::Section::Kernel, 1 << 20).unwrap(),
+        std::fs::read(&kernel).unwrap()
+    );
+
+    // The real tools read what we wrote.
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("xf")
+            .arg("app.pod")
+            .arg("-C")
+            .arg(&x)
+            .current_dir(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(x.join("rootfs.ext4"))
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = Command::new("debugfs")
+        .arg("-R")
+        .arg("cat /app/hello.sh")
+        .arg(x.join("rootfs.ext4"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("hello from a hyperpod micro-VM"));
+    let list = Command::new("cpio")
+        .arg("-t")
+        .stdin(std::fs::File::open(x.join("initramfs")).unwrap())
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "init",
+        "hyperpod/spec.json",
+        "dev/console",
+        "dev/ttyS1",
+        "dev/port",
+    ] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} not in initramfs: {names}"
+        );
+    }
+    // `inspect --json` agrees with the file.
+    let json = hyperbuild(&["inspect", "--json", "app.pod"], None, dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        v["sections"]["rootfs.ext4"]["offset"].as_u64().unwrap() % 4096,
+        0
+    );
+    assert_eq!(v["manifest"]["run"]["user"], "demo");
+}
+
+#[test]
+fn builds_in_different_directories_and_umasks_are_byte_identical() {
+    let inputs = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(inputs.path(), "vmlinux", 0x33);
+    let init = fake_elf(inputs.path(), "init", 0x44);
+    let mut digests = Vec::new();
+    for umask in ["022", "077", "002"] {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join(format!("deep/er/{umask}"));
+        std::fs::create_dir_all(&nested).unwrap();
+        let args = [
+            demo_image(),
+            "-o",
+            "x.pod",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "-q",
+        ];
+        let out = hyperbuild(&args, Some(umask), &nested);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        digests.push(sha256(&nested.join("x.pod")));
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}
+
+#[test]
+fn sigkill_at_any_point_never_leaves_a_partial_pod() {
+    let inputs = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(inputs.path(), "vmlinux", 0x55);
+    let init = fake_elf(inputs.path(), "init", 0x66);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("app.pod");
+    // Time one build, then kill builds at points spread across that time.
+    let start = std::time::Instant::now();
+    let args = [
+        demo_image(),
+        "-o",
+        output.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "-q",
+    ];
+    assert!(hyperbuild(&args, None, dir.path()).status.success());
+    let full = start.elapsed();
+    let good = std::fs::read(&output).unwrap();
+    std::fs::remove_file(&output).unwrap();
+    let mut completed = 0;
+    for i in 0..24u32 {
+        let delay = full.mul_f64(f64::from(i) / 20.0);
+        let mut child = Command::new(HYPERBUILD)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        match std::fs::read(&output) {
+            Ok(bytes) => {
+                assert_eq!(
+                    bytes, good,
+                    "kill after {delay:?} left a pod that differs from a complete one"
+                );
+                completed += 1;
+                std::fs::remove_file(&output).unwrap();
+            }
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+        }
+    }
+    eprintln!(
+        "sigkill: {completed} of 24 builds completed before their kill (full build {full:?})"
+    );
+    // Kills spread over 0..1.15 × the build time: some must land mid-build, some after it.
+    assert!(completed < 24, "no kill landed before the end of a build");
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(dir.path(), "vmlinux", 0x77);
+    let init = fake_elf(dir.path(), "init", 0x78);
+    let k = kernel.to_str().unwrap();
+    let i = init.to_str().unwrap();
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec![
+                "oci:/nonexistent/layout:x".into(),
+                "-o".into(),
+                "a.pod".into(),
+            ],
+            5,
+            "/nonexistent/layout",
+        ),
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "a.pod".into(),
+                "--kernel".into(),
+                "/nonexistent/vmlinux".into(),
+            ],
+            8,
+            "/nonexistent/vmlinux",
+        ),
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "a.pod".into(),
+                "--kernel".into(),
+                k.into(),
+                "--init".into(),
+                "/etc/hostname".into(),
+            ],
+            8,
+            "/etc/hostname",
+        ),
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "a.pod".into(),
+                "--memory".into(),
+                "1".into(),
+            ],
+            2,
+            "--memory",
+        ),
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "/nonexistent/dir/a.pod".into(),
+                "--kernel".into(),
+                k.into(),
+                "--init".into(),
+                i.into(),
+            ],
+            6,
+            "/nonexistent/dir",
+        ),
+        (vec!["inspect".into(), k.into()], 3, "not a pod"),
+    ];
+    for (args, code, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = hyperbuild(&args, None, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            last.starts_with("hyperbuild: ") && last.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.path().join("a.pod").exists());
+    }
+    // A pod with one flipped byte in its rootfs: verify names the section, exit 4.
+    let out = hyperbuild(
+        &[
+            demo_image(),
+            "-o",
+            "a.pod",
+            "--kernel",
+            k,
+            "--init",
+            i,
+            "-q",
+        ],
+        None,
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let path = dir.path().join("a.pod");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let loc = pod::Pod::open(&path).unwrap().section(pod::Section::Rootfs);
+    bytes[loc.offset as usize + 2048] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = hyperbuild(&["verify", "a.pod"], None, dir.path());
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rootfs.ext4: sha256 is"));
+    // No temp files left in the output directory by any of the failures.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
