@@ -136,11 +136,30 @@ fn build_error_code(e: &BuildError) -> u8 {
 }
 
 fn source_error_code(e: &SourceError) -> u8 {
-    let text = e.to_string();
-    if text.contains("sha256") && (text.contains("mismatch") || text.contains("expected")) {
-        code::DIGEST
-    } else {
-        code::SOURCE
+    use builder::image::digest::DigestError;
+    use builder::image::docker_archive::DockerArchiveError;
+    use builder::image::oci_layout::OciLayoutError;
+    use builder::image::registry::RegistryError;
+    let digest = |d: &DigestError| match d {
+        DigestError::SizeMismatch { .. } | DigestError::Mismatch { .. } => code::DIGEST,
+        _ => code::SOURCE,
+    };
+    match e {
+        SourceError::OciLayout(OciLayoutError::Verify(d))
+        | SourceError::Registry(RegistryError::Verify(d)) => digest(d),
+        SourceError::Registry(RegistryError::ManifestDigest { .. })
+        | SourceError::DockerArchive(DockerArchiveError::DiffId { .. }) => code::DIGEST,
+        SourceError::OciLayout(OciLayoutError::Config(_) | OciLayoutError::Manifest(_))
+        | SourceError::DockerArchive(
+            DockerArchiveError::Config(_)
+            | DockerArchiveError::Manifest(_)
+            | DockerArchiveError::Outside(_)
+            | DockerArchiveError::LinkLoop(_),
+        )
+        | SourceError::Registry(RegistryError::Config(_) | RegistryError::Manifest(_)) => {
+            code::BAD_IMAGE
+        }
+        _ => code::SOURCE,
     }
 }
 
