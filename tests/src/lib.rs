@@ -1,4 +1,6 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: the guest kernel, QEMU, init fixtures, and a real
+//! `docker-registry` started on loopback.
 pub mod init_fixture;
 pub mod kernel;
 pub mod qemu;
+pub mod registry;
