@@ -314,8 +314,8 @@ pub fn diagnose() -> Report {
                 "probe loop",
                 p.fast(),
                 format!(
-                    "{PROBE_CHUNK_ITERATIONS} iterations in {:?} at best of {} ({per_iter:.1} ns each; native is under {} ns)",
-                    p.best_chunk,
+                    "{PROBE_CHUNK_ITERATIONS} iterations in {:.3} ms at best of {} ({per_iter:.1} ns each; native is under {} ns)",
+                    p.best_chunk.as_secs_f64() * 1e3,
                     p.chunks,
                     PROBE_CHUNK_LIMIT.as_nanos() / u128::from(PROBE_CHUNK_ITERATIONS),
                 ),

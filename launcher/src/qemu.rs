@@ -8,7 +8,8 @@
 //!
 //! Plumbing: the kernel and the initramfs are copied (their digests checked on the way) into
 //! memfds that QEMU opens as `/proc/self/fd/N`, so nothing is written to disk and nothing is
-//! left behind. The control channel is one end of a socketpair handed to QEMU as a socket
+//! left behind; the rootfs window is served from the launcher's own descriptor of the pod
+//! (`/proc/self/fd/N` again), so QEMU reads the file that was opened and checked. The control channel is one end of a socketpair handed to QEMU as a socket
 //! chardev `fd=N`. QEMU's stdout/stdin carry the console (bridged by [`supervise`]) and QEMU
 //! runs in its own process group, so a terminal's Ctrl-C reaches only the launcher, which
 //! forwards it as `S 2`.
@@ -61,8 +62,9 @@ pub enum QemuError {
     },
     #[error("{QEMU_BINARY} not found: apt-get install qemu-system-x86")]
     NotFound,
-    #[error("{section}: sha256 is {actual}, the manifest says {expected}")]
+    #[error("{path}: {section}: sha256 is {actual}, the manifest says {expected}")]
     Digest {
+        path: String,
         section: &'static str,
         expected: String,
         actual: String,
@@ -71,6 +73,8 @@ pub enum QemuError {
     Extract(&'static str, #[source] io::Error),
     #[error("build the overrides archive")]
     Overrides(#[source] CpioError),
+    #[error("serialise the overrides")]
+    OverridesJson(#[source] serde_json::Error),
     #[error("extra disk {0}: not found")]
     DiskMissing(PathBuf),
     #[error("control channel socketpair")]
@@ -398,15 +402,16 @@ impl MemFile {
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         Ok(MemFile { file })
     }
-
-    fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
 }
 
-/// Copies section `s` of the pod into `out` at `out_offset`, checking its sha256 against the
+/// The path by which QEMU, which inherits descriptor `fd`, opens it.
+fn inherited_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Copies section `s` of the pod to the start of `out`, checking its sha256 against the
 /// manifest's. Returns the bytes copied.
-fn copy_section(pod: &Pod, s: Section, out: &File, out_offset: u64) -> Result<u64, QemuError> {
+fn copy_section(pod: &Pod, pod_path: &Path, s: Section, out: &File) -> Result<u64, QemuError> {
     let loc = pod.section(s);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -417,7 +422,7 @@ fn copy_section(pod: &Pod, s: Section, out: &File, out_offset: u64) -> Result<u6
             .read_exact_at(&mut buf[..n], loc.offset + done)
             .map_err(|e| QemuError::Extract(s.name(), e))?;
         hasher.update(&buf[..n]);
-        out.write_all_at(&buf[..n], out_offset + done)
+        out.write_all_at(&buf[..n], done)
             .map_err(|e| QemuError::Extract(s.name(), e))?;
         done += n as u64;
     }
@@ -425,6 +430,7 @@ fn copy_section(pod: &Pod, s: Section, out: &File, out_offset: u64) -> Result<u6
     let expected = pod.recorded_sha256(s);
     if actual != expected {
         return Err(QemuError::Digest {
+            path: pod_path.display().to_string(),
             section: s.name(),
             expected: expected.to_string(),
             actual,
@@ -438,8 +444,7 @@ pub fn overrides_archive(o: &Overrides, mtime: u32) -> Result<Option<Vec<u8>>, Q
     if o.is_empty() {
         return Ok(None);
     }
-    let json =
-        serde_json::to_vec(o).map_err(|e| QemuError::Overrides(CpioError::Write(e.into())))?;
+    let json = serde_json::to_vec(o).map_err(QemuError::OverridesJson)?;
     let path = OVERRIDES_PATH.trim_start_matches('/');
     let mut w = CpioWriter::new(Vec::new(), mtime);
     if let Some((dir, _)) = path.rsplit_once('/') {
@@ -453,6 +458,8 @@ pub fn overrides_archive(o: &Overrides, mtime: u32) -> Result<Option<Vec<u8>>, Q
 /// `Err` means the launcher failed (exit 125); the error says why in one line.
 pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
     let started = Instant::now();
+    // First, so a Ctrl-C or SIGTERM during the setup is forwarded, not fatal.
+    let signals = supervise::SignalPipe::install().map_err(QemuError::Supervise)?;
     let pod_err = |source| QemuError::Pod {
         path: cfg.pod.display().to_string(),
         source,
@@ -470,10 +477,10 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
     let manifest = pod.manifest();
 
     let kernel = MemFile::new("hyperpod-kernel").map_err(|e| QemuError::Extract("kernel", e))?;
-    copy_section(&pod, Section::Kernel, &kernel.file, 0)?;
+    copy_section(&pod, &cfg.pod, Section::Kernel, &kernel.file)?;
     let initrd =
         MemFile::new("hyperpod-initramfs").map_err(|e| QemuError::Extract("initramfs", e))?;
-    let len = copy_section(&pod, Section::Initramfs, &initrd.file, 0)?;
+    let len = copy_section(&pod, &cfg.pod, Section::Initramfs, &initrd.file)?;
     let mtime = u32::try_from(manifest.created_unix()).unwrap_or(0);
     if let Some(archive) = overrides_archive(&cfg.overrides, mtime)? {
         // Linux unpacks concatenated archives; each starts 4-byte aligned (zeros in between
@@ -497,10 +504,12 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
         accel,
         memory_mib: cfg.memory_mib.unwrap_or(manifest.resources.memory_mib),
         vcpus: cfg.vcpus.unwrap_or(manifest.resources.vcpus),
-        kernel: kernel.proc_path(),
-        initrd: initrd.proc_path(),
+        kernel: inherited_path(&kernel.file),
+        initrd: inherited_path(&initrd.file),
         cmdline: kernel_cmdline(&manifest.kernel_cmdline),
-        pod: cfg.pod.clone(),
+        // QEMU reopens the very file we opened and checked, even if the path is replaced
+        // meanwhile.
+        pod: inherited_path(pod.file()),
         rootfs: pod.section(Section::Rootfs),
         disks: cfg.disks.clone(),
         control_fd: theirs.as_raw_fd(),
@@ -516,8 +525,10 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
         theirs.as_raw_fd(),
         kernel.file.as_raw_fd(),
         initrd.file.as_raw_fd(),
+        pod.file().as_raw_fd(),
     ];
     let (ending, timing) = supervise::supervise(
+        &signals,
         &plan,
         &inherit,
         ours,

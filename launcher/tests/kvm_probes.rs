@@ -97,6 +97,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
         "kernel-loaded",
         "first-kvm-run",
         "init-entered",
+        "app-exec",
         "exit",
     ] {
         assert!(r.stderr.contains(phase), "--timing shows {phase}");

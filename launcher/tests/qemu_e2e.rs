@@ -62,6 +62,7 @@ fn launch_overrides_reach_the_app() {
             "/tmp",
             "--user",
             "app",
+            "--verify",
         ],
         &[
             "-c",
@@ -228,4 +229,51 @@ fn qemu_refusing_to_start_is_a_launcher_error_with_its_reason() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("qemu-system-x86_64 failed to start"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line on stderr: {err}");
+}
+
+#[test]
+fn a_stop_signal_sent_during_boot_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(dir.path(), &shell_spec("exec sleep 1000"), true);
+    let run = Running::start(&pod, &["--grace", "60"]);
+    // Well before init runs (the boot takes seconds under TCG), after the launcher's start.
+    std::thread::sleep(Duration::from_millis(500));
+    run.signal(libc::SIGTERM);
+    let (code, _) = run.finish(BOOT_LIMIT);
+    // The app died of SIGTERM (128+15), not of the grace-period kill (137).
+    assert_eq!(code, Some(143));
+}
+
+/// Flips one byte in the middle of `section` of the pod at `path`.
+fn corrupt(path: &std::path::Path, section: pod::Section) {
+    use std::os::unix::fs::FileExt;
+    let loc = pod::Pod::open(path).unwrap().section(section);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = loc.offset + loc.len / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+}
+
+#[test]
+fn a_tampered_kernel_or_rootfs_is_refused_before_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = unbootable_pod(dir.path());
+    corrupt(&pod, pod::Section::Kernel);
+    let out = launch(&pod, &[], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("kernel: sha256 is"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pod = unbootable_pod(dir.path());
+    corrupt(&pod, pod::Section::Rootfs);
+    let out = launch(&pod, &["--verify"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("rootfs.ext4: sha256 is"), "{err}");
 }

@@ -83,14 +83,15 @@ extern "C" fn on_signal(signo: libc::c_int) {
 }
 
 /// SIGINT and SIGTERM written to a pipe while alive; the previous handlers come back on drop.
-struct SignalPipe {
+pub struct SignalPipe {
     read: RawFd,
     write: RawFd,
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl SignalPipe {
-    fn install() -> io::Result<SignalPipe> {
+    /// Installs the handlers. Signals that arrive before [`supervise`] runs are kept.
+    pub fn install() -> io::Result<SignalPipe> {
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two descriptors into the array on success; checked.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -219,6 +220,67 @@ fn spawn(plan: &QemuPlan, inherit: &[RawFd], interactive: bool) -> Result<Child,
     cmd.spawn().map_err(QemuError::Spawn)
 }
 
+/// What a deadline asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// `--timeout` expired: kill QEMU (exit 124).
+    Timeout,
+    /// `--grace` expired after a forwarded stop signal: kill QEMU (exit 137).
+    Grace,
+    /// The guest reported its status but QEMU did not exit: kill it (the status stands).
+    ExitWait,
+    /// QEMU was killed and its output drained long enough: stop reading.
+    DrainOver,
+}
+
+/// The run's deadlines. Once the guest reported its status, `--timeout` and `--grace` no
+/// longer apply; once QEMU was killed, only the drain deadline does.
+#[derive(Clone, Copy, Debug, Default)]
+struct Clock {
+    timeout_at: Option<Instant>,
+    grace_at: Option<Instant>,
+    status_at: Option<Instant>,
+    killed_at: Option<Instant>,
+}
+
+impl Clock {
+    fn deadlines(&self) -> [(Option<Instant>, Due); 3] {
+        if let Some(k) = self.killed_at {
+            return [
+                (Some(k + DRAIN_AFTER_KILL), Due::DrainOver),
+                (None, Due::Timeout),
+                (None, Due::Grace),
+            ];
+        }
+        if let Some(s) = self.status_at {
+            return [
+                (Some(s + EXIT_AFTER_STATUS), Due::ExitWait),
+                (None, Due::Timeout),
+                (None, Due::Grace),
+            ];
+        }
+        [
+            (self.timeout_at, Due::Timeout),
+            (self.grace_at, Due::Grace),
+            (None, Due::ExitWait),
+        ]
+    }
+
+    /// The deadline that has passed at `now`, if any (the earliest first).
+    fn due(&self, now: Instant) -> Option<Due> {
+        self.deadlines()
+            .into_iter()
+            .filter_map(|(at, due)| at.filter(|&t| now >= t).map(|t| (t, due)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, due)| due)
+    }
+
+    /// The next deadline.
+    fn next(&self) -> Option<Instant> {
+        self.deadlines().into_iter().filter_map(|(at, _)| at).min()
+    }
+}
+
 /// One input the loop watches.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -231,13 +293,13 @@ enum Source {
 /// Runs QEMU for `plan` to its end. `inherit` are descriptors QEMU must receive (its control
 /// socket end and the kernel/initramfs memfds); `ours` is the launcher's control socket end.
 pub fn supervise(
+    signals: &SignalPipe,
     plan: &QemuPlan,
     inherit: &[RawFd],
     ours: UnixStream,
     theirs: UnixStream,
     opts: Options,
 ) -> Result<(Ending, Timing), QemuError> {
-    let signals = SignalPipe::install().map_err(QemuError::Supervise)?;
     let mut child = spawn(plan, inherit, opts.interactive)?;
     drop(theirs);
     let mut timing = Timing {
@@ -270,11 +332,12 @@ pub fn supervise(
         (Source::Control, true),
         (Source::Signals, true),
     ];
-    let timeout_at = opts.timeout.map(|t| opts.started + t);
-    let mut grace_at: Option<Instant> = None;
-    let mut status_at: Option<Instant> = None;
-    let mut killed_at: Option<Instant> = None;
+    let mut clock = Clock {
+        timeout_at: opts.timeout.map(|t| opts.started + t),
+        ..Clock::default()
+    };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut held_signals: Vec<i32> = Vec::new();
 
     loop {
         let streams_open = open[..3].iter().any(|(_, o)| *o);
@@ -282,34 +345,17 @@ pub fn supervise(
             break;
         }
         let now = Instant::now();
-        if let Some(k) = killed_at {
-            if now >= k + DRAIN_AFTER_KILL {
-                break;
+        match clock.due(now) {
+            Some(Due::DrainOver) => break,
+            Some(due) => {
+                ending.timed_out |= due == Due::Timeout;
+                ending.killed |= due == Due::Grace;
+                kill(&child);
+                clock.killed_at = Some(now);
             }
-        } else if ending.status.is_none() && timeout_at.is_some_and(|t| now >= t) {
-            ending.timed_out = true;
-            kill(&child);
-            killed_at = Some(now);
-        } else if ending.status.is_none() && grace_at.is_some_and(|t| now >= t) {
-            ending.killed = true;
-            kill(&child);
-            killed_at = Some(now);
-        } else if status_at.is_some_and(|t| now >= t + EXIT_AFTER_STATUS) {
-            kill(&child);
-            killed_at = Some(now);
+            None => {}
         }
-        let next = [
-            killed_at.map(|k| k + DRAIN_AFTER_KILL),
-            timeout_at.filter(|_| killed_at.is_none() && ending.status.is_none()),
-            grace_at.filter(|_| killed_at.is_none() && ending.status.is_none()),
-            status_at
-                .map(|t| t + EXIT_AFTER_STATUS)
-                .filter(|_| killed_at.is_none()),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let wait_ms: i32 = match next {
+        let wait_ms: i32 = match clock.next() {
             None => -1,
             Some(t) => {
                 let d = t.saturating_duration_since(Instant::now());
@@ -381,6 +427,11 @@ pub fn supervise(
                             match control::parse_guest_line(&line) {
                                 Ok(GuestEvent::Mark(Mark::Init)) => {
                                     timing.init.get_or_insert(at);
+                                    // init has the port open now: what it is sent waits in
+                                    // its tty until it reads it.
+                                    for signo in held_signals.drain(..) {
+                                        send_signal(&mut ctl, signo);
+                                    }
                                 }
                                 Ok(GuestEvent::Mark(Mark::Exec)) => {
                                     timing.exec.get_or_insert(at);
@@ -389,7 +440,7 @@ pub fn supervise(
                                     if ending.status.is_none() {
                                         ending.status = Some(code);
                                         timing.status = Some(at);
-                                        status_at = Some(Instant::now());
+                                        clock.status_at = Some(Instant::now());
                                     }
                                 }
                                 Ok(GuestEvent::Panic(msg)) => {
@@ -403,7 +454,7 @@ pub fn supervise(
                 },
                 Source::Signals => {
                     for signo in signals.drain() {
-                        if ending.status.is_some() || killed_at.is_some() {
+                        if ending.status.is_some() || clock.killed_at.is_some() {
                             continue;
                         }
                         let forward = if signo == libc::SIGINT {
@@ -411,14 +462,19 @@ pub fn supervise(
                         } else {
                             opts.stop_signal
                         };
-                        let _ = ctl.write_all(control::signal_line(forward).as_bytes());
-                        grace_at.get_or_insert(Instant::now() + opts.grace);
+                        // Before init opened the control port, the UART would drop the line.
+                        if timing.init.is_some() {
+                            send_signal(&mut ctl, forward);
+                        } else {
+                            held_signals.push(forward);
+                        }
+                        clock.grace_at.get_or_insert(Instant::now() + opts.grace);
                     }
                 }
             }
         }
     }
-    if killed_at.is_none() && open[..3].iter().any(|(_, o)| *o) {
+    if clock.killed_at.is_none() && open[..3].iter().any(|(_, o)| *o) {
         kill(&child);
     }
     let status = child.wait().map_err(QemuError::Supervise)?;
@@ -429,6 +485,11 @@ pub fn supervise(
     }
     ending.qemu_stderr = String::from_utf8_lossy(&stderr_tail).trim().to_string();
     Ok((ending, timing))
+}
+
+fn send_signal(ctl: &mut UnixStream, signo: i32) {
+    // QEMU gone or not reading: the grace timer ends the run anyway.
+    let _ = ctl.write_all(control::signal_line(signo).as_bytes());
 }
 
 fn kill(child: &Child) {
@@ -467,4 +528,39 @@ fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
     tail.extend_from_slice(data);
     let excess = tail.len().saturating_sub(STDERR_TAIL);
     tail.drain(..excess);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_follow_the_run() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Clock {
+            timeout_at: Some(t0 + s(30)),
+            ..Clock::default()
+        };
+        assert_eq!(c.next(), Some(t0 + s(30)));
+        assert_eq!(c.due(t0 + s(29)), None);
+        assert_eq!(c.due(t0 + s(30)), Some(Due::Timeout));
+        // A stop signal at 10 s with 5 s of grace comes due first.
+        c.grace_at = Some(t0 + s(15));
+        assert_eq!(c.next(), Some(t0 + s(15)));
+        assert_eq!(c.due(t0 + s(16)), Some(Due::Grace));
+        assert_eq!(c.due(t0 + s(40)), Some(Due::Grace));
+        // Once the status is in, only the wait for QEMU's exit counts.
+        c.status_at = Some(t0 + s(12));
+        assert_eq!(c.next(), Some(t0 + s(12) + EXIT_AFTER_STATUS));
+        assert_eq!(c.due(t0 + s(16)), None);
+        assert_eq!(c.due(t0 + s(12) + EXIT_AFTER_STATUS), Some(Due::ExitWait));
+        // Once killed, only the drain.
+        c.killed_at = Some(t0 + s(50));
+        assert_eq!(c.next(), Some(t0 + s(50) + DRAIN_AFTER_KILL));
+        assert_eq!(c.due(t0 + s(50)), None);
+        assert_eq!(c.due(t0 + s(50) + DRAIN_AFTER_KILL), Some(Due::DrainOver));
+        assert_eq!(Clock::default().next(), None);
+        assert_eq!(Clock::default().due(t0), None);
+    }
 }

@@ -14,7 +14,7 @@ use crate::devices::virtio_blk::DiskBackend;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Open {
         path: String,
         #[source]
@@ -30,7 +30,7 @@ pub enum SourceError {
         expected: String,
         actual: String,
     },
-    #[error("verifying the rootfs: {0}")]
+    #[error("cannot verify the rootfs")]
     Verify(#[source] PodError),
 }
 

@@ -13,6 +13,7 @@ static int contains(const u8 *hay, u64 len, const char *needle) {
 }
 
 void probe_main(struct hvm_start_info *si) {
+    uart_puts(CONTROL, "T init\n");
     puts("hello from probe\n");
     if (si->magic != 0x336ec578) { puts("bad start_info magic\n"); probe_exit(99); }
     puts("CMDLINE: "); puts((const char *)(u32)si->cmdline_paddr); puts("\n");
@@ -27,5 +28,6 @@ void probe_main(struct hvm_start_info *si) {
         const u8 *p = (const u8 *)(u32)mod->paddr;
         if (contains(p, mod->size, "hyperpod/overrides.json")) puts("OVERRIDES: present\n");
     }
+    uart_puts(CONTROL, "T exec\n");
     probe_exit(EXIT_CODE);
 }

@@ -43,7 +43,6 @@ static void __attribute__((noreturn)) probe_exit(u8 code) {
     if (code >= 10) line[n++] = (char)('0' + code / 10 % 10);
     line[n++] = (char)('0' + code % 10);
     line[n++] = '\n'; line[n] = 0;
-    uart_puts(CONTROL, "T init\n");
     uart_puts(CONTROL, line);
     outb(EXIT_PORT, code);
     for (;;) __asm__ volatile("cli; hlt");
