@@ -14,7 +14,11 @@ fn files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
         if kind.is_dir() {
             files(root, &path, out);
         } else if kind.is_file() {
-            let rel = path.strip_prefix(root).expect("inside root").to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .expect("inside root")
+                .to_string_lossy()
+                .into_owned();
             out.push((rel, path));
         }
     }

@@ -33,9 +33,12 @@
 #   <key16>-<version>/config      its final .config
 #   by-fragments/<key16>          symlink -> ../<key16>-<version> (the newest build of those fragments)
 #   src/<version>/                the unpacked Debian source (default source only)
-#   build/<key16>-<version>/      out-of-tree build directory (removed after a successful build)
-# If <key16>-<version>/vmlinux exists the script prints its path and exits 0 at once. Runs for
-# the same key take a lock (flock) so two concurrent runs build once.
+#   build/<version>/              out-of-tree build directory, kept so that a fragment change only
+#                                 rebuilds what it touches (--source trees: build/tree-<h>-<version>,
+#                                 h = 12 hex of sha256 of the tree's absolute path); rm -rf any time
+#   check/                        --check-only scratch directories and the last checked configs
+# If <key16>-<version>/vmlinux exists the script prints its path and exits 0 at once. Builds
+# take a lock (flock) on their build directory, so two concurrent runs build once.
 set -euo pipefail
 
 ARCH_DIR=x86_64
@@ -197,20 +200,24 @@ kmake() {
 		KBUILD_BUILD_TIMESTAMP='1970-01-01 00:00:00 UTC' KBUILD_BUILD_VERSION=1 "$@"
 }
 
-lock_file="$kcache/.lock-$out_name"
 if [ "$check_only" = 1 ]; then
 	mkdir -p "$kcache/check"
 	build_dir=$(mktemp -d "$kcache/check/$key16.XXXXXX")
 	trap 'rm -rf "$build_dir"' EXIT
 else
-	exec 9>"$lock_file"
+	if [ "$source_dir" = "$kcache/src/$version" ]; then
+		build_name=$version
+	else
+		build_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
+	fi
+	build_dir="$kcache/build/$build_name"
+	mkdir -p "$build_dir"
+	exec 9>"$kcache/build/.lock-$build_name"
 	flock 9
 	if [ -f "$out_dir/vmlinux" ]; then
 		echo "$out_dir/vmlinux"
 		exit 0
 	fi
-	build_dir="$kcache/build/$out_name"
-	mkdir -p "$build_dir"
 fi
 
 say "configuring $version in $build_dir"
@@ -288,6 +295,7 @@ readelf -n "$vmlinux" | awk '$1 == "Xen" && ($0 ~ /\(0x00000012\)/ || $0 ~ /PHYS
 	die "$vmlinux has no PVH entry note (Xen ELF note type 18)"
 
 stage=$(mktemp -d "$kcache/.stage-$out_name.XXXXXX")
+chmod 755 "$stage"
 cp "$vmlinux" "$stage/vmlinux"
 cp "$cfg" "$stage/config"
 rm -rf "$out_dir"
@@ -295,6 +303,5 @@ mv -T "$stage" "$out_dir"
 mkdir -p "$kcache/by-fragments"
 ln -sfn "../$out_name" "$kcache/by-fragments/.$key16.tmp.$$"
 mv -fT "$kcache/by-fragments/.$key16.tmp.$$" "$kcache/by-fragments/$key16"
-rm -rf "$build_dir"
 say "cached $out_dir ($(stat -c %s "$out_dir/vmlinux") bytes)"
 echo "$out_dir/vmlinux"

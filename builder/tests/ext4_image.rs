@@ -32,9 +32,21 @@ fn kitchen_sink(host_dir: &std::path::Path) -> Tree {
     t.link(bin, b"hosts-again", hosts);
     // Every permission bit pattern class, on files and dirs.
     let modes = add(&mut t, ROOT, b"modes", dir_node(0o755));
-    for mode in [0o7777, 0o4755, 0o2755, 0o1777, 0o6711, 0o0000, 0o0400, 0o5555, 0o3070] {
-        add(&mut t, modes, format!("f{mode:04o}").as_bytes(), file_node(b"m", mode));
-        add(&mut t, modes, format!("d{mode:04o}").as_bytes(), dir_node(mode));
+    for mode in [
+        0o7777, 0o4755, 0o2755, 0o1777, 0o6711, 0o0000, 0o0400, 0o5555, 0o3070,
+    ] {
+        add(
+            &mut t,
+            modes,
+            format!("f{mode:04o}").as_bytes(),
+            file_node(b"m", mode),
+        );
+        add(
+            &mut t,
+            modes,
+            format!("d{mode:04o}").as_bytes(),
+            dir_node(mode),
+        );
     }
     // Empty file, empty dir, 255-byte names.
     add(&mut t, ROOT, b"empty", file_node(b"", 0o600));
@@ -63,11 +75,40 @@ fn kitchen_sink(host_dir: &std::path::Path) -> Tree {
     add(&mut t, bin, b"far", sym(far.as_bytes()));
     // Devices and a fifo.
     let dev = add(&mut t, ROOT, b"dev", dir_node(0o755));
-    let node = |kind| Node { kind, meta: meta(0o660) };
-    add(&mut t, dev, b"null", node(NodeKind::CharDevice { major: 1, minor: 3 }));
-    add(&mut t, dev, b"sda", node(NodeKind::BlockDevice { major: 8, minor: 0 }));
-    add(&mut t, dev, b"big", node(NodeKind::CharDevice { major: 511, minor: 70_000 }));
-    add(&mut t, dev, b"nvme", node(NodeKind::BlockDevice { major: 259, minor: 300 }));
+    let node = |kind| Node {
+        kind,
+        meta: meta(0o660),
+    };
+    add(
+        &mut t,
+        dev,
+        b"null",
+        node(NodeKind::CharDevice { major: 1, minor: 3 }),
+    );
+    add(
+        &mut t,
+        dev,
+        b"sda",
+        node(NodeKind::BlockDevice { major: 8, minor: 0 }),
+    );
+    add(
+        &mut t,
+        dev,
+        b"big",
+        node(NodeKind::CharDevice {
+            major: 511,
+            minor: 70_000,
+        }),
+    );
+    add(
+        &mut t,
+        dev,
+        b"nvme",
+        node(NodeKind::BlockDevice {
+            major: 259,
+            minor: 300,
+        }),
+    );
     add(&mut t, dev, b"fifo", node(NodeKind::Fifo));
     // Extended attributes: in the inode, in a block, capability, ACL, on several kinds.
     let cap = {
@@ -81,13 +122,19 @@ fn kitchen_sink(host_dir: &std::path::Path) -> Tree {
         &mut t,
         bin,
         b"ping",
-        with_xattrs(file_node(b"\x7fELF ping", 0o755), &[("security.capability", cap.clone())]),
+        with_xattrs(
+            file_node(b"\x7fELF ping", 0o755),
+            &[("security.capability", cap.clone())],
+        ),
     );
     add(
         &mut t,
         ROOT,
         b"xattr-inline",
-        with_xattrs(file_node(b"a", 0o644), &[("user.a", b"1".to_vec()), ("trusted.t", b"tv".to_vec())]),
+        with_xattrs(
+            file_node(b"a", 0o644),
+            &[("user.a", b"1".to_vec()), ("trusted.t", b"tv".to_vec())],
+        ),
     );
     add(
         &mut t,
@@ -120,10 +167,26 @@ fn kitchen_sink(host_dir: &std::path::Path) -> Tree {
         &mut t,
         ROOT,
         b"acl-dir",
-        with_xattrs(dir_node(0o750), &[("system.posix_acl_access", acl.clone()), ("system.posix_acl_default", acl)]),
+        with_xattrs(
+            dir_node(0o750),
+            &[
+                ("system.posix_acl_access", acl.clone()),
+                ("system.posix_acl_default", acl),
+            ],
+        ),
     );
-    add(&mut t, dev, b"xattr-fifo", with_xattrs(node(NodeKind::Fifo), &[("user.k", vec![1, 2, 3])]));
-    add(&mut t, bin, b"xattr-link", with_xattrs(sym(b"target"), &[("user.k", vec![9; 200])]));
+    add(
+        &mut t,
+        dev,
+        b"xattr-fifo",
+        with_xattrs(node(NodeKind::Fifo), &[("user.k", vec![1, 2, 3])]),
+    );
+    add(
+        &mut t,
+        bin,
+        b"xattr-link",
+        with_xattrs(sym(b"target"), &[("user.k", vec![9; 200])]),
+    );
     // Host files: one spanning several blocks with a zero block in the middle.
     let host = host_dir.join("host-file");
     let mut bytes = vec![0x5Au8; 3 * 4096 + 100];
@@ -159,10 +222,18 @@ fn every_node_kind_round_trips_and_fsck_is_clean() {
     // Fast vs slow symlinks, holes in host files, xattr block accounting.
     assert_eq!(stat(&img, "/bin/fifty-nine").blockcount, 0);
     assert_eq!(stat(&img, "/bin/sixty").blockcount, 8);
-    assert_eq!(stat(&img, "/host-file").blockcount, 3 * 8, "zero block left as a hole");
+    assert_eq!(
+        stat(&img, "/host-file").blockcount,
+        3 * 8,
+        "zero block left as a hole"
+    );
     let xb = stat(&img, "/xattr-block");
     assert_eq!(xb.blockcount, 2 * 8, "one data block + the xattr block");
-    assert!(xb.text.contains("File ACL: ") && !xb.text.contains("File ACL: 0\n"), "{}", xb.text);
+    assert!(
+        xb.text.contains("File ACL: ") && !xb.text.contains("File ACL: 0\n"),
+        "{}",
+        xb.text
+    );
     let lf = stat(&img, "/lost+found");
     assert_eq!((lf.typ.as_str(), lf.mode, lf.ino), ("directory", 0o700, 11));
 }
@@ -177,16 +248,34 @@ fn image_has_metadata_csum_and_no_journal() {
     };
     let (img, summary) = write(&tree, tmp.path(), &opts);
     let h = dumpe2fs_header(&img);
-    let features = h.lines().find(|l| l.starts_with("Filesystem features:")).unwrap();
-    for f in ["metadata_csum", "extent", "64bit", "dir_index", "filetype", "ext_attr", "flex_bg", "extra_isize"] {
-        assert!(features.split_whitespace().any(|w| w == f), "{f} missing: {features}");
+    let features = h
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap();
+    for f in [
+        "metadata_csum",
+        "extent",
+        "64bit",
+        "dir_index",
+        "filetype",
+        "ext_attr",
+        "flex_bg",
+        "extra_isize",
+    ] {
+        assert!(
+            features.split_whitespace().any(|w| w == f),
+            "{f} missing: {features}"
+        );
     }
     assert!(!features.contains("has_journal"), "{features}");
     assert!(h.contains("Filesystem volume name:   rootfs"), "{h}");
     assert!(h.contains("Checksum type:            crc32c"), "{h}");
     assert!(h.contains("Block size:               4096"), "{h}");
     assert!(h.contains("Inode size:	          256"), "{h}");
-    let uuid = h.lines().find(|l| l.starts_with("Filesystem UUID:")).unwrap();
+    let uuid = h
+        .lines()
+        .find(|l| l.starts_with("Filesystem UUID:"))
+        .unwrap();
     assert!(uuid.ends_with(&hex_uuid(&summary.uuid)), "{uuid}");
     // Small: the contents plus the requested 16 MiB, well under 20 MiB.
     assert!(summary.size_bytes < 20 << 20, "{summary:?}");
@@ -194,7 +283,14 @@ fn image_has_metadata_csum_and_no_journal() {
 
 fn hex_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 #[test]
@@ -208,7 +304,10 @@ fn same_tree_gives_identical_bytes_and_seed_changes_uuid() {
     let (ia, sa) = write(&tree, &a, &Ext4Options::default());
     let (ib, sb) = write(&tree, &b, &Ext4Options::default());
     assert_eq!(sa, sb);
-    assert!(std::fs::read(&ia).unwrap() == std::fs::read(&ib).unwrap(), "images differ");
+    assert!(
+        std::fs::read(&ia).unwrap() == std::fs::read(&ib).unwrap(),
+        "images differ"
+    );
     let c = tmp.path().join("c");
     std::fs::create_dir(&c).unwrap();
     let seeded = Ext4Options {
@@ -246,7 +345,17 @@ fn wrong_content_sizes_are_errors_naming_the_path() {
     });
     t.link(d, b"short", short);
     let e = try_write(&t).unwrap_err();
-    assert!(matches!(e, Ext4Error::ShortContent { got: 3, expected: 10, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Ext4Error::ShortContent {
+                got: 3,
+                expected: 10,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(e.to_string(), "/usr/short: content is 3 bytes, expected 10");
 
     t.nodes[short].kind = NodeKind::File {
@@ -270,14 +379,22 @@ fn invalid_trees_are_refused() {
     let mut t = Tree::new(meta(0o755));
     let d = add(&mut t, ROOT, b"a", dir_node(0o755));
     t.link(ROOT, b"b", d);
-    assert_eq!(try_write(&t).unwrap_err().to_string(), "/b: directory linked more than once");
+    assert_eq!(
+        try_write(&t).unwrap_err().to_string(),
+        "/b: directory linked more than once"
+    );
     // A lost+found that is not a directory.
     let mut t = Tree::new(meta(0o755));
     add(&mut t, ROOT, b"lost+found", file_node(b"", 0o644));
     assert!(matches!(try_write(&t).unwrap_err(), Ext4Error::LostFound));
     // Unknown xattr namespace.
     let mut t = Tree::new(meta(0o755));
-    add(&mut t, ROOT, b"x", with_xattrs(file_node(b"", 0o644), &[("os2.thing", vec![1])]));
+    add(
+        &mut t,
+        ROOT,
+        b"x",
+        with_xattrs(file_node(b"", 0o644), &[("os2.thing", vec![1])]),
+    );
     assert_eq!(
         try_write(&t).unwrap_err().to_string(),
         "/x: xattr os2.thing: namespace ext4 cannot store"
@@ -288,19 +405,39 @@ fn invalid_trees_are_refused() {
         &mut t,
         ROOT,
         b"y",
-        with_xattrs(file_node(b"", 0o644), &[("user.a", vec![1; 3000]), ("user.b", vec![2; 3000])]),
+        with_xattrs(
+            file_node(b"", 0o644),
+            &[("user.a", vec![1; 3000]), ("user.b", vec![2; 3000])],
+        ),
     );
-    assert!(matches!(try_write(&t).unwrap_err(), Ext4Error::Xattr { .. }));
+    assert!(matches!(
+        try_write(&t).unwrap_err(),
+        Ext4Error::Xattr { .. }
+    ));
     // Symlink target too long.
     let mut t = Tree::new(meta(0o755));
-    add(&mut t, ROOT, b"s", Node { kind: NodeKind::Symlink(vec![b'a'; 4096]), meta: meta(0o777) });
-    assert!(matches!(try_write(&t).unwrap_err(), Ext4Error::SymlinkTarget { len: 4096, .. }));
+    add(
+        &mut t,
+        ROOT,
+        b"s",
+        Node {
+            kind: NodeKind::Symlink(vec![b'a'; 4096]),
+            meta: meta(0o777),
+        },
+    );
+    assert!(matches!(
+        try_write(&t).unwrap_err(),
+        Ext4Error::SymlinkTarget { len: 4096, .. }
+    ));
 }
 
 #[test]
 fn existing_lost_found_is_kept_and_minimal_tree_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = Tree::new(Meta { xattrs: BTreeMap::new(), ..meta(0o755) });
+    let mut t = Tree::new(Meta {
+        xattrs: BTreeMap::new(),
+        ..meta(0o755)
+    });
     add(&mut t, ROOT, b"lost+found", dir_node(0o700));
     let (img, _) = write(&t, tmp.path(), &Ext4Options::default());
     fsck_clean(&img);
@@ -308,7 +445,14 @@ fn existing_lost_found_is_kept_and_minimal_tree_is_clean() {
     let empty = Tree::new(meta(0o755));
     let dir2 = tmp.path().join("2");
     std::fs::create_dir(&dir2).unwrap();
-    let (img2, s2) = write(&empty, &dir2, &Ext4Options { extra_bytes: 0, ..Ext4Options::default() });
+    let (img2, s2) = write(
+        &empty,
+        &dir2,
+        &Ext4Options {
+            extra_bytes: 0,
+            ..Ext4Options::default()
+        },
+    );
     fsck_clean(&img2);
     check_tree(&empty, &img2);
     assert!(s2.size_bytes < 1 << 20, "{s2:?}");

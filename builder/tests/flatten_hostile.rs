@@ -4,7 +4,7 @@ mod flatten_support;
 
 use builder::image::Compression;
 use builder::image::decompress::{DecompressError, Limits, sha256_digest};
-use builder::image::flatten::{FlattenError, apply_tar, flatten};
+use builder::image::flatten::{FlattenError, apply_tar, apply_tar_with_budget, flatten};
 use builder::image::tar::{MAX_META_SIZE, TarError};
 use builder::tree::{Meta, Tree};
 use flatten_support::{H, Tar, fix_checksum, gzip, layer, octal, zstd};
@@ -397,6 +397,35 @@ fn invalid_names() {
     let mut t = Tar::new();
     t.pax(&[(b"path", deep.as_bytes())]).file("x", b"");
     assert_err!(one(&mut t), FlattenError::InvalidPath { .. });
+}
+
+#[test]
+fn oversized_xattrs() {
+    let big = vec![b'v'; 65537];
+    let mut t = Tar::new();
+    t.pax(&[(b"SCHILY.xattr.user.big", &big)]).file("f", b"");
+    assert_err!(one(&mut t), FlattenError::BadXattr { .. });
+    let name = format!("SCHILY.xattr.user.{}", "n".repeat(300));
+    let mut t = Tar::new();
+    t.pax(&[(name.as_bytes(), b"v")]).file("f", b"");
+    assert_err!(one(&mut t), FlattenError::BadXattr { .. });
+}
+
+#[test]
+fn metadata_bomb() {
+    // Many entries each carrying 60 KiB of xattrs: the layer's metadata budget stops it.
+    let value = vec![b'v'; 60 << 10];
+    let mut t = Tar::new();
+    for i in 0..40 {
+        t.pax(&[(b"SCHILY.xattr.user.v", &value)])
+            .file(&format!("f{i}"), b"");
+    }
+    let bytes = t.finish();
+    let mut tree = Tree::new(Meta::with_mode(0o755));
+    let r = apply_tar_with_budget(&mut tree, 0, "sha256:l", &bytes[..], 1 << 20);
+    assert!(matches!(r, Err(FlattenError::MetadataTooLarge { limit, .. }) if limit == 1 << 20));
+    let mut tree = Tree::new(Meta::with_mode(0o755));
+    assert!(apply_tar(&mut tree, 0, "sha256:l", &bytes[..]).is_ok());
 }
 
 #[test]

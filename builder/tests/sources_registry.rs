@@ -509,6 +509,115 @@ fn hostile_tampered_manifest_in_registry() {
     assert!(msg.contains(&digest.to_string()), "{msg}");
 }
 
+/// A fake registry on 127.0.0.1 (docker-registry itself will not serve a manifest over
+/// 4 MiB): `/v2/` answers 200, HEADs 404, and a manifest GET gets `size` bytes of JSON
+/// whitespace, with a Content-Length or chunked. Returns the port and how many bytes it managed
+/// to send.
+fn fake_registry(size: usize, chunked: bool) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut sent = 0;
+        // Never block forever if the client gives up early.
+        l.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for _ in 0..3 {
+            let mut c = loop {
+                match l.accept() {
+                    Ok((c, _)) => break c,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("fake registry: no request: {e}"),
+                }
+            };
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0);
+                req.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8_lossy(&req).to_string();
+            if req.starts_with("GET /v2/ ") {
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+                continue;
+            }
+            if req.starts_with("HEAD ") {
+                let _ = c.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            assert!(req.starts_with("GET /v2/x/manifests/v1 "), "{req}");
+            let head = if chunked {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
+            };
+            if c.write_all(head.as_bytes()).is_err() {
+                return sent;
+            }
+            let chunk = vec![b' '; 64 << 10];
+            while sent < size {
+                let ok = if chunked {
+                    c.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                        .is_ok()
+                        && c.write_all(&chunk).is_ok()
+                        && c.write_all(b"\r\n").is_ok()
+                } else {
+                    c.write_all(&chunk).is_ok()
+                };
+                if !ok {
+                    return sent;
+                }
+                sent += chunk.len();
+            }
+            let _ = c.write_all(b"0\r\n\r\n");
+            return sent;
+        }
+        sent
+    });
+    (port, h)
+}
+
+#[test]
+fn hostile_oversize_manifest_from_registry() {
+    let t = tempfile::tempdir().unwrap();
+    // Announced by Content-Length: refused before the body is read.
+    let (port, h) = fake_registry(64 << 20, false);
+    let r = format!("127.0.0.1:{port}/x:v1");
+    let msg = expect_registry(
+        resolve_and_fetch(&r, &opts(&t.path().join("a"))),
+        |e| matches!(e, RegistryError::Manifest(ManifestError::TooLarge { size, .. }) if *size == 64 << 20),
+    );
+    assert!(msg.contains("limit"), "{msg}");
+    let sent = h.join().unwrap();
+    assert!(
+        sent < 32 << 20,
+        "the client kept reading: {sent} bytes sent"
+    );
+    // Chunked, no length: reading stops just past the cap.
+    let (port, h) = fake_registry(64 << 20, true);
+    let r = format!("127.0.0.1:{port}/x:v1");
+    expect_registry(
+        resolve_and_fetch(&r, &opts(&t.path().join("b"))),
+        |e| matches!(e, RegistryError::Manifest(ManifestError::TooLarge { size, .. }) if *size <= (4 << 20) + (1 << 20)),
+    );
+    let sent = h.join().unwrap();
+    assert!(
+        sent < 32 << 20,
+        "the client kept reading: {sent} bytes sent"
+    );
+}
+
 #[test]
 fn hostile_references() {
     let t = tempfile::tempdir().unwrap();

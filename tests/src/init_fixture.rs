@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use pod::spec::{Overrides, RunSpec};
 
+use crate::kernel::{self, workspace_root};
+use crate::qemu::{Control, Drive, Microvm};
+
 /// How long one boot may take before the test fails (TCG boots take a few seconds).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -27,13 +30,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 /// The static init, built once per test process into its own target directory (so the outer
@@ -65,20 +61,13 @@ pub fn init_binary() -> &'static Path {
     })
 }
 
-/// The guest kernel from `kernel-fragments/build-kernel.sh` (cached by the script), or the
+/// The guest kernel: [`kernel::vmlinux`] (built and cached by `build-kernel.sh`), or the
 /// vmlinux named by `HYPERPOD_KERNEL`.
-pub fn kernel() -> &'static Path {
-    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
-    KERNEL.get_or_init(|| {
-        if let Some(path) = std::env::var_os("HYPERPOD_KERNEL") {
-            return PathBuf::from(path);
-        }
-        let script = workspace_root().join("kernel-fragments/build-kernel.sh");
-        let out = run(Command::new("bash").arg(&script));
-        let path = PathBuf::from(out.lines().last().expect("build-kernel.sh printed a path"));
-        assert!(path.is_file(), "no kernel at {}", path.display());
-        path
-    })
+pub fn kernel() -> PathBuf {
+    match std::env::var_os("HYPERPOD_KERNEL") {
+        Some(path) => PathBuf::from(path),
+        None => kernel::vmlinux().to_path_buf(),
+    }
 }
 
 /// A file to put in the test image.
@@ -223,54 +212,27 @@ pub fn boot(cfg: &BootConfig<'_>) -> Boot {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
 
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-M",
-        "microvm,acpi=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(&initrd_path)
-    .arg("-append")
-    .arg(format!(
-        "console=ttyS0 reboot=k panic=-1 quiet {}",
-        cfg.cmdline
-    ))
-    .args(["-serial", "stdio"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
-    .arg("-drive")
-    .arg(format!(
-        "file={},format=raw,if=none,id=r,readonly=on",
-        cfg.rootfs.display()
-    ))
-    .args(["-device", "virtio-blk-device,drive=r"]);
+    let mut vm = Microvm::new(&kernel)
+        .initrd(&initrd_path)
+        .append("reboot=k panic=-1 quiet")
+        .append(cfg.cmdline)
+        .drive(Drive {
+            path: cfg.rootfs.to_path_buf(),
+            window: None,
+            read_only: true,
+        });
     if cfg.control {
-        cmd.arg("-chardev")
-            .arg(format!("socket,id=ctl,path={}", sock.display()))
-            .args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
+        vm = vm.control(Control::Connect(sock.clone()));
     }
     if let Some(disk) = cfg.extra_disk {
-        cmd.arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=d1", disk.display()))
-            .args(["-device", "virtio-blk-device,drive=d1"]);
+        vm = vm.drive(Drive {
+            path: disk.to_path_buf(),
+            window: None,
+            read_only: false,
+        });
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut cmd = vm.command();
+    cmd.stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("qemu-system-x86_64 installed");
 
     // The control channel: QEMU connects as a client at start.

@@ -261,6 +261,31 @@ fn sigterm_from_the_control_channel_reaches_the_app() {
 }
 
 #[test]
+fn signals_sent_to_init_are_forwarded_to_the_app() {
+    // The app signals PID 1; init must pass SIGUSR1 on to the app.
+    let files = [ImageFile {
+        path: "/apps/usr1.sh",
+        contents: "#!/bin/sh\ntrap 'echo GOT-USR1; exit 43' USR1\nkill -USR1 1\n\
+                   while :; do sleep 0.2; done\n",
+        mode: 0o755,
+    }];
+    let ran = run(Scenario {
+        spec: RunSpec {
+            entrypoint: strings(&["/apps/usr1.sh"]),
+            ..RunSpec::default()
+        },
+        files: &files,
+        ..Scenario::default()
+    });
+    assert_exit(&ran.boot, 43);
+    assert!(
+        lines(&ran.boot).contains(&"GOT-USR1"),
+        "{}",
+        ran.boot.console
+    );
+}
+
+#[test]
 fn runs_as_the_image_user_with_groups_workdir_and_terminal() {
     let ran = run(Scenario {
         spec: RunSpec {

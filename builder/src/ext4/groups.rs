@@ -1,8 +1,8 @@
 //! Final geometry (group count, inodes per group), bitmaps, inode tables, descriptors and
 //! superblocks, once every other block is placed.
 
-use super::layout::{Alloc, BPG, BS, DESCS_PER_BLOCK, INODE_SIZE, gdt_blocks, has_super};
-use super::plan::{FIRST_INO, Plan, ROOT_INO};
+use super::layout::{Alloc, BPG, BS, INODE_SIZE, gdt_blocks, has_super};
+use super::plan::{FIRST_INO, Plan};
 use super::superblock::{self, BG_ITABLE_ZEROED, Desc, Super};
 use super::{Ext4Error, Ext4Options, Ext4Summary, csum, inode};
 use crate::tree::Tree;
@@ -225,8 +225,6 @@ pub(crate) fn finish(
         write(out, &gdt, base + BS)?;
     }
     out.set_len(geo.blocks * BS).map_err(Ext4Error::Write)?;
-    debug_assert_eq!(DESCS_PER_BLOCK * 64, BS);
-    debug_assert!(ROOT_INO < FIRST_INO);
     Ok(Ext4Summary {
         size_bytes: geo.blocks * BS,
         blocks: geo.blocks,

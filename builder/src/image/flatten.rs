@@ -15,6 +15,9 @@
 //! - Paths are normalised lexically (`.`, `..`, repeated `/`); absolute paths and `..` above
 //!   the root are errors; symlinks are never followed: a path through a symlink is an error.
 //! - Missing parent directories are created (0755, root, time 0).
+//! - Bounds: paths and hardlink targets [`MAX_PATH`], symlink targets [`MAX_SYMLINK`], xattr
+//!   names and values as Linux allows, uid/gid/device numbers 32 bits, and at most
+//!   [`MAX_LAYER_METADATA`] bytes of metadata per layer.
 //!
 //! File contents stay in the layers: a file node records `Content::Layer { layer, entry }`.
 
@@ -30,6 +33,13 @@ use crate::tree::{Content, Meta, Node, NodeId, NodeKind, ROOT, Tree, valid_name}
 pub const MAX_PATH: usize = 4096;
 /// Longest symlink target accepted, in bytes.
 pub const MAX_SYMLINK: usize = 4095;
+/// Longest extended attribute name and value (Linux `XATTR_NAME_MAX`, `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+pub const MAX_XATTR_VALUE: usize = 65536;
+/// Most metadata one layer may add to the tree: every entry counts [`ENTRY_COST`] plus its
+/// path, link target and xattrs. Real layers use a few MiB; this stops metadata bombs.
+pub const MAX_LAYER_METADATA: u64 = 512 << 20;
+pub const ENTRY_COST: u64 = 256;
 
 const WH: &[u8] = b".wh.";
 const WH_META: &[u8] = b".wh..wh.";
@@ -97,6 +107,18 @@ pub enum FlattenError {
         layer: String,
         path: String,
         typeflag: char,
+    },
+    #[error("layer {layer}: {path}: extended attribute {name} too large or invalid")]
+    BadXattr {
+        layer: String,
+        path: String,
+        name: String,
+    },
+    #[error("layer {layer}: {path}: layer metadata over the limit of {limit} bytes")]
+    MetadataTooLarge {
+        layer: String,
+        path: String,
+        limit: u64,
     },
     #[error("layer {layer}: {path}: {field} {value} out of range")]
     OutOfRange {
@@ -181,12 +203,25 @@ pub fn apply_tar<R: Read>(
     digest: &str,
     r: R,
 ) -> Result<R, FlattenError> {
+    apply_tar_with_budget(tree, index, digest, r, MAX_LAYER_METADATA)
+}
+
+/// [`apply_tar`] with a metadata budget other than [`MAX_LAYER_METADATA`].
+pub fn apply_tar_with_budget<R: Read>(
+    tree: &mut Tree,
+    index: usize,
+    digest: &str,
+    r: R,
+    budget: u64,
+) -> Result<R, FlattenError> {
     let mut archive = Archive::new(r);
     let mut ap = Apply {
         tree,
         layer: index,
         digest,
         upper: HashSet::new(),
+        metadata: 0,
+        budget,
     };
     let mut count = 0u64;
     loop {
@@ -225,6 +260,9 @@ struct Apply<'a> {
     digest: &'a str,
     /// Paths this layer has written (entries and their ancestors): whiteouts leave them be.
     upper: HashSet<Vec<u8>>,
+    /// Metadata bytes this layer has added so far (see [`MAX_LAYER_METADATA`]).
+    metadata: u64,
+    budget: u64,
 }
 
 enum Parent {
@@ -378,6 +416,26 @@ impl Apply<'_> {
     }
 
     fn entry(&mut self, entry: u64, h: &Header) -> Result<(), FlattenError> {
+        let xattr_bytes: usize = h.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.metadata += ENTRY_COST + (h.path.len() + h.link.len() + xattr_bytes) as u64;
+        if self.metadata > self.budget {
+            return Err(FlattenError::MetadataTooLarge {
+                layer: self.layer(),
+                path: show(&h.path),
+                limit: self.budget,
+            });
+        }
+        if let Some((name, _)) = h
+            .xattrs
+            .iter()
+            .find(|(k, v)| k.len() > MAX_XATTR_NAME || v.len() > MAX_XATTR_VALUE)
+        {
+            return Err(FlattenError::BadXattr {
+                layer: self.layer(),
+                path: show(&h.path),
+                name: show(&name[..name.len().min(64)]),
+            });
+        }
         let comps = normalize(&h.path).map_err(|p| self.path_error(&h.path, p))?;
         let Some((name, parent_comps)) = comps.split_last() else {
             // The root itself: only a directory may describe it.

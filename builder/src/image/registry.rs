@@ -1,11 +1,14 @@
-//! Pulling an image from a registry with `oci-client`, into the blob cache.
+//! Pulling an image from a registry into the blob cache: oci-client for the token exchange and
+//! blob streams, `registry_http` for manifests (so their size cap applies before the body is
+//! read).
 //!
 //! oci-client is async; a current-thread tokio runtime lives inside [`fetch`] only. Every blob
 //! is streamed into the cache through a size + sha256 check against its descriptor; manifests
 //! pulled by digest are checked against it, a tag's manifest is named by the digest of its
-//! bytes. Descriptor `urls` are never followed. Plain HTTP is used only for loopback registries
-//! and ones listed with `--insecure-registry`. With `--offline` nothing leaves the machine: the
-//! tag index and the cache must hold everything.
+//! bytes (and must match the digest the registry claims). Descriptor `urls` are never followed.
+//! Plain HTTP is used only for loopback registries and ones listed with `--insecure-registry`.
+//! With `--offline` nothing leaves the machine: the tag index and the cache must hold
+//! everything.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,7 +135,6 @@ pub fn fetch(
             net: Some(Net {
                 client: &client,
                 reference: &reference,
-                auth: &auth,
                 manifests: &manifests,
             }),
             progress,
@@ -190,7 +192,6 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 struct Net<'a> {
     client: &'a Client,
     reference: &'a Reference,
-    auth: &'a RegistryAuth,
     manifests: &'a ManifestFetcher,
 }
 
@@ -310,11 +311,8 @@ impl Puller<'_> {
         let registry = &self.r.registry;
         if self.r.digest.is_none() {
             // A HEAD names the tag's manifest; if it is cached (and still verifies), skip the GET.
-            if let Ok(d) = net
-                .client
-                .fetch_manifest_digest(net.reference, net.auth)
-                .await
-            {
+            let tag = self.r.tag.as_deref().unwrap_or("latest");
+            if let Some(d) = net.manifests.head_digest(tag).await {
                 if let Ok(d) = Digest::parse(&d) {
                     if let Lookup::Hit(path) = self.cache.lookup(&d, None)? {
                         let bytes = self.cache.read_small(&path)?;

@@ -59,18 +59,37 @@ impl ManifestFetcher {
         })
     }
 
-    /// GETs the manifest named by a tag or a digest (already validated by the parsers).
-    pub async fn get(&self, name: &str, what: &str) -> Result<FetchedManifest, RegistryError> {
+    fn request(&self, method: reqwest::Method, name: &str) -> reqwest::RequestBuilder {
         let url = format!("{}/{name}", self.base);
-        let mut req = self
+        let req = self
             .http
-            .get(&url)
+            .request(method, &url)
             .header(ACCEPT, MANIFEST_TYPES.join(", "));
-        req = match &self.auth {
+        match &self.auth {
             HttpAuth::Anonymous => req,
             HttpAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
             HttpAuth::Bearer(t) => req.bearer_auth(t),
-        };
+        }
+    }
+
+    /// The digest a HEAD of the manifest reports (`Docker-Content-Digest`), if any; `None` on
+    /// any failure (the caller then GETs, which reports errors properly).
+    pub async fn head_digest(&self, name: &str) -> Option<String> {
+        let resp = self
+            .request(reqwest::Method::HEAD, name)
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        let v = resp.headers().get("docker-content-digest")?;
+        v.to_str().ok().map(str::to_string)
+    }
+
+    /// GETs the manifest named by a tag or a digest (already validated by the parsers).
+    pub async fn get(&self, name: &str, what: &str) -> Result<FetchedManifest, RegistryError> {
+        let req = self.request(reqwest::Method::GET, name);
         let request_err = |e: reqwest::Error| RegistryError::Request {
             registry: self.registry.clone(),
             reason: format!("manifest {what}: {}", super::registry::chain(&e)),

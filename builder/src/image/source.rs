@@ -14,8 +14,8 @@ use super::registry::{self, RegistryError};
 use super::{Compression, Layer};
 
 /// Options of a fetch (the CLI's `--platform`, `--offline`, `--quiet`, `--creds`,
-/// `--authfile`, `--insecure-registry`).
-#[derive(Clone, Debug, Default)]
+/// `--authfile`, `--insecure-registry`). `Debug` does not print the password.
+#[derive(Clone, Default)]
 pub struct FetchOptions {
     pub platform: Platform,
     /// Use only the cache (registry references).
@@ -31,6 +31,26 @@ pub struct FetchOptions {
     pub insecure_registries: Vec<String>,
     /// Cache root; `None` means [`BlobCache::default_root`].
     pub cache_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("platform", &self.platform)
+            .field("offline", &self.offline)
+            .field("quiet", &self.quiet)
+            .field(
+                "creds",
+                &self
+                    .creds
+                    .as_deref()
+                    .map(|c| format!("{}:<redacted>", c.split(':').next().unwrap_or(""))),
+            )
+            .field("authfile", &self.authfile)
+            .field("insecure_registries", &self.insecure_registries)
+            .field("cache_root", &self.cache_root)
+            .finish()
+    }
 }
 
 /// An image ready to be flattened.
@@ -140,4 +160,19 @@ pub(crate) fn assemble<E: AssembleError>(
         config,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let o = FetchOptions {
+            creds: Some("me:hunter2".into()),
+            ..FetchOptions::default()
+        };
+        let d = format!("{o:?}");
+        assert!(d.contains("me:<redacted>") && !d.contains("hunter2"), "{d}");
+    }
 }

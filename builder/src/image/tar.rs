@@ -470,7 +470,7 @@ impl<R: Read> Archive<R> {
     }
 
     fn skip(&mut self, mut n: u64, what: &'static str) -> Result<(), TarError> {
-        let mut buf = [0u8; 8192];
+        let mut buf = [0u8; 64 << 10];
         while n > 0 {
             let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             let got = read_exact_or(&mut self.r, &mut buf[..want], what)?;

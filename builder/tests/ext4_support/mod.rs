@@ -42,7 +42,17 @@ pub fn add(tree: &mut Tree, dir: NodeId, name: &[u8], node: Node) -> NodeId {
 pub fn write(tree: &Tree, dir: &Path, opts: &Ext4Options) -> (PathBuf, Ext4Summary) {
     let path = dir.join("img");
     let f = std::fs::File::create(&path).unwrap();
+    let started = std::time::Instant::now();
     let summary = write_image(tree, &mut LocalContent, &f, opts).expect("write_image");
+    eprintln!("write_image: {:?} for {summary:?}", started.elapsed());
+    // Debug aid: keep a copy of every image written (e.g. to loop-mount it by hand).
+    if let Some(keep) = std::env::var_os("EXT4_TEST_KEEP_DIR") {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        std::fs::copy(&path, Path::new(&keep).join(format!("{n}.img"))).unwrap();
+    }
     (path, summary)
 }
 
@@ -59,7 +69,9 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 
 /// `e2fsck -fn`: exit 0 and nothing but the version, pass headers and the summary line.
 pub fn fsck_clean(img: &Path) {
+    let started = std::time::Instant::now();
     let (code, out, err) = run(Command::new("e2fsck").arg("-fn").arg(img));
+    eprintln!("e2fsck -fn: {:?}", started.elapsed());
     let allowed_pass = [
         "Pass 1: Checking inodes, blocks, and sizes",
         "Pass 2: Checking directory structure",
@@ -180,17 +192,54 @@ pub fn check_tree(tree: &Tree, img: &Path) {
                 let p = if path.is_empty() {
                     String::from_utf8(name.clone()).unwrap()
                 } else {
-                    format!("{}/{}", String::from_utf8(path.clone()).unwrap(), String::from_utf8_lossy(name))
+                    format!(
+                        "{}/{}",
+                        String::from_utf8(path.clone()).unwrap(),
+                        String::from_utf8_lossy(name)
+                    )
                 };
                 paths.push((p, child));
             }
         }
     }
     paths.push((String::new(), builder::tree::ROOT));
+    // Inode numbers from `ls -p` of every directory (by-path lookups in huge directories are
+    // slow in debugfs), then stat / ea_list by inode number.
+    let dirs: Vec<String> = tree
+        .walk()
+        .into_iter()
+        .filter(|(_, id)| tree.entries(*id).is_some())
+        .map(|(p, _)| String::from_utf8(p).unwrap())
+        .collect();
+    let ls_cmds: Vec<String> = dirs.iter().map(|d| format!("ls -p \"/{d}\"")).collect();
+    let ls_outs = per_command(&debugfs(img, &ls_cmds));
+    assert_eq!(ls_outs.len(), dirs.len());
+    let mut ino_by_path: BTreeMap<String, u64> = BTreeMap::new();
+    for (d, out) in dirs.iter().zip(&ls_outs) {
+        for line in out.lines().filter(|l| l.starts_with('/')) {
+            let f: Vec<&str> = line.split('/').collect();
+            let (ino, name) = (f[1].parse::<u64>().unwrap(), f[5]);
+            if name == "." || name == ".." {
+                if d.is_empty() && name == "." {
+                    ino_by_path.insert(String::new(), ino);
+                }
+                continue;
+            }
+            let p = if d.is_empty() {
+                name.to_string()
+            } else {
+                format!("{d}/{name}")
+            };
+            ino_by_path.insert(p, ino);
+        }
+    }
     let mut cmds = Vec::new();
     for (p, _) in &paths {
-        cmds.push(format!("stat \"/{p}\""));
-        cmds.push(format!("ea_list \"/{p}\""));
+        let ino = ino_by_path
+            .get(p)
+            .unwrap_or_else(|| panic!("/{p} not listed"));
+        cmds.push(format!("stat <{ino}>"));
+        cmds.push(format!("ea_list <{ino}>"));
     }
     let outs = per_command(&debugfs(img, &cmds));
     assert_eq!(outs.len(), cmds.len());
@@ -212,10 +261,20 @@ pub fn check_tree(tree: &Tree, img: &Path) {
         };
         assert_eq!(st.typ, typ, "type {ctx}");
         assert_eq!(st.mode, node.meta.mode, "mode {ctx}");
-        assert_eq!((st.uid, st.gid), (node.meta.uid, node.meta.gid), "owner {ctx}");
-        let extra_root_link = u32::from(*id == builder::tree::ROOT && tree.lookup(0, b"lost+found").is_none());
+        assert_eq!(
+            (st.uid, st.gid),
+            (node.meta.uid, node.meta.gid),
+            "owner {ctx}"
+        );
+        let extra_root_link =
+            u32::from(*id == builder::tree::ROOT && tree.lookup(0, b"lost+found").is_none());
         assert_eq!(st.links, counts[*id] + extra_root_link, "links {ctx}");
-        let want_time = format!("{:#010x}:{:08x}", node.meta.mtime as u32, node.meta.mtime_nsec << 2 | ((node.meta.mtime - i64::from(node.meta.mtime as i32)) >> 32) as u32 & 3);
+        let want_time = format!(
+            "{:#010x}:{:08x}",
+            node.meta.mtime as u32,
+            node.meta.mtime_nsec << 2
+                | ((node.meta.mtime - i64::from(node.meta.mtime as i32)) >> 32) as u32 & 3
+        );
         assert_eq!(st.mtime_raw, want_time, "mtime {ctx}");
         let local = dump.join(p);
         match &node.kind {
@@ -246,15 +305,28 @@ pub fn check_tree(tree: &Tree, img: &Path) {
             .filter(|l| l.starts_with("  "))
             .map(|l| l.trim_start().split(" (").next().unwrap().to_string())
             .collect();
-        let want: Vec<String> = node.meta.xattrs.keys().map(|k| String::from_utf8(k.clone()).unwrap()).collect();
+        let want: Vec<String> = node
+            .meta
+            .xattrs
+            .keys()
+            .map(|k| String::from_utf8(k.clone()).unwrap())
+            .collect();
         let mut listed_sorted = listed.clone();
         listed_sorted.sort();
-        assert_eq!(listed_sorted, want, "xattr names {ctx}\n{}", outs[2 * i + 1]);
+        assert_eq!(
+            listed_sorted,
+            want,
+            "xattr names {ctx}\n{}",
+            outs[2 * i + 1]
+        );
         for (k, v) in &node.meta.xattrs {
             let name = String::from_utf8(k.clone()).unwrap();
             let f = img.with_extension("xattr");
             let _ = std::fs::remove_file(&f);
-            debugfs(img, &[format!("ea_get -f {} \"/{p}\" {name}", f.display())]);
+            debugfs(
+                img,
+                &[format!("ea_get -f {} <{}> {name}", f.display(), st.ino)],
+            );
             let got = std::fs::read(&f).unwrap_or_default();
             if name.starts_with("system.posix_acl_") {
                 // ids of unnamed entries are "undefined": debugfs reads them back as 0.
