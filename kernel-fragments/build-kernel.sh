@@ -269,7 +269,12 @@ problems=$(
 )
 if [ -n "$problems" ]; then
 	printf '%s\n' "$problems" | sed 's/^/build-kernel.sh: strict check: /' >&2
-	die "strict check failed: $(printf '%s\n' "$problems" | wc -l) option(s) not as the fragments ask (config: $cfg)"
+	shown=$cfg
+	if [ "$check_only" = 1 ]; then
+		shown="$kcache/check/$key16.failed.config"
+		cp "$cfg" "$shown"
+	fi
+	die "strict check failed: $(printf '%s\n' "$problems" | wc -l) option(s) not as the fragments ask (config: $shown)"
 fi
 say "strict check passed: $(printf '%s\n' "$requested" | wc -l) options as asked"
 

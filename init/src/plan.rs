@@ -23,6 +23,8 @@ pub struct Plan {
     /// Absolute working directory.
     pub workdir: String,
     pub hostname: String,
+    /// The launcher gave the app a terminal (`-t`): keep the console cooked; otherwise raw.
+    pub tty: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -139,6 +141,7 @@ pub fn plan(spec: &RunSpec, ov: &Overrides) -> Result<Plan, PlanError> {
         user,
         workdir,
         hostname,
+        tty: ov.tty,
     })
 }
 
@@ -270,6 +273,12 @@ mod tests {
         assert_eq!(defaults.workdir, "/");
         assert_eq!(defaults.hostname, DEFAULT_HOSTNAME);
         assert_eq!(defaults.user, "");
+        assert!(!defaults.tty);
+        let tty = Overrides {
+            tty: true,
+            ..Overrides::default()
+        };
+        assert!(plan(&s, &tty).unwrap().tty);
         let rel = Overrides {
             workdir: Some("srv".into()),
             ..Overrides::default()

@@ -102,6 +102,8 @@ pub struct Launch {
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
     workdir: CString,
+    /// Leave the console cooked (`-t`); otherwise it is put in raw mode.
+    tty: bool,
     /// Init's entry time, when `hyperpod.debug` asks for the init→exec time on the console.
     debug_t0: Option<u64>,
 }
@@ -133,6 +135,7 @@ impl Launch {
             groups: user.groups.clone(),
             workdir: CString::new(plan.workdir.as_str())
                 .map_err(|_| SpawnError::Nul("working directory"))?,
+            tty: plan.tty,
             debug_t0,
         })
     }
@@ -235,6 +238,9 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
             return (Stage::Setsid, errno());
         }
         controlling_terminal();
+        if !l.tty {
+            raw_console();
+        }
         if libc::setgroups(l.groups.len(), l.groups.as_ptr()) < 0 {
             return (Stage::Groups, errno());
         }
@@ -292,6 +298,22 @@ unsafe fn controlling_terminal() {
                 return;
             }
             libc::close(fd);
+        }
+    }
+}
+
+/// Puts the app's terminal (fd 0) in raw mode, so its bytes reach the host unchanged (no
+/// `\n` -> `\r\n`, no echo), as `docker run` without `-t` (best effort).
+///
+/// # Safety
+/// Call only in the freshly forked child.
+unsafe fn raw_console() {
+    // SAFETY: termios is plain data, filled by tcgetattr before use; fd 0 is the console.
+    unsafe {
+        let mut tio: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut tio) == 0 {
+            libc::cfmakeraw(&mut tio);
+            libc::tcsetattr(0, libc::TCSANOW, &tio);
         }
     }
 }

@@ -137,6 +137,7 @@ fn config(cli: Cli) -> Result<LaunchConfig, CliError> {
         user: cli.user,
         workdir: cli.workdir,
         hostname: cli.hostname,
+        tty: cli.tty,
     };
     Ok(LaunchConfig {
         pod: cli.pod,

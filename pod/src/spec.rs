@@ -52,6 +52,10 @@ pub struct Overrides {
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub hostname: Option<String>,
+    /// The launcher gives the app a terminal (`-t`): init leaves the console in cooked mode.
+    /// Otherwise init puts it in raw mode, so the app's bytes pass through unchanged (no
+    /// `\n` → `\r\n`, no echo), as with `docker run` without `-t`.
+    pub tty: bool,
 }
 
 impl Overrides {

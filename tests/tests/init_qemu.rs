@@ -117,10 +117,15 @@ fn exit_zero_with_marks_and_timing() {
     let boot = &ran.boot;
     assert_exit(boot, 0);
     assert_eq!(boot.control, ["T init", "T exec", "X 0"]);
+    // Without `-t` the console is raw: the app's "\n" arrives as is.
     assert!(
-        lines(boot).contains(&"hello from the app"),
+        boot.console.contains("hello from the app\n"),
         "{}",
         boot.console
+    );
+    assert!(
+        !boot.console.contains("hello from the app\r"),
+        "console not raw"
     );
     let us: u64 = boot
         .console
@@ -410,6 +415,7 @@ fn env_and_args_overrides() {
         overrides: Some(Overrides {
             env: strings(&["B=20", "C=3"]),
             args: Some(strings(&["x", "y"])),
+            tty: true,
             ..Overrides::default()
         }),
         files: &[SHOW],
@@ -419,6 +425,12 @@ fn env_and_args_overrides() {
     let out = lines(&ran.boot);
     assert!(out.contains(&"ARGS=x y"), "{}", ran.boot.console);
     assert!(out.contains(&"ENV A=1 B=20 C=3"), "{}", ran.boot.console);
+    // With `-t` the console stays cooked: "\n" becomes "\r\n".
+    assert!(
+        ran.boot.console.contains("ARGS=x y\r\n"),
+        "{:?}",
+        ran.boot.console
+    );
 }
 
 #[test]
