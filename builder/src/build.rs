@@ -258,8 +258,11 @@ fn write_rootfs(
         .open(path)
         .map_err(io_err(path.display().to_string()))?;
     let mut content = LayerContent::new(image.layers.clone(), limits.clone());
+    // The config digest names the image's content (it lists every layer's diff_id), so the
+    // filesystem UUID and hash seed depend on content, not only on metadata.
     let opts = Ext4Options {
         extra_bytes: extra,
+        seed: Some(image.config_digest.to_string().into_bytes()),
         ..Ext4Options::default()
     };
     ext4::write_image(tree, &mut content, &file, &opts)?;

@@ -457,3 +457,72 @@ fn existing_lost_found_is_kept_and_minimal_tree_is_clean() {
     check_tree(&empty, &img2);
     assert!(s2.size_bytes < 1 << 20, "{s2:?}");
 }
+
+/// Streams files in reverse walk order, optionally skipping or repeating the first one.
+struct Reordered {
+    skip_first: bool,
+    repeat_first: bool,
+}
+
+impl builder::tree::ContentSource for Reordered {
+    fn stream(
+        &mut self,
+        tree: &Tree,
+        sink: &mut dyn FnMut(usize, &mut dyn std::io::Read) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let files: Vec<(usize, Vec<u8>)> = tree
+            .walk()
+            .into_iter()
+            .filter_map(|(_, id)| match &tree.nodes[id].kind {
+                NodeKind::File {
+                    content: Content::Inline(b),
+                    ..
+                } => Some((id, b.to_vec())),
+                _ => None,
+            })
+            .collect();
+        for (i, (id, bytes)) in files.iter().enumerate().rev() {
+            if i == 0 && self.skip_first {
+                continue;
+            }
+            sink(*id, &mut &bytes[..])?;
+            if i == 0 && self.repeat_first {
+                sink(*id, &mut &bytes[..])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn any_stream_order_gives_a_clean_image_and_stream_mistakes_are_errors() {
+    let mut t = Tree::new(meta(0o755));
+    let d = add(&mut t, ROOT, b"d", dir_node(0o755));
+    for i in 0..50u32 {
+        let body: Vec<u8> = (0..i * 1000).map(|j| (j % 251) as u8 + 1).collect();
+        add(
+            &mut t,
+            d,
+            format!("f{i}").as_bytes(),
+            file_node(&body, 0o644),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("img");
+    let f = std::fs::File::create(&img).unwrap();
+    let mut src = Reordered {
+        skip_first: false,
+        repeat_first: false,
+    };
+    write_image(&t, &mut src, &f, &Ext4Options::default()).unwrap();
+    fsck_clean(&img);
+    check_tree(&t, &img);
+
+    src.skip_first = true;
+    let e = write_image(&t, &mut src, &f, &Ext4Options::default()).unwrap_err();
+    assert_eq!(e.to_string(), "/d/f0: content never streamed");
+    src.skip_first = false;
+    src.repeat_first = true;
+    let e = write_image(&t, &mut src, &f, &Ext4Options::default()).unwrap_err();
+    assert_eq!(e.to_string(), "/d/f0: content streamed twice");
+}

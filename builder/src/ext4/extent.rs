@@ -168,7 +168,7 @@ mod tests {
                 len: 1,
             })
             .collect();
-        let mut a = Alloc::new(1);
+        let mut a = Alloc::new(1, crate::ext4::layout::MAX_BPG);
         let (root, blocks) = build(&exts, &mut a, 0);
         // 2000 extents: 6 leaves, 6 > 4 index entries: one index block, depth 2.
         assert_eq!(blocks.len(), 7);

@@ -1,7 +1,7 @@
 //! Final geometry (group count, inodes per group), bitmaps, inode tables, descriptors and
 //! superblocks, once every other block is placed.
 
-use super::layout::{Alloc, BPG, BS, INODE_SIZE, gdt_blocks, has_super};
+use super::layout::{Alloc, BS, INODE_SIZE, MAX_BPG, gdt_blocks, has_super};
 use super::plan::{FIRST_INO, Plan};
 use super::superblock::{self, BG_ITABLE_ZEROED, Desc, Super};
 use super::{Ext4Error, Ext4Options, Ext4Summary, csum, inode};
@@ -45,26 +45,27 @@ fn geometry(plan: &Plan, opts: &Ext4Options) -> Result<Geometry, Ext4Error> {
     let extra = opts.extra_bytes.div_ceil(BS);
     let mut probe = plan.alloc.clone();
     let data_end = probe.cursor();
-    let mut groups = data_end.div_ceil(BPG).max(inodes.div_ceil(BPG)).max(1);
+    let bpg = probe.bpg();
+    let mut groups = data_end.div_ceil(bpg).max(inodes.div_ceil(MAX_BPG)).max(1);
     for _ in 0..64 {
         let ipg = inodes.div_ceil(groups).div_ceil(16).max(1) * 16;
         let mut sim = plan.alloc.clone();
         place_group_metadata(&mut sim, groups, ipg);
-        let mut blocks = (sim.cursor() + extra).max((groups - 1) * BPG + 1);
-        let need = blocks.div_ceil(BPG);
+        let mut blocks = (sim.cursor() + extra).max((groups - 1) * bpg + 1);
+        let need = blocks.div_ceil(bpg);
         if need > groups {
             groups = need;
             continue;
         }
         let last = groups - 1;
         let reserved = if has_super(last) { sim.area_len() } else { 0 };
-        blocks = blocks.max(last * BPG + reserved + LAST_GROUP_SLACK);
+        blocks = blocks.max(last * bpg + reserved + LAST_GROUP_SLACK);
         if gdt_blocks(groups) > plan.gdt_reserved {
             return Err(Ext4Error::Layout(
                 "descriptor blocks beyond the reserved area",
             ));
         }
-        if groups > u64::from(u32::MAX) / BPG {
+        if groups > u64::from(u32::MAX) / bpg {
             return Err(Ext4Error::Layout("too many groups"));
         }
         return Ok(Geometry {
@@ -105,6 +106,7 @@ pub(crate) fn finish(
 ) -> Result<Ext4Summary, Ext4Error> {
     let geo = geometry(plan, opts)?;
     let (groups, ipg) = (geo.groups, geo.ipg);
+    let bpg = plan.alloc.bpg();
     let mut alloc = plan.alloc.clone();
     let (bb, ib, it) = place_group_metadata(&mut alloc, groups, ipg);
     let gdt_used = gdt_blocks(groups);
@@ -115,8 +117,8 @@ pub(crate) fn finish(
     let inodes_total = groups * ipg;
     let last_ino = u64::from(plan.last_ino);
     for g in 0..groups {
-        let start = g * BPG;
-        let end = ((g + 1) * BPG).min(geo.blocks);
+        let start = g * bpg;
+        let end = ((g + 1) * bpg).min(geo.blocks);
         let mut bitmap = vec![0u8; BSU];
         if has_super(g) {
             set_bits(&mut bitmap, 0, (1 + gdt_used) as usize);
@@ -132,12 +134,14 @@ pub(crate) fn finish(
             set_bits(&mut bitmap, from as usize, to as usize);
             k += 1;
         }
-        set_bits(&mut bitmap, (end - start) as usize, BPG as usize);
+        // Bits past the group's end (a short last group, or groups under 32768 blocks) are
+        // padding and set, as the kernel does.
+        set_bits(&mut bitmap, (end - start) as usize, MAX_BPG as usize);
         let used: u64 = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
-        let free_blocks = BPG - used;
+        let free_blocks = MAX_BPG - used;
         free_blocks_total += free_blocks;
         write(out, &bitmap, bb[g as usize] * BS)?;
-        let block_bitmap_csum = csum::crc(plan.fs_seed, &bitmap);
+        let block_bitmap_csum = csum::crc(plan.fs_seed, &bitmap[..(bpg / 8) as usize]);
 
         let first = g * ipg + 1;
         let used_inodes = last_ino.saturating_sub(first - 1).min(ipg);
@@ -211,6 +215,7 @@ pub(crate) fn finish(
         blocks: geo.blocks,
         free_blocks: free_blocks_total,
         free_inodes: (inodes_total - last_ino) as u32,
+        blocks_per_group: bpg as u32,
         inodes_per_group: ipg as u32,
         first_ino: FIRST_INO,
         time: plan.time,
@@ -219,7 +224,7 @@ pub(crate) fn finish(
         hash_seed: plan.hash_seed,
     };
     for g in (0..groups).filter(|&g| has_super(g)) {
-        let base = g * BPG * BS;
+        let base = g * bpg * BS;
         let bytes = superblock::encode_super(&sb, g as u16);
         write(out, &bytes, if g == 0 { 1024 } else { base })?;
         write(out, &gdt, base + BS)?;

@@ -6,8 +6,12 @@
 
 /// Block size in bytes (4 KiB).
 pub(crate) const BS: u64 = 4096;
-/// Blocks (and clusters) per group: one bitmap block's worth.
-pub(crate) const BPG: u64 = 32768;
+/// Most blocks (and inodes) per group: one bitmap block's worth. Groups have this many
+/// blocks unless the tree is inode-heavy (see `plan`).
+pub(crate) const MAX_BPG: u64 = 32768;
+/// Fewest blocks per group the writer uses: e2fsck wants inodes per group at most
+/// 16 × (blocks per group − 4), and a group may hold 32768 inodes.
+pub(crate) const MIN_BPG: u64 = 4096;
 /// Inode record size.
 pub(crate) const INODE_SIZE: u64 = 256;
 /// Group descriptor size (`64bit` feature).
@@ -58,16 +62,20 @@ pub(crate) struct Alloc {
     area_len: u64,
     /// Start block of the next backup area at or after the cursor's group.
     next_area: u64,
+    /// Blocks per group.
+    bpg: u64,
     runs: Vec<(u64, u64)>,
 }
 
 impl Alloc {
-    /// An allocator whose backup areas hold `gdt_reserved` descriptor blocks.
-    pub(crate) fn new(gdt_reserved: u64) -> Self {
+    /// An allocator for groups of `bpg` blocks whose backup areas hold `gdt_reserved`
+    /// descriptor blocks.
+    pub(crate) fn new(gdt_reserved: u64, bpg: u64) -> Self {
         let mut a = Alloc {
             cursor: 0,
             area_len: 1 + gdt_reserved,
             next_area: 0,
+            bpg,
             runs: Vec::new(),
         };
         a.settle();
@@ -77,6 +85,11 @@ impl Alloc {
     /// Superblock + descriptor blocks at the start of every backup group.
     pub(crate) fn area_len(&self) -> u64 {
         self.area_len
+    }
+
+    /// Blocks per group.
+    pub(crate) fn bpg(&self) -> u64 {
+        self.bpg
     }
 
     /// The next block that would be handed out.
@@ -95,7 +108,7 @@ impl Alloc {
             if self.cursor < self.next_area + self.area_len {
                 self.cursor = self.next_area + self.area_len;
             }
-            self.next_area = next_super_group(self.next_area / BPG) * BPG;
+            self.next_area = next_super_group(self.next_area / self.bpg) * self.bpg;
         }
     }
 
@@ -163,12 +176,13 @@ mod tests {
 
     #[test]
     fn allocator_skips_backup_areas() {
-        let mut a = Alloc::new(2);
+        const BPG: u64 = MAX_BPG;
+        let mut a = Alloc::new(2, BPG);
         assert_eq!(a.block(), 3);
         let runs = a.runs_of(BPG);
         assert_eq!(runs, vec![(4, BPG - 4), (BPG + 3, 4)]);
         // A contiguous request that would straddle group 3's area jumps over it.
-        let mut b = Alloc::new(1);
+        let mut b = Alloc::new(1, BPG);
         b.runs_of(3 * BPG - 2 - 10);
         let got = b.contiguous(20);
         assert_eq!(got, 3 * BPG + 2);

@@ -4,7 +4,7 @@
 use super::dir::{self, Entry};
 use super::extent::{self, ExtentList};
 use super::inode::{self, FL_EXTENTS, FL_INDEX};
-use super::layout::{Alloc, BPG, BS, INODE_SIZE, gdt_blocks};
+use super::layout::{Alloc, BS, INODE_SIZE, MAX_BPG, MIN_BPG, gdt_blocks};
 use super::{Ext4Error, Ext4Options, csum, show, xattr};
 use crate::tree::{NodeId, NodeKind, ROOT, Tree};
 use sha2::{Digest, Sha256};
@@ -210,7 +210,8 @@ impl Plan {
                         });
                     }
                     let blocks = size.div_ceil(BS);
-                    estimate += blocks + blocks / 300 + 2;
+                    // Extent tree blocks only exist beyond four extents.
+                    estimate += blocks + if blocks > 4 { blocks / 300 + 2 } else { 0 };
                 }
                 NodeKind::Symlink(t) => {
                     if t.is_empty() || t.len() >= BS as usize {
@@ -236,8 +237,20 @@ impl Plan {
         }
         let inodes = u64::from(last_ino) + u64::from(opts.extra_inodes);
         estimate += inodes * INODE_SIZE / BS + inodes / 1024 + opts.extra_bytes.div_ceil(BS);
+        // A group holds at most 32768 inodes. When the inodes need more groups than the
+        // (upper-bound) block estimate fills, shrink the groups so the image does not carry
+        // mostly empty 128 MiB groups just to hold inode tables.
+        let inode_groups = inodes.div_ceil(MAX_BPG);
+        let bpg = if inode_groups > 1 && estimate < inode_groups * MAX_BPG {
+            estimate
+                .div_ceil(inode_groups)
+                .next_multiple_of(8)
+                .clamp(MIN_BPG, MAX_BPG)
+        } else {
+            MAX_BPG
+        };
         // Generous bound on the group count: descriptor blocks are reserved for it up front.
-        let groups_bound = (estimate * 2).div_ceil(BPG) + 2;
+        let groups_bound = (estimate * 2).div_ceil(bpg) + inode_groups + 2;
         let gdt_reserved = gdt_blocks(groups_bound);
         let seed_input = match &opts.seed {
             Some(s) => s.clone(),
@@ -263,7 +276,7 @@ impl Plan {
             walk,
             walk_index,
             parent,
-            alloc: Alloc::new(gdt_reserved),
+            alloc: Alloc::new(gdt_reserved, bpg),
             gdt_reserved,
             fs_seed: csum::fs_seed(&uuid),
             uuid,

@@ -1,7 +1,7 @@
 //! Superblock and group descriptor records.
 
 use super::csum;
-use super::layout::{BPG, DESC_SIZE, INODE_SIZE};
+use super::layout::{DESC_SIZE, INODE_SIZE};
 
 const COMPAT_EXT_ATTR: u32 = 0x0008;
 const COMPAT_DIR_INDEX: u32 = 0x0020;
@@ -25,6 +25,7 @@ pub(crate) struct Super {
     pub blocks: u64,
     pub free_blocks: u64,
     pub free_inodes: u32,
+    pub blocks_per_group: u32,
     pub inodes_per_group: u32,
     pub first_ino: u32,
     /// Creation time (the tree's newest mtime). Write and check times stay 0: a tree time
@@ -52,8 +53,8 @@ pub(crate) fn encode_super(s: &Super, group: u16) -> [u8; 1024] {
     put32(&mut b, 0x14, 0); // first data block
     put32(&mut b, 0x18, 2); // log block size: 1024 << 2
     put32(&mut b, 0x1C, 2); // log cluster size
-    put32(&mut b, 0x20, BPG as u32);
-    put32(&mut b, 0x24, BPG as u32);
+    put32(&mut b, 0x20, s.blocks_per_group);
+    put32(&mut b, 0x24, s.blocks_per_group);
     put32(&mut b, 0x28, s.inodes_per_group);
     put16(&mut b, 0x36, 0xFFFF); // max mount count: -1
     put16(&mut b, 0x38, 0xEF53);
