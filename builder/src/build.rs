@@ -146,17 +146,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         },
+        // Sizes now; the digests are computed while sealing, each section read once.
         sections: Sections {
-            kernel: section_info(&kernel_path)?,
-            initramfs: section_info(&initramfs_path)?,
-            rootfs: section_info(&rootfs_path)?,
+            kernel: sized(&kernel_path)?,
+            initramfs: sized(&initramfs_path)?,
+            rootfs: sized(&rootfs_path)?,
         },
         run: spec,
         resources: opts.resources.clone(),
         kernel_cmdline: DEFAULT_CMDLINE.to_string(),
     };
     let open = |p: &Path| File::open(p).map_err(io_err(p.display().to_string()));
-    pod::seal(
+    pod::seal_computing_digests(
         &opts.output,
         &manifest,
         &mut open(&kernel_path)?,
@@ -191,8 +192,15 @@ fn parent_dir(p: &Path) -> &Path {
     }
 }
 
-fn section_info(p: &Path) -> Result<SectionInfo, BuildError> {
-    SectionInfo::of_file(p).map_err(io_err(p.display().to_string()))
+/// A section's size, with its digest left for sealing to compute.
+fn sized(p: &Path) -> Result<SectionInfo, BuildError> {
+    let size = std::fs::metadata(p)
+        .map_err(io_err(p.display().to_string()))?
+        .len();
+    Ok(SectionInfo {
+        size,
+        sha256: String::new(),
+    })
 }
 
 /// The pod's creation time: `SOURCE_DATE_EPOCH` when set, else the image's `created`, else 0.
@@ -265,9 +273,8 @@ fn write_rootfs(
         seed: Some(image.config_digest.to_string().into_bytes()),
         ..Ext4Options::default()
     };
+    // No fsync here: this is a temp file that sealing copies; the pod itself is fsynced.
     ext4::write_image(tree, &mut content, &file, &opts)?;
-    file.sync_data()
-        .map_err(io_err(path.display().to_string()))?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use manifest::{Manifest, SectionInfo};
 pub use reader::{Pod, PodError, Section, SectionLoc};
-pub use writer::{SealError, seal};
+pub use writer::{SealError, seal, seal_computing_digests};
 
 /// Streams `r` to its end; returns its length and lowercase hex sha256.
 pub fn sha256_reader(r: &mut dyn Read) -> io::Result<(u64, String)> {

@@ -407,3 +407,55 @@ fn sealing_checks_sections_and_leaves_nothing_behind() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+#[test]
+fn single_pass_sealing_writes_the_same_bytes_and_fills_the_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, reference) = sealed(dir.path());
+    let mut unhashed = s.manifest.clone();
+    for info in [
+        &mut unhashed.sections.kernel,
+        &mut unhashed.sections.initramfs,
+        &mut unhashed.sections.rootfs,
+    ] {
+        info.sha256 = "f".repeat(64); // ignored: the digests are computed
+    }
+    let path = dir.path().join("single.pod");
+    let sealed = pod::seal_computing_digests(
+        &path,
+        &unhashed,
+        &mut &s.kernel[..],
+        &mut &s.initramfs[..],
+        &mut &s.rootfs[..],
+    )
+    .unwrap();
+    assert_eq!(sealed, s.manifest);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&reference).unwrap()
+    );
+    Pod::open(&path).unwrap().verify().unwrap();
+
+    // Sizes are still enforced, and a failure leaves nothing behind.
+    let short = &s.rootfs[..10];
+    let out = dir.path().join("short.pod");
+    let err = pod::seal_computing_digests(
+        &out,
+        &unhashed,
+        &mut &s.kernel[..],
+        &mut &s.initramfs[..],
+        &mut &short[..],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SealError::Size {
+                entry: "rootfs.ext4",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
