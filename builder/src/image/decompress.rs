@@ -5,6 +5,7 @@
 //! out (a total cap and a ratio to the compressed size, against decompression bombs), hashes
 //! everything it yields and checks the hash against the layer's `diff_id` at end of stream.
 
+use super::readahead::ReadAhead;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
@@ -225,7 +226,10 @@ impl LayerReader {
         let stream = io::Cursor::new(head.clone()).chain(raw);
         let inner: Box<dyn Read + Send> = match compression {
             Compression::None => Box::new(stream),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
+            // Inflate on another thread, ahead of the caller (see `readahead`).
+            Compression::Gzip => Box::new(ReadAhead::spawn(Box::new(
+                flate2::read::MultiGzDecoder::new(stream),
+            ))),
             Compression::Zstd => {
                 let limit = 1u64 << limits.zstd_window_log_max;
                 if let Some(window) = zstd_window_size(&head)
@@ -245,7 +249,7 @@ impl LayerReader {
                 let mut d = zstd::stream::read::Decoder::new(stream).map_err(corrupt)?;
                 d.window_log_max(limits.zstd_window_log_max)
                     .map_err(corrupt)?;
-                Box::new(d)
+                Box::new(ReadAhead::spawn(Box::new(d)))
             }
         };
         Ok(LayerReader {

@@ -17,6 +17,7 @@ pub mod layer_content;
 pub mod manifest;
 pub mod oci_layout;
 pub mod progress;
+pub mod readahead;
 pub mod reference;
 pub mod registry;
 mod registry_http;
