@@ -5,7 +5,7 @@
 //! removed on any exit but SIGKILL); the pod appears at its path only when sealed.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,15 @@ use pod::{SealError, SectionInfo};
 use thiserror::Error;
 
 use crate::ext4::{self, Ext4Error, Ext4Options};
-use crate::image::decompress::Limits;
+use crate::image::Layer;
+use crate::image::decompress::{LayerReader, Limits};
 use crate::image::flatten::{self, FlattenError};
 use crate::image::layer_content::LayerContent;
+use crate::image::progress::Progress;
 use crate::image::source::{self, FetchOptions, FetchedImage, SourceError};
 use crate::initramfs::{self, InitramfsError};
 use crate::kernel::{self, KernelError};
-use crate::tree::Tree;
+use crate::tree::{Meta, Tree};
 
 /// The kernel command line every pod starts with (Firecracker-style: no probing, no waiting,
 /// quiet console). The launcher appends its device entries and `console=`.
@@ -123,7 +125,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
 
     step("flatten", &format!("{} layer(s)", image.layers.len()));
     let limits = Limits::default();
-    let tree = flatten::flatten(&image.layers, &limits)?;
+    let tree = flatten_with_progress(&image.layers, &limits, &Progress::new(opts.quiet))?;
 
     step("rootfs", "writing ext4");
     let rootfs_path = work.path().join("rootfs.ext4");
@@ -183,6 +185,41 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         reference: image.reference,
         elapsed: started.elapsed(),
     })
+}
+
+/// Applies the layers bottom first, one progress bar per layer (hidden when quiet or when
+/// stderr is not a terminal).
+fn flatten_with_progress(
+    layers: &[Layer],
+    limits: &Limits,
+    progress: &Progress,
+) -> Result<Tree, BuildError> {
+    let mut tree = Tree::new(Meta::with_mode(0o755));
+    for (i, layer) in layers.iter().enumerate() {
+        let bar = progress.layer(&format!("layer {}/{}", i + 1, layers.len()));
+        let reader = Counted {
+            inner: LayerReader::open(layer, limits).map_err(FlattenError::from)?,
+            bar,
+        };
+        let counted = flatten::apply_tar(&mut tree, i, &layer.digest, reader)?;
+        counted.bar.finish_and_clear();
+        counted.inner.finish().map_err(FlattenError::from)?;
+    }
+    Ok(tree)
+}
+
+/// Counts bytes read into a progress bar.
+struct Counted<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
 }
 
 fn parent_dir(p: &Path) -> &Path {

@@ -114,7 +114,8 @@ fn populate(root: &Path) -> BTreeMap<&'static str, String> {
     };
     mode("known.bin", 0o644);
     mode("small.txt", 0o640);
-    std::os::unix::fs::chown(data.join("small.txt"), Some(1000), Some(1001)).unwrap();
+    std::os::unix::fs::chown(data.join("small.txt"), Some(1000), Some(1001))
+        .unwrap_or_else(|e| panic!("chown data/small.txt (run the test as root): {e}"));
     files
         .into_iter()
         .map(|(name, bytes)| (name, sha256_hex(&bytes)))

@@ -39,6 +39,21 @@ impl Progress {
         bar.set_prefix(label.chars().take(12).collect::<String>());
         bar
     }
+
+    /// A bar for applying one layer: uncompressed bytes so far (the total is not known before).
+    pub fn layer(&self, label: &str) -> ProgressBar {
+        let Some(multi) = &self.multi else {
+            return ProgressBar::hidden();
+        };
+        let bar = multi.add(ProgressBar::new_spinner());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:12} {spinner} applying {bytes:>10} {bytes_per_sec:>12}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(label.chars().take(12).collect::<String>());
+        bar
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +65,6 @@ mod tests {
         let p = Progress::new(true);
         assert!(!p.is_visible());
         assert!(p.blob("sha256:abc", 10).is_hidden());
+        assert!(p.layer("layer 1/2").is_hidden());
     }
 }
