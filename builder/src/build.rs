@@ -302,7 +302,7 @@ fn write_rootfs(
         .create_new(true)
         .open(path)
         .map_err(io_err(path.display().to_string()))?;
-    let mut content = LayerContent::new(image.layers.clone(), limits.clone());
+    let mut content = LayerContent::new(image.layers.clone(), *limits);
     // The config digest names the image's content (it lists every layer's diff_id), so the
     // filesystem UUID and hash seed depend on content, not only on metadata.
     let opts = Ext4Options {
