@@ -135,6 +135,8 @@ table=$(awk -v runs="$runs" '
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 hb_version=$("$hyperbuild" --version)
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$repo" diff --quiet HEAD -- builder pod 2>/dev/null || commit="$commit + uncommitted changes"
 report=$(cat <<REPORT
 ## Build: hyperbuild vs umoci + mkfs.ext4
 
@@ -146,7 +148,7 @@ g++-12, make, git), one layer imported with umoci: **$img_bytes bytes** uncompre
 ($img_entries entries), $layer_bytes bytes as an OCI layout. Warm cache (one untimed run of each first; the
 layout is on local disk in the page cache).
 
-- (a) \`$hb_version\`: \`hyperbuild oci:LAYOUT:large -o app.pod --kernel K --init I -q\` (release build)
+- (a) \`$hb_version\` (tree $commit): \`hyperbuild oci:LAYOUT:large -o app.pod --kernel K --init I -q\` (release build)
   → $pod_bytes bytes.
 - (b) \`umoci unpack\` + size estimate (\`du\`, \`find\`) + \`mkfs.ext4 -q -d rootfs -b 4096 -N INODES
   -O ^has_journal,metadata_csum -E root_owner=0:0 img SIZE\` + \`cpio -o -H newc\` (init + spec) +
