@@ -1,8 +1,11 @@
 //! `hyperbuild IMAGE -o app.pod`: one function of named steps,
-//! resolve → fetch → flatten → write rootfs → write initramfs → seal.
+//! resolve → fetch → flatten (spooling file contents) → write initramfs → write rootfs (straight
+//! into the pod being sealed) → seal.
 //!
-//! Intermediate files live in a private temp directory next to the output (same filesystem,
-//! removed on any exit but SIGKILL); the pod appears at its path only when sealed.
+//! Each layer is decompressed once: flattening sets file contents aside in the spool, and the
+//! ext4 writer reads them from there. The pod is a temp file beside the output until sealed;
+//! the spool is an unnamed file and the initramfs sits in a private temp directory next to the
+//! output (removed on any exit but SIGKILL, and the spool even then).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -21,9 +24,10 @@ use crate::image::flatten::{self, FlattenError};
 use crate::image::layer_content::LayerContent;
 use crate::image::progress::Progress;
 use crate::image::source::{self, FetchOptions, FetchedImage, SourceError};
+use crate::image::spool::Spool;
 use crate::initramfs::{self, InitramfsError};
 use crate::kernel::{self, KernelError};
-use crate::tree::{Meta, Tree};
+use crate::tree::{ContentSource, Meta, Tree};
 
 /// The kernel command line every pod starts with (Firecracker-style: no probing, no waiting,
 /// quiet console). The launcher appends its device entries and `console=`.
@@ -58,6 +62,9 @@ pub struct BuildOptions {
     pub rootfs_extra: u64,
     /// No progress or step lines.
     pub quiet: bool,
+    /// Set file contents aside in a spool while flattening (one decompression per layer);
+    /// without it, the rootfs writer decompresses the layers again (no temp copy of contents).
+    pub spool: bool,
 }
 
 /// What was built.
@@ -125,17 +132,29 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
 
     step("flatten", &format!("{} layer(s)", image.layers.len()));
     let limits = Limits::default();
-    let tree = flatten_with_progress(&image.layers, &limits, &Progress::new(opts.quiet))?;
-
-    step("rootfs", "writing ext4");
-    let rootfs_path = work.path().join("rootfs.ext4");
-    write_rootfs(&tree, &image, &limits, &rootfs_path, opts.rootfs_extra)?;
+    let mut spool = match opts.spool {
+        true => Some(
+            Spool::new_in(work.path())
+                .map_err(io_err(format!("spool in {}", work.path().display())))?,
+        ),
+        false => None,
+    };
+    let tree = flatten_with_progress(
+        &image.layers,
+        &limits,
+        spool.as_mut(),
+        &Progress::new(opts.quiet),
+    )?;
+    let mut contents: Box<dyn ContentSource> = match spool {
+        Some(s) => Box::new(s),
+        None => Box::new(LayerContent::new(image.layers.clone(), limits)),
+    };
 
     step("initramfs", &format!("init {}", init_path.display()));
     let initramfs_path = work.path().join("initramfs");
     write_initramfs(&init_path, &spec, created, &initramfs_path)?;
 
-    step("seal", &opts.output.display().to_string());
+    step("rootfs", "writing ext4 into the pod");
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         builder: format!("hyperbuild {}", env!("CARGO_PKG_VERSION")),
@@ -148,28 +167,45 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         },
-        // Sizes now; the digests are computed while sealing, each section read once.
+        // Sizes now (the rootfs's is an estimate until it is written); the digests are
+        // computed while sealing, each section read once.
         sections: Sections {
             kernel: sized(&kernel_path)?,
             initramfs: sized(&initramfs_path)?,
-            rootfs: sized(&rootfs_path)?,
+            // Only the digit count matters (see `pod::begin_seal`); the file bytes are close.
+            rootfs: SectionInfo {
+                size: tree.file_bytes(),
+                sha256: String::new(),
+            },
         },
         run: spec,
         resources: opts.resources.clone(),
         kernel_cmdline: DEFAULT_CMDLINE.to_string(),
     };
+    let seal_err = |source| BuildError::Seal {
+        path: opts.output.clone(),
+        source,
+    };
     let open = |p: &Path| File::open(p).map_err(io_err(p.display().to_string()));
-    pod::seal_computing_digests(
+    let slot = pod::begin_seal(
         &opts.output,
         &manifest,
         &mut open(&kernel_path)?,
         &mut open(&initramfs_path)?,
-        &mut open(&rootfs_path)?,
     )
-    .map_err(|source| BuildError::Seal {
-        path: opts.output.clone(),
-        source,
-    })?;
+    .map_err(seal_err)?;
+    let rootfs_size = write_rootfs(
+        &tree,
+        &image,
+        contents.as_mut(),
+        slot.file(),
+        slot.offset(),
+        opts.rootfs_extra,
+    )?;
+    drop(contents);
+
+    step("seal", &opts.output.display().to_string());
+    slot.finish(rootfs_size).map_err(seal_err)?;
 
     let pod_bytes = std::fs::metadata(&opts.output)
         .map_err(io_err(opts.output.display().to_string()))?
@@ -187,11 +223,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     })
 }
 
-/// Applies the layers bottom first, one progress bar per layer (hidden when quiet or when
-/// stderr is not a terminal).
+/// Applies the layers bottom first, spooling file contents if there is a spool, one progress
+/// bar per layer (hidden when quiet or when stderr is not a terminal).
 fn flatten_with_progress(
     layers: &[Layer],
     limits: &Limits,
+    mut spool: Option<&mut Spool>,
     progress: &Progress,
 ) -> Result<Tree, BuildError> {
     let mut tree = Tree::new(Meta::with_mode(0o755));
@@ -201,7 +238,10 @@ fn flatten_with_progress(
             inner: LayerReader::open(layer, limits).map_err(FlattenError::from)?,
             bar,
         };
-        let counted = flatten::apply_tar(&mut tree, i, &layer.digest, reader)?;
+        let counted = match spool.as_deref_mut() {
+            Some(spool) => flatten::apply_tar_spooled(&mut tree, i, &layer.digest, reader, spool)?,
+            None => flatten::apply_tar(&mut tree, i, &layer.digest, reader)?,
+        };
         counted.bar.finish_and_clear();
         counted.inner.finish().map_err(FlattenError::from)?;
     }
@@ -292,17 +332,11 @@ pub fn run_spec(image: &FetchedImage, o: &SpecOverrides) -> Result<RunSpec, Buil
 fn write_rootfs(
     tree: &Tree,
     image: &FetchedImage,
-    limits: &Limits,
-    path: &Path,
+    contents: &mut dyn ContentSource,
+    pod: &File,
+    offset: u64,
     extra: u64,
-) -> Result<(), BuildError> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err(path.display().to_string()))?;
-    let mut content = LayerContent::new(image.layers.clone(), *limits);
+) -> Result<u64, BuildError> {
     // The config digest names the image's content (it lists every layer's diff_id), so the
     // filesystem UUID and hash seed depend on content, not only on metadata.
     let opts = Ext4Options {
@@ -310,9 +344,8 @@ fn write_rootfs(
         seed: Some(image.config_digest.to_string().into_bytes()),
         ..Ext4Options::default()
     };
-    // No fsync here: this is a temp file that sealing copies; the pod itself is fsynced.
-    ext4::write_image(tree, &mut content, &file, &opts)?;
-    Ok(())
+    // Straight into the pod at the rootfs section's offset; sealing hashes and fsyncs it.
+    Ok(ext4::write_image_at(tree, contents, pod, offset, &opts)?.size_bytes)
 }
 
 fn write_initramfs(

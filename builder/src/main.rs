@@ -115,6 +115,10 @@ struct BuildArgs {
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
+    /// Decompress each layer twice (once to flatten, once for file contents) instead of
+    /// setting file contents aside in a temp spool file: less temp disk space, slower.
+    #[arg(long)]
+    no_spool: bool,
 }
 
 fn pod_error_code(e: &pod::PodError) -> u8 {
@@ -212,6 +216,7 @@ fn run_build(a: BuildArgs) -> ExitCode {
         init: a.init,
         rootfs_extra: a.rootfs_extra,
         quiet: a.quiet,
+        spool: !a.no_spool,
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
         return usage(format!(

@@ -55,6 +55,9 @@ pub enum Content {
     /// Entry number `entry` (0-based, counting every tar header that yields an entry) of layer
     /// number `layer` (0 = bottom) of the image being built.
     Layer { layer: usize, entry: u64 },
+    /// Bytes at `offset` of the build's spool (see `image::spool`), where flattening set
+    /// them aside.
+    Spooled { offset: u64 },
 }
 
 /// What kind of inode a node is.
@@ -193,6 +196,17 @@ impl Tree {
         out
     }
 
+    /// Total size of the reachable regular files (each hardlinked file once), in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.walk()
+            .into_iter()
+            .map(|(_, id)| match &self.nodes[id].kind {
+                NodeKind::File { size, .. } => *size,
+                _ => 0,
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Link count of every reachable node, as the filesystem must record it: for a directory
     /// 2 + its subdirectories, for anything else the number of entries naming it.
     pub fn link_counts(&self) -> Vec<u32> {
@@ -244,6 +258,9 @@ impl ContentSource for LocalContent {
                     }
                     Content::Layer { .. } => {
                         return Err(io::Error::other("layer content needs the image's layers"));
+                    }
+                    Content::Spooled { .. } => {
+                        return Err(io::Error::other("spooled content needs the build's spool"));
                     }
                 }
             }

@@ -182,16 +182,17 @@ fn demo_image_builds_into_a_pod_that_tar_e2fsck_and_debugfs_accept() {
 }
 
 #[test]
-fn builds_in_different_directories_and_umasks_are_byte_identical() {
+fn builds_in_different_directories_umasks_and_modes_are_byte_identical() {
     let inputs = tempfile::tempdir().unwrap();
     let kernel = fake_elf(inputs.path(), "vmlinux", 0x33);
     let init = fake_elf(inputs.path(), "init", 0x44);
     let mut digests = Vec::new();
-    for umask in ["022", "077", "002"] {
+    // The two-pass mode (no spool) must give the same bytes as the spooled one.
+    for (umask, no_spool) in [("022", false), ("077", true), ("002", false)] {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join(format!("deep/er/{umask}"));
         std::fs::create_dir_all(&nested).unwrap();
-        let args = [
+        let mut args = vec![
             demo_image(),
             "-o",
             "x.pod",
@@ -201,6 +202,9 @@ fn builds_in_different_directories_and_umasks_are_byte_identical() {
             init.to_str().unwrap(),
             "-q",
         ];
+        if no_spool {
+            args.push("--no-spool");
+        }
         let out = hyperbuild(&args, Some(umask), &nested);
         assert!(
             out.status.success(),

@@ -2,7 +2,7 @@
 
 mod ext4_support;
 
-use builder::ext4::{Ext4Error, Ext4Options, write_image};
+use builder::ext4::{Ext4Error, Ext4Options, write_image, write_image_at};
 use builder::tree::{Content, LocalContent, Meta, Node, NodeKind, ROOT, Tree};
 use ext4_support::*;
 use std::collections::BTreeMap;
@@ -324,6 +324,32 @@ fn same_tree_gives_identical_bytes_and_seed_changes_uuid() {
     std::fs::create_dir(&d).unwrap();
     let (_, sd) = write(&other, &d, &Ext4Options::default());
     assert_ne!(sa.uuid, sd.uuid);
+}
+
+/// Written at an offset inside another file (as into a pod), the image is the same bytes, what
+/// lies before the offset is kept and stale bytes after it are gone (holes must read as zeros).
+#[test]
+fn image_written_at_an_offset_is_the_same_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = kitchen_sink(tmp.path());
+    let (alone, summary) = write(&tree, tmp.path(), &Ext4Options::default());
+    let alone = std::fs::read(alone).unwrap();
+    let base = 3 * 4096u64;
+    let path = tmp.path().join("container");
+    let prefix: Vec<u8> = (0..base).map(|i| (i % 253) as u8 + 1).collect();
+    let mut stale = prefix.clone();
+    stale.extend(std::iter::repeat_n(0xee, alone.len() + 8192));
+    std::fs::write(&path, &stale).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let at = write_image_at(&tree, &mut LocalContent, &f, base, &Ext4Options::default()).unwrap();
+    assert_eq!(at, summary);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, base + summary.size_bytes);
+    assert_eq!(&bytes[..base as usize], &prefix[..]);
+    assert!(
+        bytes[base as usize..] == alone[..],
+        "image bytes differ at an offset"
+    );
 }
 
 fn try_write(tree: &Tree) -> Result<(), Ext4Error> {

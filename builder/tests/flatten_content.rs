@@ -1,4 +1,5 @@
-//! `LayerContent`: streaming file contents back out of the layers a tree was flattened from.
+//! Streaming file contents back out: from the layers a tree was flattened from
+//! (`LayerContent`), and from the spool a build sets them aside in (`Spool`).
 
 mod flatten_support;
 
@@ -6,9 +7,11 @@ use std::collections::BTreeMap;
 use std::io;
 
 use builder::image::Compression;
-use builder::image::decompress::{DecompressError, Limits};
-use builder::image::flatten::flatten;
+use builder::image::decompress::{DecompressError, LayerReader, Limits};
+use builder::image::flatten::{FlattenError, apply_tar_spooled, flatten};
 use builder::image::layer_content::{LayerContent, LayerContentError};
+use builder::image::spool::Spool;
+use builder::image::tar::TarError;
 use builder::tree::{Content, ContentSource, Meta, Node, NodeId, NodeKind, ROOT, Tree};
 use flatten_support::{Tar, gzip, layer, zstd};
 
@@ -97,4 +100,102 @@ fn unknown_layer_is_an_error() {
         inner.downcast_ref::<LayerContentError>(),
         Some(LayerContentError::NoSuchLayer { layer: 3, count: 0 })
     ));
+}
+
+/// Flattens like the build does: one pass per layer, file contents set aside in a spool.
+fn flatten_spooled(
+    layers: &[builder::image::Layer],
+    spool: &mut Spool,
+) -> Result<Tree, FlattenError> {
+    let mut tree = Tree::new(Meta::with_mode(0o755));
+    for (i, l) in layers.iter().enumerate() {
+        let r = LayerReader::open(l, &Limits::default())?;
+        let r = apply_tar_spooled(&mut tree, i, &l.digest, r, spool)?;
+        r.finish()?;
+    }
+    Ok(tree)
+}
+
+#[test]
+fn spooled_contents_equal_the_layers_contents() {
+    let d = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sparse = vec![0u8; 5 << 20];
+    sparse[(3 << 20) + 7] = 1;
+    let l0 = Tar::new()
+        .file("a", b"old a")
+        .file("big", &big)
+        .file("sparse", &sparse)
+        .file("gone", b"gone")
+        .finish();
+    let l1 = Tar::new()
+        .file("a", b"first new a")
+        .file("a", b"final a")
+        .hardlink("big2", "big")
+        .file(".wh.gone", b"")
+        .file("empty", b"")
+        .finish();
+    let layers = vec![
+        layer(d.path(), &gzip(&l0), Compression::Gzip, &l0),
+        layer(d.path(), &zstd(&l1), Compression::Zstd, &l1),
+    ];
+    let by_path = |tree: &Tree, got: BTreeMap<NodeId, Vec<u8>>| {
+        let mut m = BTreeMap::new();
+        for (path, id) in tree.walk() {
+            if let Some(v) = got.get(&id) {
+                m.insert(path.to_vec(), v.clone());
+            }
+        }
+        m
+    };
+    let plain = flatten(&layers, &Limits::default()).unwrap();
+    let want = collect(
+        &mut LayerContent::new(layers.clone(), Limits::default()),
+        &plain,
+    )
+    .unwrap();
+    let mut spool = Spool::new_in(d.path()).unwrap();
+    let tree = flatten_spooled(&layers, &mut spool).unwrap();
+    for (_, id) in tree.walk() {
+        if let NodeKind::File { content, .. } = &tree.nodes[id].kind {
+            assert!(matches!(content, Content::Spooled { offset } if offset % 4096 == 0));
+        }
+    }
+    let got = collect(&mut spool, &tree).unwrap();
+    let (want, got) = (by_path(&plain, want), by_path(&tree, got));
+    assert_eq!(got.len(), 4, "a, big (= big2), sparse, empty");
+    assert_eq!(got, want);
+    assert_eq!(got[&b"sparse"[..]], sparse);
+    // The overwritten and whited-out files were spooled too (one pass), never streamed.
+    assert!(spool.len() >= (big.len() + sparse.len()) as u64);
+}
+
+#[test]
+fn spooling_a_damaged_layer_names_the_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let data = vec![7u8; 100_000];
+    let full = Tar::new().file("f", &data).finish();
+    // Cut inside the file's data: a truncated tar, whatever the compression.
+    let cut = &full[..50_000];
+    let mut spool = Spool::new_in(d.path()).unwrap();
+    let plain = layer(d.path(), cut, Compression::None, cut);
+    let e = flatten_spooled(&[plain], &mut spool).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FlattenError::Tar {
+                source: TarError::Truncated(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A corrupt gzip stream is a decompression error, not a spool error.
+    let mut gz = gzip(&full);
+    let mid = gz.len() / 2;
+    gz[mid] ^= 0xff;
+    gz[mid + 1] ^= 0xff;
+    let bad = layer(d.path(), &gz, Compression::Gzip, &full);
+    let e = flatten_spooled(&[bad], &mut spool).unwrap_err();
+    assert!(matches!(e, FlattenError::Decompress(_)), "{e}");
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`manifest`]: what the pod holds and how to run it.
 //! - [`reader`]: [`Pod::open`], bounded parsing, sections as (offset, length), verification.
-//! - [`writer`]: [`seal`], streaming and atomic.
+//! - [`writer`]: [`seal`], streaming and atomic; [`begin_seal`] for a rootfs written in place.
 //! - [`spec`]: the run spec and launch-time overrides shared with init and the launcher.
 
 use std::io::{self, Read};
@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use manifest::{Manifest, SectionInfo};
 pub use reader::{Pod, PodError, Section, SectionLoc};
-pub use writer::{SealError, seal, seal_computing_digests};
+pub use writer::{PodLayout, RootfsSlot, SealError, begin_seal, layout, seal};
 
 /// Streams `r` to its end; returns its length and lowercase hex sha256.
 pub fn sha256_reader(r: &mut dyn Read) -> io::Result<(u64, String)> {

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -108,57 +108,41 @@ fn copy_sized<W: Write>(
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Whether [`write_sections`] compares each section's digest with the manifest's.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Digests {
-    Check,
-    Compute,
-}
-
-/// Writes manifest and sections; returns the manifest's data offset and the sections' digests.
+/// Writes manifest and sections, checking each section's size and digest.
 fn write_sections<W: Write>(
     w: &mut W,
     manifest: &Manifest,
     readers: [&mut dyn Read; 3],
-    digests: Digests,
-) -> Result<(u64, [String; 3]), SealError> {
+) -> Result<(), SealError> {
     let json = manifest.to_json()?;
     let mtime = manifest.created_unix().max(0) as u64;
     let mut pos = 0u64;
-    let magic = format!("{MAGIC}{FORMAT}");
     write_headers(
         w,
         &mut pos,
         "manifest.json",
-        &magic,
+        &magic(),
         json.len() as u64,
         mtime,
     )?;
-    let manifest_offset = pos;
     w.write_all(&json)?;
     pos += json.len() as u64;
     write_padding(w, &mut pos)?;
-    let mut actual: [String; 3] = Default::default();
-    for (((entry, info), reader), out) in manifest
-        .sections()
-        .into_iter()
-        .zip(readers)
-        .zip(actual.iter_mut())
-    {
+    for ((entry, info), reader) in manifest.sections().into_iter().zip(readers) {
         write_headers(w, &mut pos, entry, PAD, info.size, mtime)?;
-        *out = copy_sized(w, reader, entry, info.size)?;
-        if digests == Digests::Check && *out != info.sha256 {
+        let actual = copy_sized(w, reader, entry, info.size)?;
+        if actual != info.sha256 {
             return Err(SealError::Digest {
                 entry,
                 expected: info.sha256.clone(),
-                actual: out.clone(),
+                actual,
             });
         }
         pos += info.size;
         write_padding(w, &mut pos)?;
     }
     w.write_all(&[0u8; 2 * BLOCK as usize])?;
-    Ok((manifest_offset, actual))
+    Ok(())
 }
 
 /// Writes a whole pod to `w`: manifest, then kernel, initramfs and rootfs streamed from the
@@ -171,7 +155,7 @@ pub fn write_pod<W: Write>(
     initramfs: &mut dyn Read,
     rootfs: &mut dyn Read,
 ) -> Result<(), SealError> {
-    write_sections(w, manifest, [kernel, initramfs, rootfs], Digests::Check).map(|_| ())
+    write_sections(w, manifest, [kernel, initramfs, rootfs])
 }
 
 /// Writes a pod into a temp file beside `path` with `fill`, fsyncs it and renames it into
@@ -180,17 +164,8 @@ fn seal_with(
     path: &Path,
     fill: impl FnOnce(&File) -> Result<(), SealError>,
 ) -> Result<(), SealError> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| SealError::Path(path.to_path_buf()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let tmp = temp_beside(path)?;
+    let dir = parent_of(path);
     fill(tmp.as_file())?;
     tmp.as_file().sync_all()?;
     set_mode(tmp.as_file())?;
@@ -216,18 +191,73 @@ pub fn seal(
     })
 }
 
-/// Seals a pod whose section digests are not known yet, reading each section only once: the
-/// manifest is written with placeholder digests, each section is hashed while it is copied, and
-/// the real digests are then written over the placeholders (the manifest's length cannot change:
-/// every digest is 64 hex digits). The manifest's sizes must be right; its digests are ignored.
-/// Returns the manifest as sealed. The bytes equal those [`seal`] writes for that manifest.
-pub fn seal_computing_digests(
+/// Where a pod's parts start, as [`write_pod`] lays them out for a manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodLayout {
+    /// Offset of the manifest's JSON.
+    pub manifest: u64,
+    /// Offset of each section's tar headers, in file order (kernel, initramfs, rootfs).
+    pub headers: [u64; 3],
+    /// Offset of each section's data (4 KiB-aligned).
+    pub data: [u64; 3],
+    /// Length of the whole pod (end-of-archive blocks included).
+    pub end: u64,
+}
+
+/// Bytes of the PAX + ustar headers [`write_headers`] writes at `pos`.
+fn headers_len(pos: u64) -> u64 {
+    (tarfmt::pax_blocks_at(pos) + 2) * BLOCK
+}
+
+/// The layout of the pod [`write_pod`] writes for `manifest` (its JSON length and section
+/// sizes decide it).
+pub fn layout(manifest: &Manifest) -> Result<PodLayout, SealError> {
+    let json_len = manifest.to_json()?.len() as u64;
+    let sizes = [
+        manifest.sections.kernel.size,
+        manifest.sections.initramfs.size,
+        manifest.sections.rootfs.size,
+    ];
+    let manifest_at = headers_len(0);
+    let mut pos = tarfmt::round_up(manifest_at + json_len, BLOCK);
+    let (mut headers, mut data) = ([0u64; 3], [0u64; 3]);
+    for i in 0..3 {
+        headers[i] = pos;
+        data[i] = pos + headers_len(pos);
+        pos = tarfmt::round_up(data[i] + sizes[i], BLOCK);
+    }
+    Ok(PodLayout {
+        manifest: manifest_at,
+        headers,
+        data,
+        end: pos + 2 * BLOCK,
+    })
+}
+
+/// A pod being sealed whose rootfs the caller writes in place, straight into the pod file at
+/// its final offset (the builder's ext4 writer does), instead of into a temp file that is then
+/// copied. Made by [`begin_seal`]; sealed by [`RootfsSlot::finish`], or dropped (the temp file
+/// goes with it).
+pub struct RootfsSlot {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+    /// The manifest as written so far: placeholder digests, the estimated rootfs size.
+    manifest: Manifest,
+    layout: PodLayout,
+    digests: [String; 2],
+}
+
+/// Starts sealing a pod at `path`: writes the manifest (placeholder digests; `manifest`'s
+/// kernel and initramfs sizes must be right, its rootfs size is an estimate) and the kernel and
+/// initramfs sections, hashing them, into a temp file beside `path`. The rootfs goes at
+/// [`RootfsSlot::offset`]; the file ends there until [`RootfsSlot::finish`].
+pub fn begin_seal(
     path: &Path,
     manifest: &Manifest,
     kernel: &mut dyn Read,
     initramfs: &mut dyn Read,
-    rootfs: &mut dyn Read,
-) -> Result<Manifest, SealError> {
+) -> Result<RootfsSlot, SealError> {
+    let tmp = temp_beside(path)?;
     let mut sealed = manifest.clone();
     for s in [
         &mut sealed.sections.kernel,
@@ -236,26 +266,188 @@ pub fn seal_computing_digests(
     ] {
         s.sha256 = "0".repeat(64);
     }
-    let placeholder_len = sealed.to_json()?.len();
-    seal_with(path, |file| {
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        let (offset, [k, i, r]) = write_sections(
-            &mut w,
-            &sealed,
-            [kernel, initramfs, rootfs],
-            Digests::Compute,
+    let layout = layout(&sealed)?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let mut pos = 0u64;
+    let json = sealed.to_json()?;
+    let mtime = sealed.created_unix().max(0) as u64;
+    write_headers(
+        &mut w,
+        &mut pos,
+        "manifest.json",
+        &magic(),
+        json.len() as u64,
+        mtime,
+    )?;
+    w.write_all(&json)?;
+    pos += json.len() as u64;
+    write_padding(&mut w, &mut pos)?;
+    let mut section = |entry: &'static str, size: u64, reader: &mut dyn Read| {
+        write_headers(&mut w, &mut pos, entry, PAD, size, mtime)?;
+        let digest = copy_sized(&mut w, reader, entry, size)?;
+        pos += size;
+        write_padding(&mut w, &mut pos)?;
+        Ok::<_, SealError>(digest)
+    };
+    let digests = [
+        section("kernel", sealed.sections.kernel.size, kernel)?,
+        section("initramfs", sealed.sections.initramfs.size, initramfs)?,
+    ];
+    w.flush()?;
+    drop(w);
+    debug_assert_eq!(pos, layout.headers[2]);
+    // The rootfs headers are written by `finish`, once its size is known.
+    tmp.as_file().set_len(layout.data[2])?;
+    Ok(RootfsSlot {
+        tmp,
+        path: path.to_path_buf(),
+        manifest: sealed,
+        layout,
+        digests,
+    })
+}
+
+impl RootfsSlot {
+    /// The pod file being written.
+    pub fn file(&self) -> &File {
+        self.tmp.as_file()
+    }
+
+    /// Where the rootfs's first byte goes (4 KiB-aligned).
+    pub fn offset(&self) -> u64 {
+        self.layout.data[2]
+    }
+
+    /// Seals the pod with a rootfs of `size` bytes at [`offset`](Self::offset): hashes it, moves
+    /// the sections if the real size changed the manifest's length enough to shift them
+    /// (rare: the digit count of the size changed and crossed a block), writes the headers, the
+    /// final manifest and the end of the archive, fsyncs and renames into place. The bytes equal
+    /// those [`seal`] writes for the returned manifest.
+    pub fn finish(mut self, size: u64) -> Result<Manifest, SealError> {
+        let file = self.tmp.as_file();
+        self.manifest.sections.rootfs.size = size;
+        let old = self.layout;
+        let new = layout(&self.manifest)?;
+        if new.data[0] != old.data[0] {
+            // Every section moves by the same multiple of 4 KiB; their headers with them.
+            let len = old.data[2] + size - old.data[0];
+            move_region(file, old.data[0], new.data[0], len)?;
+        }
+        // Write the data back to disk while it is hashed; the fsync below then only has the
+        // headers and the manifest left to write.
+        let (synced, rootfs_sha) = std::thread::scope(|s| {
+            let sync = s.spawn(|| file.sync_data());
+            let sha = hash_region(file, new.data[2], size);
+            (sync.join(), sha)
+        });
+        synced.map_err(|_| io::Error::other("fsync thread panicked"))??;
+        let rootfs_sha = rootfs_sha?;
+        let [kernel_sha, initramfs_sha] = std::mem::take(&mut self.digests);
+        self.manifest.sections.kernel.sha256 = kernel_sha;
+        self.manifest.sections.initramfs.sha256 = initramfs_sha;
+        self.manifest.sections.rootfs.sha256 = rootfs_sha;
+        let mtime = self.manifest.created_unix().max(0) as u64;
+        // Manifest and kernel headers: everything before the kernel's data.
+        let mut head = Vec::with_capacity(new.data[0] as usize);
+        let mut pos = 0u64;
+        let json = self.manifest.to_json()?;
+        write_headers(
+            &mut head,
+            &mut pos,
+            "manifest.json",
+            &magic(),
+            json.len() as u64,
+            mtime,
         )?;
-        w.flush()?;
-        drop(w);
-        sealed.sections.kernel.sha256 = k;
-        sealed.sections.initramfs.sha256 = i;
-        sealed.sections.rootfs.sha256 = r;
-        let json = sealed.to_json()?;
-        assert_eq!(json.len(), placeholder_len, "digests are fixed-length");
-        file.write_all_at(&json, offset)?;
-        Ok(())
-    })?;
-    Ok(sealed)
+        head.extend_from_slice(&json);
+        pos += json.len() as u64;
+        write_padding(&mut head, &mut pos)?;
+        let kernel_size = self.manifest.sections.kernel.size;
+        write_headers(&mut head, &mut pos, "kernel", PAD, kernel_size, mtime)?;
+        debug_assert_eq!(pos, new.data[0]);
+        file.write_all_at(&head, 0)?;
+        // The rootfs headers, now that its size is known.
+        let mut rootfs_head = Vec::new();
+        let mut pos = new.headers[2];
+        write_headers(&mut rootfs_head, &mut pos, "rootfs.ext4", PAD, size, mtime)?;
+        file.write_all_at(&rootfs_head, new.headers[2])?;
+        // Padding after the rootfs and the end-of-archive blocks.
+        let tail = new.end - (new.data[2] + size);
+        file.write_all_at(&vec![0u8; tail as usize], new.data[2] + size)?;
+        file.set_len(new.end)?;
+        file.sync_all()?;
+        set_mode(file)?;
+        let dir = parent_of(&self.path).to_path_buf();
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| SealError::Io(e.error))?;
+        File::open(dir)?.sync_all()?;
+        Ok(self.manifest)
+    }
+}
+
+fn magic() -> String {
+    format!("{MAGIC}{FORMAT}")
+}
+
+/// SHA-256 of `len` bytes of `file` at `offset`, as lowercase hex.
+fn hash_region(file: &File, offset: u64, len: u64) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Moves `len` bytes of `file` from `from` to `to` (the ranges may overlap).
+fn move_region(file: &File, from: u64, to: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 4 << 20];
+    let chunk = buf.len() as u64;
+    let mut copy = |at: u64, n: u64| -> io::Result<()> {
+        let b = &mut buf[..n as usize];
+        file.read_exact_at(b, from + at)?;
+        file.write_all_at(b, to + at)
+    };
+    if to > from {
+        // Back to front, so nothing is overwritten before it is read.
+        let mut end = len;
+        while end > 0 {
+            let n = end.min(chunk);
+            copy(end - n, n)?;
+            end -= n;
+        }
+    } else {
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(chunk);
+            copy(at, n)?;
+            at += n;
+        }
+    }
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// A temp file beside `path`, named after it.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, SealError> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| SealError::Path(path.to_path_buf()))?;
+    Ok(tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(parent_of(path))?)
 }
 
 fn set_mode(file: &File) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! The `.pod` format end to end: round trip, GNU tar compatibility, alignment, determinism, and
 //! one distinct error per kind of damage.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -408,10 +409,9 @@ fn sealing_checks_sections_and_leaves_nothing_behind() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
-#[test]
-fn single_pass_sealing_writes_the_same_bytes_and_fills_the_digests() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, reference) = sealed(dir.path());
+/// Seals `s` with its rootfs written in place, the manifest first carrying `estimate` as the
+/// rootfs size; returns the manifest sealed.
+fn seal_in_place(s: &Sample, path: &Path, estimate: u64) -> Result<Manifest, SealError> {
     let mut unhashed = s.manifest.clone();
     for info in [
         &mut unhashed.sections.kernel,
@@ -420,42 +420,98 @@ fn single_pass_sealing_writes_the_same_bytes_and_fills_the_digests() {
     ] {
         info.sha256 = "f".repeat(64); // ignored: the digests are computed
     }
-    let path = dir.path().join("single.pod");
-    let sealed = pod::seal_computing_digests(
-        &path,
-        &unhashed,
-        &mut &s.kernel[..],
-        &mut &s.initramfs[..],
-        &mut &s.rootfs[..],
-    )
-    .unwrap();
-    assert_eq!(sealed, s.manifest);
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        std::fs::read(&reference).unwrap()
-    );
-    Pod::open(&path).unwrap().verify().unwrap();
+    unhashed.sections.rootfs.size = estimate;
+    let slot = pod::begin_seal(path, &unhashed, &mut &s.kernel[..], &mut &s.initramfs[..])?;
+    assert_eq!(slot.offset() % 4096, 0);
+    assert_eq!(slot.file().metadata().unwrap().len(), slot.offset());
+    // Written the way the ext4 writer does: positional writes, the last blocks first.
+    let half = s.rootfs.len() / 2;
+    slot.file()
+        .write_all_at(&s.rootfs[half..], slot.offset() + half as u64)?;
+    slot.file().write_all_at(&s.rootfs[..half], slot.offset())?;
+    slot.finish(s.rootfs.len() as u64)
+}
 
-    // Sizes are still enforced, and a failure leaves nothing behind.
-    let short = &s.rootfs[..10];
+#[test]
+fn rootfs_written_in_place_gives_the_same_bytes_and_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, reference) = sealed(dir.path());
+    let reference = std::fs::read(&reference).unwrap();
+    for estimate in [s.rootfs.len() as u64, 1, 1 << 40] {
+        let path = dir.path().join(format!("in-place-{estimate}.pod"));
+        let sealed = seal_in_place(&s, &path, estimate).unwrap();
+        assert_eq!(sealed, s.manifest);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            reference,
+            "estimate {estimate}"
+        );
+        Pod::open(&path).unwrap().verify().unwrap();
+    }
+
+    // Sizes are still enforced, and a failure (or a slot dropped unfinished) leaves nothing.
     let out = dir.path().join("short.pod");
-    let err = pod::seal_computing_digests(
-        &out,
-        &unhashed,
-        &mut &s.kernel[..],
-        &mut &s.initramfs[..],
-        &mut &short[..],
-    )
-    .unwrap_err();
+    let short = &s.kernel[..10];
+    let err = pod::begin_seal(&out, &s.manifest, &mut &short[..], &mut &s.initramfs[..])
+        .err()
+        .expect("a short kernel is refused");
     assert!(
         matches!(
             err,
             SealError::Size {
-                entry: "rootfs.ext4",
+                entry: "kernel",
                 ..
             }
         ),
         "{err}"
     );
-    assert!(!out.exists());
+    let slot =
+        pod::begin_seal(&out, &s.manifest, &mut &s.kernel[..], &mut &s.initramfs[..]).unwrap();
+    drop(slot);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("short"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// When the real rootfs size has another digit count than the estimate and the manifest's
+/// length crosses a block boundary, every section moves; the result is still `seal`'s bytes.
+#[test]
+fn in_place_sections_move_when_the_manifest_grows_or_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = sample();
+    let real = base.rootfs.len() as u64; // 7 digits
+    let (mut grew, mut shrank) = (false, false);
+    // Pad the manifest until the estimate's and the real size's layouts differ, both ways.
+    for pad in 0..4200 {
+        if grew && shrank {
+            break;
+        }
+        let mut s = sample();
+        s.manifest.run.env.push(format!("PAD={}", "x".repeat(pad)));
+        for (estimate, flag) in [(1u64, &mut grew), (1 << 40, &mut shrank)] {
+            if *flag {
+                continue;
+            }
+            let mut guess = s.manifest.clone();
+            guess.sections.rootfs.size = estimate;
+            if pod::layout(&guess).unwrap().data == pod::layout(&s.manifest).unwrap().data {
+                continue;
+            }
+            *flag = true;
+            let reference = dir.path().join(format!("ref-{pad}.pod"));
+            write(&s, &reference);
+            let path = dir.path().join(format!("moved-{pad}-{estimate}.pod"));
+            assert_eq!(seal_in_place(&s, &path, estimate).unwrap(), s.manifest);
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(&reference).unwrap(),
+                "pad {pad}, estimate {estimate}, real {real}"
+            );
+            Pod::open(&path).unwrap().verify().unwrap();
+        }
+    }
+    assert!(grew && shrank, "no padding made the sections move");
 }

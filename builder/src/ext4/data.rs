@@ -1,10 +1,9 @@
 //! Streaming one file's bytes into freshly allocated blocks; all-zero blocks become holes.
 
+use super::Target;
 use super::extent::ExtentList;
 use super::layout::{Alloc, BS};
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 
 const BSU: usize = BS as usize;
 static ZERO: [u8; BSU] = [0; BSU];
@@ -25,7 +24,7 @@ pub(crate) enum CopyProblem {
 pub(crate) fn copy_file(
     reader: &mut dyn Read,
     size: u64,
-    out: &File,
+    out: Target<'_>,
     alloc: &mut Alloc,
     buf: &mut [u8],
 ) -> Result<ExtentList, CopyProblem> {
@@ -70,7 +69,11 @@ pub(crate) fn copy_file(
     Ok(extents)
 }
 
-fn flush(out: &File, buf: &[u8], (disk, first, n): (u64, usize, usize)) -> Result<(), CopyProblem> {
+fn flush(
+    out: Target<'_>,
+    buf: &[u8],
+    (disk, first, n): (u64, usize, usize),
+) -> Result<(), CopyProblem> {
     out.write_all_at(&buf[first * BSU..(first + n) * BSU], disk * BS)
         .map_err(CopyProblem::Write)
 }

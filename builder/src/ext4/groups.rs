@@ -1,13 +1,12 @@
 //! Final geometry (group count, inodes per group), bitmaps, inode tables, descriptors and
 //! superblocks, once every other block is placed.
 
+use super::Target;
 use super::layout::{Alloc, BS, INODE_SIZE, MAX_BPG, gdt_blocks, has_super};
 use super::plan::{FIRST_INO, Plan};
 use super::superblock::{self, BG_ITABLE_ZEROED, Desc, Super};
 use super::{Ext4Error, Ext4Options, Ext4Summary, csum, inode};
 use crate::tree::Tree;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 const BSU: usize = BS as usize;
 /// Free blocks the last group keeps beyond its own metadata, so it is never degenerate.
@@ -93,7 +92,7 @@ fn set_bits(bitmap: &mut [u8], from: usize, to: usize) {
     }
 }
 
-fn write(out: &File, bytes: &[u8], at: u64) -> Result<(), Ext4Error> {
+fn write(out: Target<'_>, bytes: &[u8], at: u64) -> Result<(), Ext4Error> {
     out.write_all_at(bytes, at).map_err(Ext4Error::Write)
 }
 
@@ -101,7 +100,7 @@ fn write(out: &File, bytes: &[u8], at: u64) -> Result<(), Ext4Error> {
 pub(crate) fn finish(
     tree: &Tree,
     plan: &Plan,
-    out: &File,
+    out: Target<'_>,
     opts: &Ext4Options,
 ) -> Result<Ext4Summary, Ext4Error> {
     let geo = geometry(plan, opts)?;

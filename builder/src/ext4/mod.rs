@@ -33,6 +33,7 @@ mod xattr;
 use crate::tree::{ContentSource, NodeId, NodeKind, Tree};
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 
 /// Choices for one image.
 #[derive(Clone, Debug)]
@@ -130,6 +131,26 @@ fn show(path: &[u8]) -> String {
     format!("/{}", String::from_utf8_lossy(path))
 }
 
+/// Where an image is written: a file, from byte `base` on (0 for a file of its own; the rootfs
+/// section's offset when the image goes straight into a pod).
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    file: &'a File,
+    base: u64,
+}
+
+impl Target<'_> {
+    /// Writes `buf` at image offset `at`.
+    fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, self.base + at)
+    }
+
+    /// Makes the image `len` bytes long (the file ends there).
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(self.base + len)
+    }
+}
+
 /// Writes `tree` as an ext4 image into `out` (a fresh file; it is truncated first), reading
 /// file contents from `source`.
 pub fn write_image(
@@ -138,9 +159,23 @@ pub fn write_image(
     out: &File,
     opts: &Ext4Options,
 ) -> Result<Ext4Summary, Ext4Error> {
+    write_image_at(tree, source, out, 0, opts)
+}
+
+/// [`write_image`] into `out` from byte `base` on: the file is cut at `base` first (what lies
+/// before is kept) and ends with the image. Holes (all-zero blocks) are never written, so they
+/// read as zeros only because everything after `base` starts out unwritten.
+pub fn write_image_at(
+    tree: &Tree,
+    source: &mut dyn ContentSource,
+    out: &File,
+    base: u64,
+    opts: &Ext4Options,
+) -> Result<Ext4Summary, Ext4Error> {
     if opts.label.len() > 16 {
         return Err(Ext4Error::Label);
     }
+    let out = Target { file: out, base };
     out.set_len(0).map_err(Ext4Error::Write)?;
     let mut plan = plan::Plan::new(tree, opts)?;
     plan.write_metadata_blocks(tree, out)?;
@@ -152,7 +187,7 @@ pub fn write_image(
 fn stream_contents(
     tree: &Tree,
     source: &mut dyn ContentSource,
-    out: &File,
+    out: Target<'_>,
     plan: &mut plan::Plan,
 ) -> Result<(), Ext4Error> {
     let mut failure: Option<Ext4Error> = None;
@@ -182,7 +217,7 @@ fn stream_contents(
 fn copy_one(
     tree: &Tree,
     plan: &mut plan::Plan,
-    out: &File,
+    out: Target<'_>,
     buf: &mut [u8],
     seen: &mut [bool],
     id: NodeId,

@@ -1,6 +1,7 @@
 //! Inode numbering, validation, seeds, and the metadata blocks known before any content is
 //! read (directories, slow symlinks, xattr blocks).
 
+use super::Target;
 use super::dir::{self, Entry};
 use super::extent::{self, ExtentList};
 use super::inode::{self, FL_EXTENTS, FL_INDEX};
@@ -8,8 +9,6 @@ use super::layout::{Alloc, BS, INODE_SIZE, MAX_BPG, MIN_BPG, gdt_blocks};
 use super::{Ext4Error, Ext4Options, csum, show, xattr};
 use crate::tree::{NodeId, NodeKind, ROOT, Tree};
 use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// Inode of the root directory.
 pub(crate) const ROOT_INO: u32 = 2;
@@ -307,7 +306,7 @@ impl Plan {
         &mut self,
         ino: u32,
         extents: &ExtentList,
-        out: &File,
+        out: Target<'_>,
     ) -> Result<(), Ext4Error> {
         let seed = self.seed_of(ino);
         let (root, blocks) = extent::build(&extents.list, &mut self.alloc, seed);
@@ -323,7 +322,7 @@ impl Plan {
     }
 
     /// Allocates and writes `bytes` (whole blocks) as the contents of inode `ino`.
-    fn put_blocks(&mut self, ino: u32, bytes: &[u8], out: &File) -> Result<(), Ext4Error> {
+    fn put_blocks(&mut self, ino: u32, bytes: &[u8], out: Target<'_>) -> Result<(), Ext4Error> {
         let n = bytes.len() as u64 / BS;
         let mut extents = ExtentList::default();
         let mut logical = 0u64;
@@ -343,7 +342,7 @@ impl Plan {
         parent: u32,
         entries: &[Entry<'_>],
         path: &[u8],
-        out: &File,
+        out: Target<'_>,
     ) -> Result<(), Ext4Error> {
         let blocks = dir::build(entries, ino, parent, &self.hash_seed, self.seed_of(ino))
             .map_err(|_| Ext4Error::DirTooLarge { path: show(path) })?;
@@ -361,7 +360,7 @@ impl Plan {
     pub(crate) fn write_metadata_blocks(
         &mut self,
         tree: &Tree,
-        out: &File,
+        out: Target<'_>,
     ) -> Result<(), Ext4Error> {
         let counts = tree.link_counts();
         if self.lost_found {

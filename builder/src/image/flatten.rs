@@ -19,13 +19,16 @@
 //!   names and values as Linux allows, uid/gid/device numbers 32 bits, and at most
 //!   [`MAX_LAYER_METADATA`] bytes of metadata per layer.
 //!
-//! File contents stay in the layers: a file node records `Content::Layer { layer, entry }`.
+//! File contents: without a spool they stay in the layers and a file node records
+//! `Content::Layer { layer, entry }`; with one ([`apply_tar_spooled`]) each regular file's
+//! bytes are appended to it as the stream passes and the node records `Content::Spooled`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use super::Layer;
 use super::decompress::{DecompressError, LayerReader, Limits};
+use super::spool::{Spool, SpoolError};
 use super::tar::{Archive, Header, Kind, TarError};
 use crate::tree::{Content, Meta, Node, NodeId, NodeKind, ROOT, Tree, valid_name};
 
@@ -120,6 +123,13 @@ pub enum FlattenError {
         path: String,
         limit: u64,
     },
+    #[error("layer {layer}: {path}: spooling its contents")]
+    Spool {
+        layer: String,
+        path: String,
+        #[source]
+        source: SpoolError,
+    },
     #[error("layer {layer}: {path}: {field} {value} out of range")]
     OutOfRange {
         layer: String,
@@ -206,6 +216,18 @@ pub fn apply_tar<R: Read>(
     apply_tar_with_budget(tree, index, digest, r, MAX_LAYER_METADATA)
 }
 
+/// [`apply_tar`] that also appends every regular file's contents to `spool` as they stream
+/// past, so the rootfs can be written without reading the layer again.
+pub fn apply_tar_spooled<R: Read>(
+    tree: &mut Tree,
+    index: usize,
+    digest: &str,
+    r: R,
+    spool: &mut Spool,
+) -> Result<R, FlattenError> {
+    apply(tree, index, digest, r, MAX_LAYER_METADATA, Some(spool))
+}
+
 /// [`apply_tar`] with a metadata budget other than [`MAX_LAYER_METADATA`].
 pub fn apply_tar_with_budget<R: Read>(
     tree: &mut Tree,
@@ -213,6 +235,17 @@ pub fn apply_tar_with_budget<R: Read>(
     digest: &str,
     r: R,
     budget: u64,
+) -> Result<R, FlattenError> {
+    apply(tree, index, digest, r, budget, None)
+}
+
+fn apply<R: Read>(
+    tree: &mut Tree,
+    index: usize,
+    digest: &str,
+    r: R,
+    budget: u64,
+    mut spool: Option<&mut Spool>,
 ) -> Result<R, FlattenError> {
     let mut archive = Archive::new(r);
     let mut ap = Apply {
@@ -230,9 +263,32 @@ pub fn apply_tar_with_budget<R: Read>(
             .map_err(|e| tar_error(digest, count, e))?;
         let Some((entry, header)) = next else { break };
         count = entry + 1;
-        ap.entry(entry, &header)?;
+        let file = ap.entry(entry, &header)?;
+        if let (Some(spool), Some(node)) = (spool.as_deref_mut(), file) {
+            let offset = spool
+                .append(&mut archive.data(), header.size)
+                .map_err(|e| spool_error(digest, count, &header.path, e))?;
+            if let NodeKind::File { content, .. } = &mut ap.tree.nodes[node].kind {
+                *content = Content::Spooled { offset };
+            }
+        }
     }
     Ok(archive.into_inner())
+}
+
+/// Maps a spooling error: a read error is the layer's (truncated or corrupt stream).
+fn spool_error(digest: &str, entry: u64, path: &[u8], e: SpoolError) -> FlattenError {
+    match e {
+        SpoolError::Read(io) => match io.downcast::<TarError>() {
+            Ok(t) => tar_error(digest, entry, t),
+            Err(io) => tar_error(digest, entry, TarError::Io(io)),
+        },
+        e => FlattenError::Spool {
+            layer: digest.to_string(),
+            path: show(path),
+            source: e,
+        },
+    }
 }
 
 /// Maps a tar error, surfacing a decompression error carried inside an I/O error.
@@ -415,7 +471,9 @@ impl Apply<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, entry: u64, h: &Header) -> Result<(), FlattenError> {
+    /// Applies one entry; returns the node it created when that is a regular file (whose
+    /// contents are the entry's data).
+    fn entry(&mut self, entry: u64, h: &Header) -> Result<Option<NodeId>, FlattenError> {
         let xattr_bytes: usize = h.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.metadata += ENTRY_COST + (h.path.len() + h.link.len() + xattr_bytes) as u64;
         if self.metadata > self.budget {
@@ -446,10 +504,10 @@ impl Apply<'_> {
                 });
             }
             self.tree.nodes[ROOT].meta = self.meta(h)?;
-            return Ok(());
+            return Ok(None);
         };
         if name.starts_with(WH) {
-            return self.whiteout(&h.path, &comps);
+            return self.whiteout(&h.path, &comps).map(|()| None);
         }
         let meta = self.meta(h)?;
         let layer = self.layer();
@@ -517,7 +575,7 @@ impl Apply<'_> {
             self.tree.link(dir, name, node);
         }
         self.upper.insert(join(&comps));
-        Ok(())
+        Ok((h.kind == Kind::Regular).then_some(node))
     }
 
     fn hardlink_target(&mut self, h: &Header) -> Result<NodeId, FlattenError> {

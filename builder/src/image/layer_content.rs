@@ -134,6 +134,11 @@ impl ContentSource for LayerContent {
                 Content::HostFile(path) => {
                     sink(id, &mut std::fs::File::open(path)?.take(*size))?;
                 }
+                Content::Spooled { .. } => {
+                    return Err(io::Error::other(
+                        "spooled content is read from the spool, not the layers",
+                    ));
+                }
                 Content::Layer { layer, entry } => {
                     let slot = wanted
                         .get_mut(*layer)

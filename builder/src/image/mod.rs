@@ -22,6 +22,7 @@ pub mod reference;
 pub mod registry;
 mod registry_http;
 pub mod source;
+pub mod spool;
 pub mod tar;
 
 use std::path::PathBuf;

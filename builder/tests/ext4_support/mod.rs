@@ -284,7 +284,7 @@ pub fn check_tree(tree: &Tree, img: &Path) {
                 let want = match content {
                     Content::Inline(b) => b.to_vec(),
                     Content::HostFile(h) => std::fs::read(h).unwrap(),
-                    Content::Layer { .. } => unreachable!(),
+                    Content::Layer { .. } | Content::Spooled { .. } => unreachable!(),
                 };
                 assert!(sha(&got) == sha(&want), "content of {ctx}");
             }
