@@ -11,8 +11,11 @@ pub const FRAGMENTS_KEY: &str = env!("HYPERPOD_KERNEL_KEY");
 /// Why no kernel could be used.
 #[derive(Debug, Error)]
 pub enum KernelError {
-    #[error("kernel {0}: not found")]
-    Missing(PathBuf),
+    #[error("kernel {path}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "no guest kernel cached for fragments {FRAGMENTS_KEY} under {0}: run kernel-fragments/build-kernel.sh or pass --kernel"
     )]
@@ -49,12 +52,14 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
             p
         }
     };
-    let mut magic = [0u8; 4];
-    let ok = std::fs::File::open(&path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map_err(|_| KernelError::Missing(path.clone()))
-        .map(|()| magic == *b"\x7fELF")?;
-    if !ok {
+    let mut magic = Vec::with_capacity(4);
+    std::fs::File::open(&path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 4), &mut magic))
+        .map_err(|source| KernelError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
+    if magic != b"\x7fELF" {
         return Err(KernelError::NotElf(path));
     }
     Ok(path)
@@ -72,7 +77,12 @@ mod tests {
         let missing = dir.path().join("vmlinux");
         assert!(matches!(
             locate(Some(&missing)),
-            Err(KernelError::Missing(_))
+            Err(KernelError::Unreadable { .. })
+        ));
+        std::fs::write(&missing, b"\x7fE").unwrap();
+        assert!(matches!(
+            locate(Some(&missing)),
+            Err(KernelError::NotElf(_))
         ));
         std::fs::write(&missing, b"MZ not elf").unwrap();
         assert!(matches!(

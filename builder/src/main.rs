@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use builder::build::{self, BuildError, BuildOptions, SpecOverrides};
 use builder::image::config::Platform;
+use builder::image::flatten::FlattenError;
 use builder::image::source::{FetchOptions, SourceError};
+use builder::initramfs::InitramfsError;
 use builder::inspect;
 use clap::{Args, Parser, Subcommand};
 use pod::manifest::Resources;
@@ -132,8 +134,12 @@ fn pod_error_code(e: &pod::PodError) -> u8 {
 fn build_error_code(e: &BuildError) -> u8 {
     match e {
         BuildError::Source(s) => source_error_code(s),
+        // Writing the spool failed (e.g. the disk is full): the host's fault, not the image's.
+        BuildError::Flatten(FlattenError::Spool { .. }) => code::IO,
         BuildError::Flatten(_) => code::BAD_IMAGE,
         BuildError::Rootfs(_) | BuildError::Io { .. } | BuildError::Seal { .. } => code::IO,
+        // Writing the initramfs failed (e.g. the disk is full): ours, not a missing part.
+        BuildError::Initramfs(InitramfsError::Cpio(pod::cpio::CpioError::Write(_))) => code::IO,
         BuildError::Initramfs(_) | BuildError::Kernel(_) => code::MISSING_PART,
         BuildError::SourceDateEpoch(_) | BuildError::Spec(_) => code::USAGE,
     }
@@ -243,10 +249,26 @@ fn run_build(a: BuildArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hyperbuild: {e}");
+            eprintln!("hyperbuild: {}", with_causes(&e));
             ExitCode::from(build_error_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated; a cause whose text the message
+/// already shows (a wrapper that displays its source) is not repeated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line.replace('\n', " ")
 }
 
 fn main() -> ExitCode {

@@ -381,3 +381,68 @@ fn bad_input_gets_a_one_line_error_and_its_exit_code() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A full disk (a 256 KiB tmpfs as the output directory, so the spool, the initramfs or the pod
+/// runs out of room) is an I/O error, exit 6, one line, and leaves nothing behind. Needs root
+/// for the mount.
+#[test]
+fn a_full_disk_is_an_io_error_and_leaves_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: a_full_disk_is_an_io_error_and_leaves_nothing needs root to mount a tmpfs"
+        );
+        return;
+    }
+    let inputs = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(inputs.path(), "vmlinux", 0x21);
+    let init = fake_elf(inputs.path(), "init", 0x22);
+    let small = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    // A big init fills the disk while the initramfs is written, before any pod exists.
+    let big_init = inputs.path().join("big-init");
+    let mut elf = std::fs::read(&init).unwrap();
+    elf.resize(400 << 10, 0x5a);
+    std::fs::write(&big_init, elf).unwrap();
+    for (no_spool, init) in [(false, &init), (true, &init), (true, &big_init)] {
+        let mut args = vec![
+            demo_image(),
+            "-o",
+            "a.pod",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "-q",
+        ];
+        if no_spool {
+            args.push("--no-spool");
+        }
+        let out = hyperbuild(&args, None, small.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "no_spool {no_spool}: {err}");
+        assert!(err.starts_with("hyperbuild: "), "{err}");
+        if init == &big_init {
+            assert!(err.contains("initramfs"), "{err}");
+        }
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(small.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
