@@ -4,12 +4,32 @@
 #   - spawn -> first guest instruction (first VM exit of vCPU 0), p50/p90/p99/max of 120 runs
 #   - the launcher's RSS beyond guest memory while a guest runs
 #   - size of the stripped release binary
-# Needs /dev/kvm, gcc and binutils. Results go to stdout.
+# for two builds of hyperlaunch:
+#   - static: static-pie, size-optimised, as scripts/setup --release builds it for shipping
+#     (target/x86_64-unknown-linux-gnu/release/hyperlaunch)
+#   - dynamic: plain `cargo build --release -p launcher` (target/release/hyperlaunch)
+# Needs /dev/kvm, gcc and binutils. Results go to stdout, with the load average and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+host=x86_64-unknown-linux-gnu
+
 cargo build --release -p launcher --bin hyperlaunch >&2
-bin="$CARGO_TARGET_DIR/release/hyperlaunch"
-echo "stripped release binary: $(stat -c %s "$bin") bytes ($bin)"
-HYPERLAUNCH="$bin" cargo test --release -p launcher --test kvm_bench -- --ignored --nocapture --test-threads=1 2>&1 \
-  | grep -E '^(hyperlaunch KVM|spawn|main|launcher RSS|SKIPPED)' 
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+  CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+  cargo build --release -p launcher --bin hyperlaunch --target "$host" >&2
+# Build the benchmark itself before measuring anything.
+cargo test --release -p launcher --test kvm_bench --no-run >&2
+
+for variant in static dynamic; do
+  case $variant in
+    static) bin="$CARGO_TARGET_DIR/$host/release/hyperlaunch" ;;
+    dynamic) bin="$CARGO_TARGET_DIR/release/hyperlaunch" ;;
+  esac
+  echo "== $variant build: $(file -b "$bin" | cut -d, -f1-2,4 | tr -s ' ')"
+  echo "stripped release binary: $(stat -c %s "$bin") bytes ($bin)"
+  echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  HYPERLAUNCH="$bin" cargo test --release -p launcher --test kvm_bench -- --ignored --nocapture --test-threads=1 2>&1 \
+    | grep -E '^(hyperlaunch KVM|spawn|main|launcher RSS|SKIPPED)'
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+done

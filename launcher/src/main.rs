@@ -1,4 +1,10 @@
 //! `hyperlaunch [OPTIONS] POD [-- ARGS...]` and `hyperlaunch doctor`.
+//!
+//! The binary has its own C `main`: Rust's runtime setup before `main` (an alternate signal
+//! stack, and a `/proc/self/maps` read to locate the main thread's stack guard) is skipped, as
+//! it sits on the way to the guest's first instruction. What of it matters is done here: SIGPIPE
+//! is ignored and closed standard descriptors are reopened on `/dev/null`.
+#![cfg_attr(not(test), no_main)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -6,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use launcher::config::{Disk, Engine, LaunchConfig};
 use launcher::control::EXIT_LAUNCHER;
+use launcher::vmm::EarlyStart;
 use pod::spec::Overrides;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -159,7 +166,12 @@ fn config(cli: Cli) -> Result<LaunchConfig, CliError> {
     })
 }
 
-fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
+#[cfg_attr(test, allow(dead_code))]
+fn launch(
+    cfg: &LaunchConfig,
+    exec: Instant,
+    early: Option<Result<EarlyStart, launcher::vmm::VmmError>>,
+) -> i32 {
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,
         Engine::Auto => {
@@ -178,17 +190,53 @@ fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
                 EXIT_LAUNCHER
             }
         },
-        _ => launcher::vmm::launch(cfg, exec),
+        _ => launcher::vmm::launch(cfg, exec, early.unwrap_or_else(EarlyStart::new)),
     }
 }
 
-fn main() {
+/// Reopens any of fds 0-2 that is closed on `/dev/null`, so that no file the launcher opens
+/// (the pod, `/dev/kvm`) is taken for stdin/stdout/stderr.
+#[cfg_attr(test, allow(dead_code))]
+fn sanitize_standard_fds() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfd; a zero timeout does not block.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for p in fds {
+        if p.revents & libc::POLLNVAL != 0 {
+            // SAFETY: opening a constant NUL-terminated path; the lowest free descriptor is the
+            // closed one being replaced, and it is kept open for the process's lifetime.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+/// The process entry (see the module comment).
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let exec = Instant::now();
+    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    sanitize_standard_fds();
+    run(exec)
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn run(exec: Instant) -> ! {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "doctor") {
         let d = DoctorCli::parse_from(argv.iter().skip(1));
         std::process::exit(launcher::doctor::run(d.json));
     }
+    // Most launches use the KVM engine: its first step (KVM's CPUID table, read on vCPU 0's
+    // thread) starts before the command line is parsed. Left unused by QEMU launches.
+    let early = (!argv.iter().any(|a| a == "qemu" || a == "--engine=qemu")).then(EarlyStart::new);
     let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
@@ -198,7 +246,7 @@ fn main() {
         }
     };
     let code = match config(cli) {
-        Ok(cfg) => launch(&cfg, exec),
+        Ok(cfg) => launch(&cfg, exec, early),
         Err(e) => {
             eprintln!("hyperlaunch: {e}");
             EXIT_LAUNCHER

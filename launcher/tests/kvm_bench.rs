@@ -166,6 +166,9 @@ fn kvm_bench_exec_to_first_guest_instruction_and_rss() {
         &rootfs,
         "quiet",
     );
+    if let Some(keep) = std::env::var_os("HYPERPOD_BENCH_KEEP") {
+        std::fs::copy(&spin, Path::new(&keep).join("spin.pod")).unwrap();
+    }
     let mut child = hyperlaunch()
         .args(["--timeout", "3"])
         .arg(&spin)

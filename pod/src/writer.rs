@@ -108,12 +108,9 @@ fn copy_sized<W: Write>(
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Writes manifest and sections, checking each section's size and digest.
-fn write_sections<W: Write>(
-    w: &mut W,
-    manifest: &Manifest,
-    readers: [&mut dyn Read; 3],
-) -> Result<(), SealError> {
+/// Writes the manifest entry (headers, JSON, padding) at the start of a pod; returns the
+/// position after it and the tar mtime every entry uses.
+fn write_manifest_entry<W: Write>(w: &mut W, manifest: &Manifest) -> Result<(u64, u64), SealError> {
     let json = manifest.to_json()?;
     let mtime = manifest.created_unix().max(0) as u64;
     let mut pos = 0u64;
@@ -128,6 +125,16 @@ fn write_sections<W: Write>(
     w.write_all(&json)?;
     pos += json.len() as u64;
     write_padding(w, &mut pos)?;
+    Ok((pos, mtime))
+}
+
+/// Writes manifest and sections, checking each section's size and digest.
+fn write_sections<W: Write>(
+    w: &mut W,
+    manifest: &Manifest,
+    readers: [&mut dyn Read; 3],
+) -> Result<(), SealError> {
+    let (mut pos, mtime) = write_manifest_entry(w, manifest)?;
     for ((entry, info), reader) in manifest.sections().into_iter().zip(readers) {
         write_headers(w, &mut pos, entry, PAD, info.size, mtime)?;
         let actual = copy_sized(w, reader, entry, info.size)?;
@@ -268,20 +275,7 @@ pub fn begin_seal(
     }
     let layout = layout(&sealed)?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let mut pos = 0u64;
-    let json = sealed.to_json()?;
-    let mtime = sealed.created_unix().max(0) as u64;
-    write_headers(
-        &mut w,
-        &mut pos,
-        "manifest.json",
-        &magic(),
-        json.len() as u64,
-        mtime,
-    )?;
-    w.write_all(&json)?;
-    pos += json.len() as u64;
-    write_padding(&mut w, &mut pos)?;
+    let (mut pos, mtime) = write_manifest_entry(&mut w, &sealed)?;
     let mut section = |entry: &'static str, size: u64, reader: &mut dyn Read| {
         write_headers(&mut w, &mut pos, entry, PAD, size, mtime)?;
         let digest = copy_sized(&mut w, reader, entry, size)?;
@@ -346,22 +340,9 @@ impl RootfsSlot {
         self.manifest.sections.kernel.sha256 = kernel_sha;
         self.manifest.sections.initramfs.sha256 = initramfs_sha;
         self.manifest.sections.rootfs.sha256 = rootfs_sha;
-        let mtime = self.manifest.created_unix().max(0) as u64;
         // Manifest and kernel headers: everything before the kernel's data.
         let mut head = Vec::with_capacity(new.data[0] as usize);
-        let mut pos = 0u64;
-        let json = self.manifest.to_json()?;
-        write_headers(
-            &mut head,
-            &mut pos,
-            "manifest.json",
-            &magic(),
-            json.len() as u64,
-            mtime,
-        )?;
-        head.extend_from_slice(&json);
-        pos += json.len() as u64;
-        write_padding(&mut head, &mut pos)?;
+        let (mut pos, mtime) = write_manifest_entry(&mut head, &self.manifest)?;
         let kernel_size = self.manifest.sections.kernel.size;
         write_headers(&mut head, &mut pos, "kernel", PAD, kernel_size, mtime)?;
         debug_assert_eq!(pos, new.data[0]);

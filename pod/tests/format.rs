@@ -489,7 +489,12 @@ fn in_place_sections_move_when_the_manifest_grows_or_shrinks() {
         if grew && shrank {
             break;
         }
-        let mut s = sample();
+        let mut s = Sample {
+            kernel: base.kernel.clone(),
+            initramfs: base.initramfs.clone(),
+            rootfs: base.rootfs.clone(),
+            manifest: base.manifest.clone(),
+        };
         s.manifest.run.env.push(format!("PAD={}", "x".repeat(pad)));
         for (estimate, flag) in [(1u64, &mut grew), (1 << 40, &mut shrank)] {
             if *flag {

@@ -38,6 +38,9 @@ const STATUS_FEATURES_OK: u32 = 8;
 const INT_USED_RING: u32 = 1;
 /// Start of the device-specific configuration space.
 const CONFIG_OFFSET: u64 = 0x100;
+/// Largest bounce buffer a request uses: data moves between the file and guest memory in pieces
+/// of at most this many bytes, whatever length the guest's descriptors claim.
+const BOUNCE_MAX: u64 = 64 << 10;
 
 /// Why a disk could not be set up.
 #[derive(Debug, Error)]
@@ -265,7 +268,34 @@ impl VirtioBlk {
         {
             return 0;
         }
-        written + 1
+        written.saturating_add(1)
+    }
+
+    /// Calls `step(guest address, file position, length)` for each piece (at most
+    /// [`BOUNCE_MAX`] bytes) of the request's data buffers, in order, from file position `pos`;
+    /// stops at the first error. Returns the bytes done and whether all were.
+    fn each_piece(
+        req: &Request,
+        mut pos: u64,
+        mut step: impl FnMut(GuestAddress, u64, usize) -> bool,
+    ) -> (u32, bool) {
+        let mut done = 0u32;
+        for d in &req.data {
+            let mut off = 0u64;
+            while off < u64::from(d.len) {
+                let n = (u64::from(d.len) - off).min(BOUNCE_MAX);
+                let Some(addr) = d.addr.checked_add(off) else {
+                    return (done, false);
+                };
+                if !step(GuestAddress(addr), pos, n as usize) {
+                    return (done, false);
+                }
+                pos += n;
+                off += n;
+                done = done.saturating_add(n as u32);
+            }
+        }
+        (done, true)
     }
 
     /// Runs a parsed request against the backend: (status, bytes written to the guest).
@@ -282,35 +312,25 @@ impl VirtioBlk {
                 if !in_range(req.data_len) {
                     return (S_IOERR, 0);
                 }
-                let mut pos = b.offset + req.sector * SECTOR_SIZE;
-                let mut written = 0u32;
-                for d in &req.data {
-                    let mut buf = vec![0u8; d.len as usize];
-                    if b.file.read_exact_at(&mut buf, pos).is_err()
-                        || self.mem.write_slice(&buf, GuestAddress(d.addr)).is_err()
-                    {
-                        return (S_IOERR, written);
-                    }
-                    pos += u64::from(d.len);
-                    written = written.saturating_add(d.len);
-                }
-                (S_OK, written)
+                let mut buf = vec![0u8; req.data_len.min(BOUNCE_MAX) as usize];
+                let start = b.offset + req.sector * SECTOR_SIZE;
+                let (written, ok) = Self::each_piece(req, start, |addr, pos, n| {
+                    b.file.read_exact_at(&mut buf[..n], pos).is_ok()
+                        && self.mem.write_slice(&buf[..n], addr).is_ok()
+                });
+                (if ok { S_OK } else { S_IOERR }, written)
             }
             RequestKind::Out => {
                 if b.read_only || !in_range(req.data_len) {
                     return (S_IOERR, 0);
                 }
-                let mut pos = b.offset + req.sector * SECTOR_SIZE;
-                for d in &req.data {
-                    let mut buf = vec![0u8; d.len as usize];
-                    if self.mem.read_slice(&mut buf, GuestAddress(d.addr)).is_err()
-                        || b.file.write_all_at(&buf, pos).is_err()
-                    {
-                        return (S_IOERR, 0);
-                    }
-                    pos += u64::from(d.len);
-                }
-                (S_OK, 0)
+                let mut buf = vec![0u8; req.data_len.min(BOUNCE_MAX) as usize];
+                let start = b.offset + req.sector * SECTOR_SIZE;
+                let (_, ok) = Self::each_piece(req, start, |addr, pos, n| {
+                    self.mem.read_slice(&mut buf[..n], addr).is_ok()
+                        && b.file.write_all_at(&buf[..n], pos).is_ok()
+                });
+                (if ok { S_OK } else { S_IOERR }, 0)
             }
             RequestKind::Flush => {
                 if b.read_only {
@@ -349,14 +369,22 @@ mod tests {
     use std::io::Write;
 
     fn device(read_only: bool) -> (VirtioBlk, GuestMemoryMmap, tempfile::NamedTempFile) {
+        device_of(read_only, 4096)
+    }
+
+    /// A device whose disk is the last `len` bytes (from offset 4096) of a file of pattern bytes.
+    fn device_of(
+        read_only: bool,
+        len: u32,
+    ) -> (VirtioBlk, GuestMemoryMmap, tempfile::NamedTempFile) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..4096 + len).map(|i| (i % 251) as u8).collect();
         f.write_all(&data).unwrap();
         let backend = DiskBackend {
             file: Arc::new(f.reopen().unwrap()),
             offset: 4096,
-            len: 4096,
+            len: u64::from(len),
             read_only,
         };
         (
@@ -376,8 +404,20 @@ mod tests {
         u32::from_le_bytes(b)
     }
 
-    /// Drives the transport like a driver: one request with the given type and data direction.
+    /// Drives the transport like a driver: one request with the given type and one 512-byte
+    /// data buffer at 0x6000.
     fn one_request(dev: &mut VirtioBlk, mem: &GuestMemoryMmap, kind: u32, sector: u64) -> u8 {
+        request(dev, mem, kind, sector, &[(0x6000, 512)])
+    }
+
+    /// One request with the given type and data buffers (address, length); returns its status.
+    fn request(
+        dev: &mut VirtioBlk,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[(u64, u32)],
+    ) -> u8 {
         assert_eq!(r(dev, 0), MAGIC);
         w(dev, 0x070, 1 | 2);
         w(dev, 0x024, 1);
@@ -386,7 +426,7 @@ mod tests {
         assert_eq!(r(dev, 0x070) & 8, 8);
         w(dev, 0x030, 0);
         assert_eq!(r(dev, 0x034), u32::from(QUEUE_MAX));
-        w(dev, 0x038, 4);
+        w(dev, 0x038, 8);
         w(dev, 0x080, 0x1000);
         w(dev, 0x090, 0x2000);
         w(dev, 0x0a0, 0x3000);
@@ -397,11 +437,11 @@ mod tests {
         h[8..].copy_from_slice(&sector.to_le_bytes());
         mem.write_slice(&h, GuestAddress(0x5000)).unwrap();
         let data_flags: u16 = if kind == 0 { 2 | 1 } else { 1 };
-        let descs: [(u64, u32, u16, u16); 3] = [
-            (0x5000, 16, 1, 1),
-            (0x6000, 512, data_flags, 2),
-            (0x7000, 1, 2, 0),
-        ];
+        let mut descs: Vec<(u64, u32, u16, u16)> = vec![(0x5000, 16, 1, 1)];
+        for (i, (a, l)) in data.iter().enumerate() {
+            descs.push((*a, *l, data_flags, i as u16 + 2));
+        }
+        descs.push((0x7000, 1, 2, 0));
         for (i, (a, l, f, n)) in descs.iter().enumerate() {
             let base = 0x1000 + 16 * i as u64;
             mem.write_obj(*a, GuestAddress(base)).unwrap();
@@ -442,6 +482,43 @@ mod tests {
         assert_eq!(one_request(&mut dev, &mem, 0, 8), S_IOERR);
         let (mut dev, mem, _f) = device(true);
         assert_eq!(one_request(&mut dev, &mem, 42, 0), S_UNSUPP);
+    }
+
+    #[test]
+    fn big_buffers_move_in_bounded_pieces() {
+        // Two buffers, one of them several bounce buffers long, the other crossing a piece
+        // boundary: every byte lands where it belongs, both ways.
+        let len = 3 * BOUNCE_MAX as u32 + 4096;
+        let (mut dev, mem, _f) = device_of(true, len);
+        let bufs = [(0x1_0000, 2 * BOUNCE_MAX as u32 + 512), (0x8_0000, 3584)];
+        assert_eq!(request(&mut dev, &mem, 0, 1, &bufs), S_OK);
+        let mut got = vec![0u8; bufs[0].1 as usize];
+        mem.read_slice(&mut got, GuestAddress(bufs[0].0)).unwrap();
+        let at = |disk_off: u32| ((4096 + 512 + disk_off) % 251) as u8;
+        assert!(got.iter().enumerate().all(|(i, b)| *b == at(i as u32)));
+        let mut tail = vec![0u8; 3584];
+        mem.read_slice(&mut tail, GuestAddress(bufs[1].0)).unwrap();
+        assert!(
+            tail.iter()
+                .enumerate()
+                .all(|(i, b)| *b == at(bufs[0].1 + i as u32))
+        );
+        // The used length counts every byte written plus the status byte.
+        let used_len: u32 = mem.read_obj(GuestAddress(0x3008)).unwrap();
+        assert_eq!(used_len, bufs[0].1 + bufs[1].1 + 1);
+
+        let (mut dev, mem, f) = device_of(false, len);
+        let pattern: Vec<u8> = (0..bufs[0].1).map(|i| (i % 13) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(bufs[0].0)).unwrap();
+        mem.write_slice(&[0xcd; 3584], GuestAddress(bufs[1].0))
+            .unwrap();
+        assert_eq!(request(&mut dev, &mem, 1, 2, &bufs), S_OK);
+        let on_disk = std::fs::read(f.path()).unwrap();
+        let start = 4096 + 1024;
+        assert_eq!(&on_disk[start..start + pattern.len()], &pattern[..]);
+        let rest = start + pattern.len();
+        assert!(on_disk[rest..rest + 3584].iter().all(|&b| b == 0xcd));
+        assert_eq!(on_disk[rest + 3584], ((rest + 3584) % 251) as u8);
     }
 
     #[test]
