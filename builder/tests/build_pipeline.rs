@@ -70,6 +70,21 @@ fn hyperbuild(args: &[&str], umask: Option<&str>, cwd: &Path) -> Output {
         .unwrap()
 }
 
+/// `hyperbuild DEMO -o OUT --kernel K --init I -q [--no-spool]` as owned arguments.
+fn demo_build_args(out: &str, kernel: &Path, init: &Path, no_spool: bool) -> Vec<String> {
+    let mut args: Vec<String> = [demo_image(), "-o", out, "--kernel"]
+        .map(String::from)
+        .into();
+    args.push(kernel.display().to_string());
+    args.push("--init".into());
+    args.push(init.display().to_string());
+    args.push("-q".into());
+    if no_spool {
+        args.push("--no-spool".into());
+    }
+    args
+}
+
 fn sha256(path: &Path) -> String {
     pod::SectionInfo::of_file(path).unwrap().sha256
 }
@@ -192,19 +207,8 @@ fn builds_in_different_directories_umasks_and_modes_are_byte_identical() {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join(format!("deep/er/{umask}"));
         std::fs::create_dir_all(&nested).unwrap();
-        let mut args = vec![
-            demo_image(),
-            "-o",
-            "x.pod",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--init",
-            init.to_str().unwrap(),
-            "-q",
-        ];
-        if no_spool {
-            args.push("--no-spool");
-        }
+        let args = demo_build_args("x.pod", &kernel, &init, no_spool);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = hyperbuild(&args, Some(umask), &nested);
         assert!(
             out.status.success(),
@@ -417,19 +421,8 @@ fn a_full_disk_is_an_io_error_and_leaves_nothing() {
     elf.resize(400 << 10, 0x5a);
     std::fs::write(&big_init, elf).unwrap();
     for (no_spool, init) in [(false, &init), (true, &init), (true, &big_init)] {
-        let mut args = vec![
-            demo_image(),
-            "-o",
-            "a.pod",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--init",
-            init.to_str().unwrap(),
-            "-q",
-        ];
-        if no_spool {
-            args.push("--no-spool");
-        }
+        let args = demo_build_args("a.pod", &kernel, init, no_spool);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = hyperbuild(&args, None, small.path());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(6), "no_spool {no_spool}: {err}");

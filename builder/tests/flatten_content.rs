@@ -26,13 +26,17 @@ fn collect(src: &mut dyn ContentSource, tree: &Tree) -> io::Result<BTreeMap<Node
     Ok(out)
 }
 
-#[test]
-fn streams_final_contents_once_per_node() {
-    let d = tempfile::tempdir().unwrap();
+/// A gzip layer and a zstd layer over it: files replaced (twice in one layer), a hardlink to a
+/// 3 MB file, a mostly-zero 5 MiB file, a whiteout and an empty file. Returns the layers and the
+/// big and sparse files' bytes.
+fn two_layers(dir: &std::path::Path) -> (Vec<builder::image::Layer>, Vec<u8>, Vec<u8>) {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sparse = vec![0u8; 5 << 20];
+    sparse[(3 << 20) + 7] = 1;
     let l0 = Tar::new()
         .file("a", b"old a")
         .file("big", &big)
+        .file("sparse", &sparse)
         .file("gone", b"gone")
         .finish();
     let l1 = Tar::new()
@@ -43,9 +47,16 @@ fn streams_final_contents_once_per_node() {
         .file("empty", b"")
         .finish();
     let layers = vec![
-        layer(d.path(), &gzip(&l0), Compression::Gzip, &l0),
-        layer(d.path(), &zstd(&l1), Compression::Zstd, &l1),
+        layer(dir, &gzip(&l0), Compression::Gzip, &l0),
+        layer(dir, &zstd(&l1), Compression::Zstd, &l1),
     ];
+    (layers, big, sparse)
+}
+
+#[test]
+fn streams_final_contents_once_per_node() {
+    let d = tempfile::tempdir().unwrap();
+    let (layers, big, _) = two_layers(d.path());
     let mut tree = flatten(&layers, &Limits::default()).unwrap();
     // Generated files live alongside layer contents.
     let inline = tree.push(Node {
@@ -59,7 +70,7 @@ fn streams_final_contents_once_per_node() {
     let mut src = LayerContent::new(layers, Limits::default());
     let got = collect(&mut src, &tree).unwrap();
     let at = |p: &[u8]| tree.resolve(p).unwrap();
-    assert_eq!(got.len(), 4, "a, big (= big2), empty, generated");
+    assert_eq!(got.len(), 5, "a, big (= big2), sparse, empty, generated");
     assert_eq!(got[&at(b"a")], b"final a");
     assert_eq!(got[&at(b"big2")], big);
     assert_eq!(got[&at(b"empty")], b"");
@@ -119,26 +130,7 @@ fn flatten_spooled(
 #[test]
 fn spooled_contents_equal_the_layers_contents() {
     let d = tempfile::tempdir().unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let mut sparse = vec![0u8; 5 << 20];
-    sparse[(3 << 20) + 7] = 1;
-    let l0 = Tar::new()
-        .file("a", b"old a")
-        .file("big", &big)
-        .file("sparse", &sparse)
-        .file("gone", b"gone")
-        .finish();
-    let l1 = Tar::new()
-        .file("a", b"first new a")
-        .file("a", b"final a")
-        .hardlink("big2", "big")
-        .file(".wh.gone", b"")
-        .file("empty", b"")
-        .finish();
-    let layers = vec![
-        layer(d.path(), &gzip(&l0), Compression::Gzip, &l0),
-        layer(d.path(), &zstd(&l1), Compression::Zstd, &l1),
-    ];
+    let (layers, big, sparse) = two_layers(d.path());
     let by_path = |tree: &Tree, got: BTreeMap<NodeId, Vec<u8>>| {
         let mut m = BTreeMap::new();
         for (path, id) in tree.walk() {

@@ -21,8 +21,8 @@ use super::manifest::{
 };
 use super::reference::RegistryReference;
 use super::source::{FetchedImage, assemble};
+use super::tar;
 
-const MAX_META: u64 = 1 << 20;
 const MAX_LINK_HOPS: usize = 8;
 const LAYER_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
@@ -92,36 +92,6 @@ fn tar_err(offset: u64, reason: impl Into<String>) -> DockerArchiveError {
     }
 }
 
-fn octal(field: &[u8], offset: u64) -> Result<u64, DockerArchiveError> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        // GNU base-256.
-        let mut v: u64 = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            v = v
-                .checked_mul(256)
-                .and_then(|v| v.checked_add(u64::from(b)))
-                .ok_or_else(|| tar_err(offset, "size overflows"))?;
-        }
-        return Ok(v);
-    }
-    let s: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| *b != 0 && *b != b' ')
-        .collect();
-    if s.is_empty() {
-        return Ok(0);
-    }
-    let s = std::str::from_utf8(&s).map_err(|_| tar_err(offset, "bad number"))?;
-    u64::from_str_radix(s, 8).map_err(|_| tar_err(offset, "bad number"))
-}
-
-fn cstr(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
 /// Normalises a member or manifest path: no leading `./` or `/`, no `.` components, no
 /// trailing `/`. Returns `None` if a `..` would climb out of the archive root.
 pub fn normalize(path: &str) -> Option<String> {
@@ -138,130 +108,72 @@ pub fn normalize(path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-fn pax_records(data: &[u8], offset: u64) -> Result<HashMap<String, String>, DockerArchiveError> {
-    let mut out = HashMap::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let sp = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| tar_err(offset, "bad pax record"))?;
-        let len: usize = std::str::from_utf8(&rest[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&l| l > sp + 1 && l <= rest.len())
-            .ok_or_else(|| tar_err(offset, "bad pax record length"))?;
-        let rec = &rest[sp + 1..len];
-        let rec = rec.strip_suffix(b"\n").unwrap_or(rec);
-        let eq = rec
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or_else(|| tar_err(offset, "bad pax record"))?;
-        out.insert(
-            String::from_utf8_lossy(&rec[..eq]).into_owned(),
-            String::from_utf8_lossy(&rec[eq + 1..]).into_owned(),
-        );
-        rest = &rest[len..];
-    }
-    Ok(out)
+/// The bytes of a NUL-terminated field (GNU long names end with one).
+fn until_nul(v: &[u8]) -> &[u8] {
+    v.split(|&b| b == 0).next().unwrap_or_default()
 }
 
 /// Indexes a tar stream's members by normalised name (a later member replaces an earlier one).
+/// Headers are decoded by [`tar::parse_header`] and [`tar::parse_pax`], the layers' own
+/// parsers; member data is seeked over, never read.
 pub fn index_tar<R: Read + Seek>(mut r: R) -> Result<HashMap<String, Member>, DockerArchiveError> {
     let mut members = HashMap::new();
     let mut pos = 0u64;
-    let mut long_name: Option<String> = None;
-    let mut long_link: Option<String> = None;
-    let mut pax: HashMap<String, String> = HashMap::new();
-    let mut header = [0u8; 512];
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    let mut pax: tar::PaxRecords = Vec::new();
+    let mut block = [0u8; tar::BLOCK];
     let io = |e: io::Error, off: u64| tar_err(off, e.to_string());
+    let bad = |e: tar::TarError, off: u64| tar_err(off, e.to_string());
+    let padded = |size: u64, off: u64| {
+        size.checked_next_multiple_of(tar::BLOCK as u64)
+            .ok_or_else(|| tar_err(off, "size overflows"))
+    };
     loop {
-        match r.read_exact(&mut header) {
+        match r.read_exact(&mut block) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(tar_err(pos, "archive ends without end-of-archive blocks"));
             }
             Err(e) => return Err(io(e, pos)),
         }
-        if header.iter().all(|&b| b == 0) {
+        if tar::is_zero_block(&block) {
             return Ok(members);
         }
-        let stored = octal(&header[148..156], pos)?;
-        let sum: u64 = header
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
-        if sum != stored {
-            return Err(tar_err(pos, "header checksum mismatch"));
-        }
-        let mut size = octal(&header[124..136], pos)?;
-        let typeflag = header[156];
-        let data_off = pos + 512;
-        let padded = size
-            .checked_add(511)
-            .map(|s| s / 512 * 512)
-            .ok_or_else(|| tar_err(pos, "size overflows"))?;
-        let read_meta = |r: &mut R, size: u64| -> Result<Vec<u8>, DockerArchiveError> {
-            if size > MAX_META {
+        let h = tar::parse_header(&block).map_err(|e| bad(e, pos))?;
+        let data_off = pos + tar::BLOCK as u64;
+        let mut read_meta = || -> Result<Vec<u8>, DockerArchiveError> {
+            if h.size > tar::MAX_META_SIZE {
                 return Err(tar_err(pos, "metadata entry too large"));
             }
-            let mut v = vec![0u8; padded as usize];
+            let mut v = vec![0u8; padded(h.size, pos)? as usize];
             r.read_exact(&mut v).map_err(|e| io(e, data_off))?;
-            v.truncate(size as usize);
+            v.truncate(h.size as usize);
             Ok(v)
         };
-        match typeflag {
-            b'L' => {
-                let v = read_meta(&mut r, size)?;
-                long_name = Some(cstr(&v));
-            }
-            b'K' => {
-                let v = read_meta(&mut r, size)?;
-                long_link = Some(cstr(&v));
-            }
-            b'x' => {
-                let v = read_meta(&mut r, size)?;
-                pax = pax_records(&v, pos)?;
-            }
-            b'g' => {
-                read_meta(&mut r, size)?;
-            }
-            _ => {
-                let mut name = cstr(&header[0..100]);
-                if &header[257..262] == b"ustar" {
-                    let prefix = cstr(&header[345..500]);
-                    if !prefix.is_empty() {
-                        name = format!("{prefix}/{name}");
+        match h.typeflag {
+            b'L' => long_name = Some(until_nul(&read_meta()?).to_vec()),
+            b'K' => long_link = Some(until_nul(&read_meta()?).to_vec()),
+            b'x' => pax = tar::parse_pax(&read_meta()?).map_err(|e| bad(e, pos))?,
+            b'g' => drop(read_meta()?),
+            typeflag => {
+                let mut name = long_name.take().unwrap_or(h.name);
+                let mut link = long_link.take().unwrap_or(h.linkname);
+                let mut size = h.size;
+                for (key, value) in pax.drain(..) {
+                    match &key[..] {
+                        b"path" => name = value,
+                        b"linkpath" => link = value,
+                        b"size" => {
+                            size = std::str::from_utf8(&value)
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .ok_or_else(|| tar_err(pos, "bad pax size"))?;
+                        }
+                        _ => {}
                     }
                 }
-                let mut link = cstr(&header[157..257]);
-                if let Some(n) = long_name.take() {
-                    name = n;
-                }
-                if let Some(l) = long_link.take() {
-                    link = l;
-                }
-                if let Some(p) = pax.remove("path") {
-                    name = p;
-                }
-                if let Some(l) = pax.remove("linkpath") {
-                    link = l;
-                }
-                if let Some(s) = pax.remove("size") {
-                    size = s.parse().map_err(|_| tar_err(pos, "bad pax size"))?;
-                }
-                pax.clear();
-                let padded = size
-                    .checked_add(511)
-                    .map(|s| s / 512 * 512)
-                    .ok_or_else(|| tar_err(pos, "size overflows"))?;
+                let link = String::from_utf8_lossy(&link).into_owned();
                 let kind = match typeflag {
                     b'0' | 0 | b'7' => MemberKind::File,
                     b'5' => MemberKind::Dir,
@@ -269,12 +181,8 @@ pub fn index_tar<R: Read + Seek>(mut r: R) -> Result<HashMap<String, Member>, Do
                     b'1' => MemberKind::Hardlink(link),
                     _ => MemberKind::Other,
                 };
-                let size = if matches!(kind, MemberKind::File) {
-                    size
-                } else {
-                    0
-                };
-                if let Some(n) = normalize(&name) {
+                if let Some(n) = normalize(&String::from_utf8_lossy(&name)) {
+                    let size = if kind == MemberKind::File { size } else { 0 };
                     members.insert(
                         n,
                         Member {
@@ -284,20 +192,18 @@ pub fn index_tar<R: Read + Seek>(mut r: R) -> Result<HashMap<String, Member>, Do
                         },
                     );
                 }
-                let skip = if typeflag == b'1' || typeflag == b'2' || typeflag == b'5' {
-                    0
-                } else {
-                    padded
+                let skip = match typeflag {
+                    b'1' | b'2' | b'5' => 0,
+                    _ => padded(size, pos)?,
                 };
-                let next = data_off
+                pos = data_off
                     .checked_add(skip)
                     .ok_or_else(|| tar_err(pos, "size overflows"))?;
-                r.seek(SeekFrom::Start(next)).map_err(|e| io(e, pos))?;
-                pos = next;
+                r.seek(SeekFrom::Start(pos)).map_err(|e| io(e, pos))?;
                 continue;
             }
         }
-        pos = data_off + padded;
+        pos = data_off + padded(h.size, pos)?;
     }
 }
 
