@@ -15,7 +15,8 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use thiserror::Error;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile, VolatileMemoryError,
+    VolatileSlice,
 };
 
 use super::cpu::EntryMode;
@@ -28,6 +29,12 @@ pub enum BootError {
     UnknownKernel,
     #[error("cannot load the kernel")]
     Load(#[source] linux_loader::loader::Error),
+    #[error(
+        "bzImage has no 64-bit entry point (boot protocol {version:#06x}, xloadflags {xloadflags:#x})"
+    )]
+    NoEntry64 { version: u16, xloadflags: u16 },
+    #[error("kernel needs memory up to {end:#x} (its init_size) but guest memory is smaller")]
+    KernelWindow { end: u64 },
     #[error("kernel command line is invalid")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("cannot write the command line")]
@@ -56,6 +63,12 @@ const HDRS_MAGIC: u32 = 0x5372_6448;
 const BOOT_FLAG: u16 = 0xaa55;
 /// Offset of the 64-bit entry point from a bzImage's protected-mode code.
 const BZIMAGE_64BIT_ENTRY: u64 = 0x200;
+/// `xloadflags` bit: the kernel has the 64-bit entry at [`BZIMAGE_64BIT_ENTRY`].
+const XLF_KERNEL_64: u16 = 0x1;
+/// The first boot protocol with `xloadflags` (2.12).
+const XLOADFLAGS_VERSION: u16 = 0x020c;
+/// `boot_params.hdr.kernel_alignment` as the launcher hands it over.
+const KERNEL_ALIGNMENT: u32 = 0x0100_0000;
 
 /// A read-only cursor over bytes (the kernel inside the mapped pod), as linux-loader reads it.
 pub struct SliceReader<'a> {
@@ -147,15 +160,43 @@ pub fn load_kernel(
         })
     } else if kernel.len() > 0x206 && &kernel[0x202..0x206] == b"HdrS" {
         let res = BzImage::load(mem, None, &mut r, highmem).map_err(BootError::Load)?;
+        let hdr = res.setup_header.unwrap_or_default();
+        let (version, xloadflags) = (hdr.version, hdr.xloadflags);
+        if version < XLOADFLAGS_VERSION || xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(BootError::NoEntry64 {
+                version,
+                xloadflags,
+            });
+        }
+        // Keep the initramfs out of the memory the kernel uses before it reads the e820 map.
+        let window_end = bzimage_window_end(&hdr, res.kernel_load.0);
+        if !mem.address_in_range(GuestAddress(window_end.saturating_sub(1))) {
+            return Err(BootError::KernelWindow { end: window_end });
+        }
         Ok(LoadedKernel {
             mode: EntryMode::Linux64,
             entry: res.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
-            end: res.kernel_end,
+            end: res.kernel_end.max(window_end),
             setup_header: res.setup_header,
         })
     } else {
         Err(BootError::UnknownKernel)
     }
+}
+
+/// End of the memory window a bzImage kernel needs before it reads the memory map: `init_size`
+/// bytes from its runtime start (Documentation/arch/x86/boot.rst, "init_size"), computed with
+/// the `kernel_alignment` the launcher hands over.
+fn bzimage_window_end(hdr: &linux_loader::loader::bootparam::setup_header, load: u64) -> u64 {
+    let (pref, init_size) = (hdr.pref_address, u64::from(hdr.init_size));
+    let start = if hdr.relocatable_kernel != 0 {
+        load.max(pref)
+            .checked_next_multiple_of(u64::from(KERNEL_ALIGNMENT))
+            .unwrap_or(u64::MAX)
+    } else {
+        pref
+    };
+    start.saturating_add(init_size)
 }
 
 /// Builds the command line: the pod's, then each device's entry.
@@ -288,7 +329,7 @@ pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry], cmdline_len: u3
     bp.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     bp.hdr.boot_flag = BOOT_FLAG;
     bp.hdr.header = HDRS_MAGIC;
-    bp.hdr.kernel_alignment = 0x0100_0000;
+    bp.hdr.kernel_alignment = KERNEL_ALIGNMENT;
     bp.hdr.cmd_line_ptr = layout::CMDLINE as u32;
     bp.hdr.cmdline_size = cmdline_len;
     if let Some((addr, size)) = info.initramfs {
@@ -341,6 +382,21 @@ mod tests {
             load_kernel(&mem, b"\x7fELF\x02\x01\x01", true),
             Err(BootError::Load(_))
         ));
+    }
+
+    #[test]
+    fn bzimage_window_follows_the_boot_protocol() {
+        let mut h = linux_loader::loader::bootparam::setup_header {
+            pref_address: 0x100_0000,
+            init_size: 0x200_0000,
+            ..Default::default()
+        };
+        assert_eq!(bzimage_window_end(&h, 0x10_0000), 0x300_0000);
+        h.relocatable_kernel = 1;
+        assert_eq!(bzimage_window_end(&h, 0x10_0000), 0x300_0000);
+        assert_eq!(bzimage_window_end(&h, 0x110_0000), 0x400_0000);
+        h.pref_address = u64::MAX;
+        assert_eq!(bzimage_window_end(&h, 0), u64::MAX);
     }
 
     #[test]

@@ -181,3 +181,157 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
         (h ^ u32::from(b)).wrapping_mul(16_777_619)
     })
 }
+
+/// `setup_sects` of the probe bzImage: the boot sector plus 4 setup sectors precede the payload.
+pub const BZ_SETUP_SECTS: u8 = 4;
+/// Boot protocol 2.12: the first with `xloadflags` (and so `XLF_KERNEL_64`).
+pub const BZ_VERSION: u16 = 0x020c;
+/// `loadflags`: the protected-mode code is loaded at 0x100000 or above.
+pub const LOADED_HIGH: u8 = 0x01;
+/// `xloadflags`: the kernel has the 64-bit entry at its load address + 0x200.
+pub const XLF_KERNEL_64: u16 = 0x01;
+
+/// The probe bzImage's protected-mode payload (bzstart.S + bz.c) and the memory it needs.
+pub struct BzPayload {
+    /// Where it is linked to run: `code32_start` and `pref_address`.
+    pub load: u64,
+    /// The bytes loaded at `load` (bss not included).
+    pub code: Vec<u8>,
+    /// From `load` to the end of its bss, rounded up to 4 KiB: `init_size`.
+    pub init_size: u32,
+}
+
+/// Compiles the 64-bit probe payload linked at `load` (`defines`: `EXIT_CODE=`, `BSS_BYTES=`).
+pub fn build_bz_payload(dir: &Path, load: u64, defines: &[&str]) -> BzPayload {
+    let src = src_dir();
+    let start_o = dir.join("bzstart.o");
+    let main_o = dir.join("bz.o");
+    let elf = dir.join("bz.elf");
+    let bin = dir.join("bz.bin");
+    run(Command::new("gcc")
+        .args(["-m64", "-c", "-o"])
+        .arg(&start_o)
+        .arg(src.join("bzstart.S")));
+    let mut cc = Command::new("gcc");
+    cc.args([
+        "-m64",
+        "-O2",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-pic",
+        "-fno-pie",
+        "-mcmodel=small",
+        "-mno-red-zone",
+        "-fno-stack-protector",
+        "-fno-asynchronous-unwind-tables",
+        "-fno-tree-loop-distribute-patterns",
+        "-mgeneral-regs-only",
+        "-nostdlib",
+        "-Wall",
+        "-Werror",
+        "-Wno-unused-function",
+        "-c",
+    ]);
+    cc.arg(format!("-DBZ_LOAD={load:#x}ull"))
+        .arg(format!("-DHDR_VERSION={BZ_VERSION:#x}"))
+        .arg(format!("-DSETUP_SECTS={BZ_SETUP_SECTS}"));
+    for d in defines {
+        cc.arg(format!("-D{d}"));
+    }
+    run(cc.arg("-o").arg(&main_o).arg(src.join("bz.c")));
+    run(Command::new("ld")
+        .args(["-m", "elf_x86_64", "-static", "--no-dynamic-linker", "-T"])
+        .arg(src.join("bz.ld"))
+        .arg(format!("--defsym=BZ_LOAD={load:#x}"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&start_o)
+        .arg(&main_o));
+    run(Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin));
+    let nm = Command::new("nm").arg(&elf).output().expect("run nm");
+    assert!(nm.status.success(), "nm {}", elf.display());
+    let symbol = |name: &str| -> u64 {
+        String::from_utf8_lossy(&nm.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (value, _, sym) = (f.next()?, f.next()?, f.next()?);
+                (sym == name).then(|| u64::from_str_radix(value, 16).unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {}", elf.display()))
+    };
+    assert_eq!(symbol("startup_32"), load);
+    assert_eq!(symbol("startup_64"), load + 0x200);
+    let init_size = (symbol("_end") - load).next_multiple_of(0x1000);
+    BzPayload {
+        load,
+        code: std::fs::read(&bin).unwrap(),
+        init_size: u32::try_from(init_size).unwrap(),
+    }
+}
+
+/// The setup header fields the probe bzImage sets (Documentation/arch/x86/boot.rst).
+#[derive(Clone, Copy, Debug)]
+pub struct BzHeader {
+    pub setup_sects: u8,
+    pub version: u16,
+    pub loadflags: u8,
+    pub xloadflags: u16,
+    pub code32_start: u32,
+    pub pref_address: u64,
+    pub init_size: u32,
+    pub kernel_alignment: u32,
+}
+
+impl BzHeader {
+    /// An honest header for `p`: protocol 2.12, loaded high, 64-bit entry, not relocatable,
+    /// to run at its link address.
+    pub fn for_payload(p: &BzPayload) -> BzHeader {
+        BzHeader {
+            setup_sects: BZ_SETUP_SECTS,
+            version: BZ_VERSION,
+            loadflags: LOADED_HIGH,
+            xloadflags: XLF_KERNEL_64,
+            code32_start: u32::try_from(p.load).unwrap(),
+            pref_address: p.load,
+            init_size: p.init_size,
+            kernel_alignment: 0x20_0000,
+        }
+    }
+}
+
+/// A bzImage: boot sector and `setup_sects` setup sectors (real-mode code that only halts:
+/// the launcher never runs it) carrying the setup header at 0x1f1, then `payload`.
+pub fn bzimage(payload: &[u8], h: &BzHeader) -> Vec<u8> {
+    let setup_len = (usize::from(h.setup_sects) + 1) * 512;
+    let mut img = vec![0u8; setup_len];
+    let mut put = |off: usize, bytes: &[u8]| img[off..off + bytes.len()].copy_from_slice(bytes);
+    // Boot sector and setup entry (real mode): cli; hlt; jmp back to the hlt.
+    let halt = [0xfa, 0xf4, 0xeb, 0xfd];
+    put(0, &halt);
+    const SETUP_CODE: usize = 0x280;
+    put(SETUP_CODE, &halt);
+    put(0x1f1, &[h.setup_sects]);
+    put(0x1f4, &(payload.len().div_ceil(16) as u32).to_le_bytes()); // syssize
+    put(0x1fa, &0xffffu16.to_le_bytes()); // vid_mode: normal
+    put(0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    // jump: short jmp from 0x202 to the setup code; also the end of the header.
+    put(0x200, &[0xeb, (SETUP_CODE - 0x202) as u8]);
+    put(0x202, b"HdrS");
+    put(0x206, &h.version.to_le_bytes());
+    put(0x20c, &0x1000u16.to_le_bytes()); // start_sys_seg
+    put(0x211, &[h.loadflags]);
+    put(0x214, &h.code32_start.to_le_bytes());
+    put(0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(0x230, &h.kernel_alignment.to_le_bytes());
+    put(0x234, &[0, 21]); // relocatable_kernel: no; min_alignment: 2 MiB
+    put(0x236, &h.xloadflags.to_le_bytes());
+    put(0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(0x258, &h.pref_address.to_le_bytes());
+    put(0x260, &h.init_size.to_le_bytes());
+    img.extend_from_slice(payload);
+    img
+}
