@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use launcher::config::{Disk, Engine, LaunchConfig};
 use launcher::control::EXIT_LAUNCHER;
-use launcher::vmm::EarlyStart;
 use pod::spec::Overrides;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -167,11 +166,7 @@ fn config(cli: Cli) -> Result<LaunchConfig, CliError> {
 }
 
 #[cfg_attr(test, allow(dead_code))]
-fn launch(
-    cfg: &LaunchConfig,
-    exec: Instant,
-    early: Option<Result<EarlyStart, launcher::vmm::VmmError>>,
-) -> i32 {
+fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,
         Engine::Auto => {
@@ -190,7 +185,7 @@ fn launch(
                 EXIT_LAUNCHER
             }
         },
-        _ => launcher::vmm::launch(cfg, exec, early.unwrap_or_else(EarlyStart::new)),
+        _ => launcher::vmm::launch(cfg, exec),
     }
 }
 
@@ -234,9 +229,6 @@ fn run(exec: Instant) -> ! {
         let d = DoctorCli::parse_from(argv.iter().skip(1));
         std::process::exit(launcher::doctor::run(d.json));
     }
-    // Most launches use the KVM engine: its first step (KVM's CPUID table, read on vCPU 0's
-    // thread) starts before the command line is parsed. Left unused by QEMU launches.
-    let early = (!argv.iter().any(|a| a == "qemu" || a == "--engine=qemu")).then(EarlyStart::new);
     let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
@@ -246,7 +238,7 @@ fn run(exec: Instant) -> ! {
         }
     };
     let code = match config(cli) {
-        Ok(cfg) => launch(&cfg, exec, early),
+        Ok(cfg) => launch(&cfg, exec),
         Err(e) => {
             eprintln!("hyperlaunch: {e}");
             EXIT_LAUNCHER

@@ -247,9 +247,15 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), C
     Ok(())
 }
 
-/// Configures vCPU `id` of `count`: CPUID, MSRs, FPU and LAPIC (none of which depends on the
-/// kernel; [`set_entry_registers`] completes vCPU 0 once the entry point is known).
-pub fn configure_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8) -> Result<(), CpuError> {
+/// Configures vCPU `id` of `count` for `mode` at `entry`.
+pub fn configure_vcpu(
+    vcpu: &VcpuFd,
+    cpuid: &CpuId,
+    id: u8,
+    count: u8,
+    mode: EntryMode,
+    entry: u64,
+) -> Result<(), CpuError> {
     let mut cpuid = cpuid.clone();
     filter_cpuid(cpuid.as_mut_slice(), id, count);
     vcpu.set_cpuid2(&cpuid).map_err(CpuError::SetCpuid)?;
@@ -277,17 +283,17 @@ pub fn configure_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8) -> Result
 
     let mut lapic = vcpu.get_lapic().map_err(CpuError::Lapic)?;
     wire_lints(&mut lapic);
-    vcpu.set_lapic(&lapic).map_err(CpuError::Lapic)
-}
+    vcpu.set_lapic(&lapic).map_err(CpuError::Lapic)?;
 
-/// The boot processor's registers for `mode` at `entry`. (Application processors wait in KVM
-/// for INIT/SIPI; only the BSP gets boot registers.)
-pub fn set_entry_registers(vcpu: &VcpuFd, mode: EntryMode, entry: u64) -> Result<(), CpuError> {
-    let sregs = vcpu.get_sregs().map_err(CpuError::Regs)?;
-    vcpu.set_sregs(&boot_sregs(sregs, mode))
-        .map_err(CpuError::Regs)?;
-    vcpu.set_regs(&boot_regs(mode, entry))
-        .map_err(CpuError::Regs)
+    // Application processors wait in KVM for INIT/SIPI; only the BSP gets boot registers.
+    if id == 0 {
+        let sregs = vcpu.get_sregs().map_err(CpuError::Regs)?;
+        vcpu.set_sregs(&boot_sregs(sregs, mode))
+            .map_err(CpuError::Regs)?;
+        vcpu.set_regs(&boot_regs(mode, entry))
+            .map_err(CpuError::Regs)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

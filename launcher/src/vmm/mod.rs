@@ -1,8 +1,6 @@
-//! The KVM engine. [`build_vm_for_boot`] reads as its steps: (0, [`EarlyStart`], begun by the
-//! caller before anything else) vCPU 0's thread reads KVM's CPUID table; open the pod, create
-//! guest memory and the VM, hand each vCPU to its thread (which configures it meanwhile), load
-//! the kernel and initramfs, attach devices; [`run::run`] then lets the vCPUs go and runs the VM
-//! to its exit code.
+//! The KVM engine. [`build_vm_for_boot`] reads as its steps: open the pod, create guest memory
+//! and the VM, load the kernel and initramfs, attach devices, configure vCPUs; [`run::run`] then
+//! runs it to its exit code.
 
 pub mod boot;
 pub mod cpu;
@@ -14,14 +12,13 @@ pub mod run;
 pub mod source;
 pub mod term;
 pub mod trust;
-pub mod vcpu;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::Serial;
@@ -34,7 +31,6 @@ use crate::devices::virtio_blk::{DiskBackend, VirtioBlk, VirtioBlkError};
 use crate::layout;
 use run::{Event, Marks, Outcome, RunOptions, Runner};
 use source::{PodImage, SourceError};
-use vcpu::{SharedCpuid, VcpuThread};
 
 #[derive(Debug, Error)]
 pub enum VmmError {
@@ -64,8 +60,6 @@ pub enum VmmError {
     Overrides(#[source] pod::cpio::CpioError),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
-    #[error("cannot start a vCPU thread")]
-    Thread(#[source] std::io::Error),
 }
 
 /// A virtio block device to attach.
@@ -95,7 +89,7 @@ pub struct BootInputs<'a> {
 
 /// A built VM: KVM handles kept alive for the run.
 pub struct Vm {
-    _kvm: Arc<Kvm>,
+    _kvm: Kvm,
     _fd: VmFd,
     _mem: GuestMemoryMmap,
     pub runner: Runner,
@@ -106,8 +100,7 @@ fn register_irq(vm: &VmFd, evt: &EventFd, irq: u32) -> Result<(), VmmError> {
         .map_err(|e| VmmError::Vm("irqfd", e))
 }
 
-/// Step 2a: the KVM VM with its irqchip, private pages and memory slots (the memory slots
-/// before the irqchip: the other order cost 6-7 ms per launch on the kvm_pvm host).
+/// Step 2a: the KVM VM with its irqchip, PIT, private pages and memory slots.
 fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
     let vm = kvm.create_vm().map_err(|e| VmmError::Vm("create", e))?;
     for (slot, region) in mem.iter().enumerate() {
@@ -128,35 +121,12 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
         .map_err(|e| VmmError::Vm("TSS", e))?;
     vm.create_irq_chip()
         .map_err(|e| VmmError::Vm("irqchip", e))?;
-    Ok(vm)
-}
-
-/// Step 2c: the PIT (created after the vCPUs, so that their configuration on their own
-/// threads overlaps it).
-fn create_pit(vm: &VmFd) -> Result<(), VmmError> {
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(|e| VmmError::Vm("PIT", e))
-}
-
-/// Step 0: `/dev/kvm` and vCPU 0's thread, started before anything else so that KVM's CPUID
-/// table is read while the pod is opened and the VM is built.
-pub struct EarlyStart {
-    kvm: Arc<Kvm>,
-    cpuid: Arc<SharedCpuid>,
-    vcpu0: VcpuThread,
-}
-
-impl EarlyStart {
-    pub fn new() -> Result<EarlyStart, VmmError> {
-        let kvm = Arc::new(Kvm::new().map_err(VmmError::Kvm)?);
-        let cpuid = Arc::new(SharedCpuid::default());
-        let vcpu0 =
-            VcpuThread::spawn(0, Some(kvm.clone()), cpuid.clone()).map_err(VmmError::Thread)?;
-        Ok(EarlyStart { kvm, cpuid, vcpu0 })
-    }
+    vm.create_pit2(pit).map_err(|e| VmmError::Vm("PIT", e))?;
+    Ok(vm)
 }
 
 /// Step 4: the devices; each adds its command-line entry.
@@ -190,55 +160,28 @@ fn create_devices(
     Ok(Devices::new(console, control, blocks))
 }
 
-/// Builds a VM from `inputs` (steps 0 to 4), recording marks on the way.
+/// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way.
 pub fn build_vm(inputs: BootInputs<'_>, marks: &mut Marks) -> Result<Vm, VmmError> {
-    build_vm_with(EarlyStart::new()?, inputs, marks)
-}
-
-/// [`build_vm`] with step 0 already under way.
-pub fn build_vm_with(
-    early: EarlyStart,
-    inputs: BootInputs<'_>,
-    marks: &mut Marks,
-) -> Result<Vm, VmmError> {
     if inputs.vcpus == 0 || inputs.vcpus > u32::from(mptable::MAX_CPUS) {
         return Err(VmmError::Vcpus(inputs.vcpus));
     }
     let vcpu_count = inputs.vcpus as u8;
-    let EarlyStart { kvm, cpuid, vcpu0 } = early;
 
-    // 2. Guest memory, the VM, the vCPUs (each configured on its thread from here on), the PIT.
+    // 2. Guest memory, the VM, the vCPUs.
     let mem = memory::create_guest_memory(inputs.memory_mib)?;
     let mem_bytes = u64::from(inputs.memory_mib) << 20;
+    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let vm = create_vm(&kvm, &mem)?;
-    let (events_tx, events) = mpsc::channel();
-    let mut vcpus = vec![vcpu0];
-    for i in 0..vcpu_count {
-        let fd = vm
-            .create_vcpu(u64::from(i))
-            .map_err(|e| VmmError::Vm("vCPU", e))?;
-        if i > 0 {
-            let t =
-                VcpuThread::spawn(usize::from(i), None, cpuid.clone()).map_err(VmmError::Thread)?;
-            vcpus.push(t);
-        }
-        vcpus[usize::from(i)].setup(vcpu::Setup {
-            vcpu: fd,
-            id: i,
-            count: vcpu_count,
-            events: events_tx.clone(),
-            first_run: marks.first_run.clone(),
-            first_exit: marks.first_exit.clone(),
-        });
-    }
-    create_pit(&vm)?;
+    let vcpus: Vec<VcpuFd> = (0..vcpu_count)
+        .map(|i| {
+            vm.create_vcpu(u64::from(i))
+                .map_err(|e| VmmError::Vm("vCPU", e))
+        })
+        .collect::<Result<_, _>>()?;
     marks.vm_created = Some(Instant::now());
 
     // 3. Kernel, initramfs.
     let kernel = boot::load_kernel(&mem, inputs.kernel, inputs.use_pvh)?;
-    for v in &vcpus {
-        v.entry(kernel.mode, kernel.entry);
-    }
     let parts: Vec<&[u8]> = inputs
         .initramfs
         .iter()
@@ -253,6 +196,7 @@ pub fn build_vm_with(
     marks.kernel_loaded = Some(Instant::now());
 
     // 4. Devices, then the command line and boot information that name them.
+    let (events_tx, events) = mpsc::channel();
     let devices = create_devices(&vm, &mem, inputs.disks, inputs.console, events_tx.clone())?;
     let cmdline = boot::build_cmdline(&inputs.cmdline, &devices.cmdline_entries())?;
     boot::write_boot_info(
@@ -266,6 +210,10 @@ pub fn build_vm_with(
     )?;
     mptable::write(&mem, vcpu_count)?;
     cpu::write_boot_tables(&mem, kernel.mode)?;
+    let cpuid = cpu::supported_cpuid(&kvm)?;
+    for (i, v) in vcpus.iter().enumerate() {
+        cpu::configure_vcpu(v, &cpuid, i as u8, vcpu_count, kernel.mode, kernel.entry)?;
+    }
     Ok(Vm {
         _kvm: kvm,
         _fd: vm,
@@ -304,11 +252,8 @@ pub fn parse_signal(s: &str) -> i32 {
 /// overrides archive), command line, rootfs and `--disk`s.
 pub fn build_vm_for_boot(
     cfg: &LaunchConfig,
-    early: Result<EarlyStart, VmmError>,
     marks: &mut Marks,
 ) -> Result<(Vm, RunOptions), VmmError> {
-    // 0. Started by the caller: KVM's CPUID table is read on vCPU 0's thread meanwhile.
-    let early = early?;
     // 1. The pod: mapped, kernel/initramfs digests established.
     let cache = trust::default_cache_dir().map(trust::VerifiedCache::new);
     let image = PodImage::open(&cfg.pod, cache.as_ref(), cfg.verify)?;
@@ -355,7 +300,7 @@ pub fn build_vm_for_boot(
         console: Box::new(crate::devices::serial::Stdout),
         use_pvh: true,
     };
-    let vm = build_vm_with(early, inputs, marks)?;
+    let vm = build_vm(inputs, marks)?;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
@@ -366,11 +311,10 @@ pub fn build_vm_for_boot(
     Ok((vm, opts))
 }
 
-/// A whole launch on the KVM engine: build (from `early`, see [`EarlyStart`]), run, report.
-/// Returns the launcher's exit code.
-pub fn launch(cfg: &LaunchConfig, exec: Instant, early: Result<EarlyStart, VmmError>) -> i32 {
+/// A whole launch on the KVM engine: build, run, report. Returns the launcher's exit code.
+pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
     let mut marks = Marks::new(exec);
-    let outcome = match build_vm_for_boot(cfg, early, &mut marks) {
+    let outcome = match build_vm_for_boot(cfg, &mut marks) {
         Ok((vm, opts)) => {
             let _raw = if cfg.tty {
                 term::RawTerminal::enter(0)

@@ -5,12 +5,13 @@ use std::io::Read;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::exit::StopReason;
-use super::vcpu::{Go, VcpuThread, install_kick_handler, kick_signal};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::exit::{Action, Exit, StopReason, handle_exit};
 use crate::control::{
     self, EXIT_INIT_PANIC, EXIT_LAUNCHER, EXIT_NO_STATUS, EXIT_TIMEOUT, GuestEvent, Mark,
 };
@@ -166,6 +167,107 @@ pub enum Ending {
     Requested(String),
 }
 
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Installs the no-op handler for the vCPU kick signal (without `SA_RESTART`, so `KVM_RUN`
+/// returns `EINTR`).
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with a handler that does nothing is a valid argument; the
+        // handler is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop_handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Runs vCPU `id` until it stops or `stop` is set.
+fn vcpu_loop(
+    mut vcpu: VcpuFd,
+    id: usize,
+    devices: Arc<Mutex<Devices>>,
+    stop: Arc<AtomicBool>,
+    tx: Sender<Event>,
+    first_run: Arc<OnceLock<Instant>>,
+    first_exit: Arc<OnceLock<Instant>>,
+) {
+    block_stop_signals();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if id == 0 {
+            first_run.get_or_init(Instant::now);
+        }
+        let mut internal = false;
+        let action = match vcpu.run() {
+            Ok(exit) => {
+                if id == 0 {
+                    first_exit.get_or_init(Instant::now);
+                }
+                let exit = match exit {
+                    VcpuExit::IoIn(p, d) => Exit::IoIn(p, d),
+                    VcpuExit::IoOut(p, d) => Exit::IoOut(p, d),
+                    VcpuExit::MmioRead(a, d) => Exit::MmioRead(a, d),
+                    VcpuExit::MmioWrite(a, d) => Exit::MmioWrite(a, d),
+                    VcpuExit::Hlt => Exit::Hlt,
+                    VcpuExit::Shutdown => Exit::Shutdown,
+                    VcpuExit::Intr => Exit::Interrupted,
+                    VcpuExit::InternalError => {
+                        internal = true;
+                        Exit::Interrupted
+                    }
+                    VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),
+                    VcpuExit::Exception => Exit::Other("Exception"),
+                    VcpuExit::Debug(_) => Exit::Other("Debug"),
+                    VcpuExit::SystemEvent(..) => Exit::Shutdown,
+                    VcpuExit::Unknown => Exit::Other("Unknown"),
+                    _ => Exit::Other("unsupported"),
+                };
+                let mut d = devices.lock().unwrap_or_else(|e| e.into_inner());
+                handle_exit(exit, &mut *d)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+            Err(e) => Action::Stop(StopReason::KvmFailure(format!("KVM_RUN failed: {e}"))),
+        };
+        let action = if internal {
+            // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit, KVM filled the `internal` member of
+            // the run structure's exit union.
+            let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            let mut d = devices.lock().unwrap_or_else(|e| e.into_inner());
+            handle_exit(Exit::InternalError(sub), &mut *d)
+        } else {
+            action
+        };
+        if let Action::Stop(why) = action {
+            let _ = tx.send(Event::Stopped(id, why));
+            return;
+        }
+    }
+}
+
+/// SIGINT and SIGTERM go to the supervisor's `sigwait` thread (or, without forwarding, end the
+/// process), never to a vCPU thread: these are started before forwarding blocks the signals.
+fn block_stop_signals() {
+    // SAFETY: building a signal set and changing this thread's mask has no memory effects
+    // beyond the local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Blocks SIGINT/SIGTERM in this thread (and the threads it spawns later) and forwards them as
 /// [`Event::Signal`] from a `sigwait` thread.
 fn forward_signals(tx: Sender<Event>) {
@@ -219,9 +321,9 @@ fn forward_stdin(devices: Arc<Mutex<Devices>>, stop: Arc<AtomicBool>) {
     });
 }
 
-/// A VM with its vCPUs ready to run (on their threads, waiting for the go).
+/// A VM with its vCPUs ready to run.
 pub struct Runner {
-    pub vcpus: Vec<VcpuThread>,
+    pub vcpus: Vec<VcpuFd>,
     pub devices: Arc<Mutex<Devices>>,
     pub events: Receiver<Event>,
     pub events_tx: Sender<Event>,
@@ -238,15 +340,25 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     } = runner;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for v in vcpus {
-        v.go(Go {
-            devices: devices.clone(),
-            stop: stop.clone(),
-        });
-        threads.push(v.into_handle());
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (d, s, tx) = (devices.clone(), stop.clone(), events_tx.clone());
+        let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu_loop(vcpu, id, d, s, tx, fr, fe));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_vcpus(&stop, threads);
+                return Outcome {
+                    code: EXIT_LAUNCHER,
+                    message: Some(format!("cannot start vCPU thread: {e}")),
+                };
+            }
+        }
     }
-    // Signal forwarding and stdin start once the vCPUs run: not on the way to the guest's
-    // first instruction.
+    // Signal forwarding starts once the vCPU threads exist: a thread spawn less on the way to
+    // the guest's first instruction. Those threads block SIGINT/SIGTERM themselves.
     if opts.forward_signals {
         forward_signals(events_tx.clone());
     }
