@@ -6,7 +6,7 @@
 #   - size of the stripped release binary
 # for two builds of hyperlaunch:
 #   - static: static-pie, size-optimised, as scripts/setup --release builds it for shipping
-#     (target/x86_64-unknown-linux-gnu/release/hyperlaunch)
+#     (profile `ship` + crt-static: target/x86_64-unknown-linux-gnu/ship/hyperlaunch)
 #   - dynamic: plain `cargo build --release -p launcher` (target/release/hyperlaunch)
 # Needs /dev/kvm, gcc and binutils. Results go to stdout, with the load average and time.
 set -euo pipefail
@@ -15,15 +15,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 host=x86_64-unknown-linux-gnu
 
 cargo build --release -p launcher --bin hyperlaunch >&2
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
-  CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-  cargo build --release -p launcher --bin hyperlaunch --target "$host" >&2
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --profile ship -p launcher --bin hyperlaunch --target "$host" >&2
 # Build the benchmark itself before measuring anything.
 cargo test --release -p launcher --test kvm_bench --no-run >&2
 
 for variant in static dynamic; do
   case $variant in
-    static) bin="$CARGO_TARGET_DIR/$host/release/hyperlaunch" ;;
+    static) bin="$CARGO_TARGET_DIR/$host/ship/hyperlaunch" ;;
     dynamic) bin="$CARGO_TARGET_DIR/release/hyperlaunch" ;;
   esac
   echo "== $variant build: $(file -b "$bin" | cut -d, -f1-2,4 | tr -s ' ')"
