@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod cpuid_cache;
 pub mod exit;
 pub mod memory;
 pub mod mptable;
@@ -93,6 +94,8 @@ pub struct Vm {
     _fd: VmFd,
     _mem: GuestMemoryMmap,
     pub runner: Runner,
+    /// Where the CPUID table came from, for `--timing`.
+    pub cpuid: cpuid_cache::CpuidLookup,
 }
 
 fn register_irq(vm: &VmFd, evt: &EventFd, irq: u32) -> Result<(), VmmError> {
@@ -160,8 +163,19 @@ fn create_devices(
     Ok(Devices::new(console, control, blocks))
 }
 
-/// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way.
+/// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way. Reads the CPUID
+/// table from KVM (no cache).
 pub fn build_vm(inputs: BootInputs<'_>, marks: &mut Marks) -> Result<Vm, VmmError> {
+    build_vm_with_cache(inputs, marks, None)
+}
+
+/// [`build_vm`], taking the supported-CPUID table from `cpuid_cache` when it has a valid entry
+/// for this host.
+pub fn build_vm_with_cache(
+    inputs: BootInputs<'_>,
+    marks: &mut Marks,
+    cpuid_cache: Option<&cpuid_cache::CpuidCache>,
+) -> Result<Vm, VmmError> {
     if inputs.vcpus == 0 || inputs.vcpus > u32::from(mptable::MAX_CPUS) {
         return Err(VmmError::Vcpus(inputs.vcpus));
     }
@@ -210,7 +224,10 @@ pub fn build_vm(inputs: BootInputs<'_>, marks: &mut Marks) -> Result<Vm, VmmErro
     )?;
     mptable::write(&mem, vcpu_count)?;
     cpu::write_boot_tables(&mem, kernel.mode)?;
-    let cpuid = cpu::supported_cpuid(&kvm)?;
+    let (cpuid, cpuid_lookup) =
+        cpuid_cache::supported_cpuid(cpuid_cache, &cpuid_cache::KeySources::host(), || {
+            cpu::supported_cpuid(&kvm)
+        })?;
     for (i, v) in vcpus.iter().enumerate() {
         cpu::configure_vcpu(v, &cpuid, i as u8, vcpu_count, kernel.mode, kernel.entry)?;
     }
@@ -224,6 +241,7 @@ pub fn build_vm(inputs: BootInputs<'_>, marks: &mut Marks) -> Result<Vm, VmmErro
             events,
             events_tx,
         },
+        cpuid: cpuid_lookup,
     })
 }
 
@@ -300,7 +318,8 @@ pub fn build_vm_for_boot(
         console: Box::new(crate::devices::serial::Stdout),
         use_pvh: true,
     };
-    let vm = build_vm(inputs, marks)?;
+    let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
+    let vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
@@ -314,8 +333,12 @@ pub fn build_vm_for_boot(
 /// A whole launch on the KVM engine: build, run, report. Returns the launcher's exit code.
 pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
     let mut marks = Marks::new(exec);
+    let mut cpuid_note = None;
     let outcome = match build_vm_for_boot(cfg, &mut marks) {
         Ok((vm, opts)) => {
+            if cfg.timing {
+                cpuid_note = Some(vm.cpuid.note());
+            }
             let _raw = if cfg.tty {
                 term::RawTerminal::enter(0)
             } else {
@@ -333,6 +356,9 @@ pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
     }
     if cfg.timing {
         eprint!("{}", marks.report());
+        if let Some(n) = cpuid_note {
+            eprint!("{n}");
+        }
     }
     outcome.code
 }

@@ -1,0 +1,841 @@
+//! A cache of `KVM_GET_SUPPORTED_CPUID` across launches. The table depends only on the host
+//! CPU, kernel, KVM modules (and their parameters), the kernel command line and the calling
+//! process's guest xstate permission; all are fixed within one boot except module reloads and
+//! writable module parameters. An entry is keyed (file name = sha256 of the key material) on the
+//! boot id, the kernel release and version, every `parameters/*` file and `coresize` of the
+//! KVM modules present, and the process's guest xstate permission. The entry holds the key
+//! digest, the raw `kvm_cpuid_entry2` array (count + entries) and a sha256 of all that, so a
+//! truncated, altered or misplaced file is ignored. Any cache problem falls back to the ioctl.
+
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CpuidCacheError {
+    #[error("cpuid cache entry is {0} bytes, too short")]
+    Short(usize),
+    #[error("cpuid cache entry has a bad magic")]
+    Magic,
+    #[error("cpuid cache entry has {0} entries, more than {max}", max = KVM_MAX_CPUID_ENTRIES)]
+    TooMany(u32),
+    #[error("cpuid cache entry is {got} bytes, {want} expected for its count")]
+    Length { got: usize, want: usize },
+    #[error("cpuid cache entry checksum mismatch")]
+    Checksum,
+    #[error("cpuid cache entry belongs to another key")]
+    Key,
+    #[error("cannot read the cpuid cache key ({0})")]
+    KeySource(&'static str, #[source] std::io::Error),
+    #[error("cpuid cache {0}")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
+/// Version of the entry format (and of the key material layout).
+const MAGIC: [u8; 8] = *b"HPCPUID\x01";
+const KEY_LEN: usize = 32;
+const SUM_LEN: usize = 32;
+/// Magic, key digest, entry count.
+const HEADER_LEN: usize = MAGIC.len() + KEY_LEN + 4;
+/// `kvm_cpuid_entry2`: ten little-endian u32s.
+const ENTRY_LEN: usize = 40;
+/// The longest valid entry file.
+pub const MAX_FILE_LEN: usize = HEADER_LEN + KVM_MAX_CPUID_ENTRIES * ENTRY_LEN + SUM_LEN;
+
+/// The modules whose parameters and size are part of the key.
+pub const KVM_MODULES: [&str; 4] = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"];
+
+fn entry_words(e: &kvm_cpuid_entry2) -> [u32; 10] {
+    [
+        e.function,
+        e.index,
+        e.flags,
+        e.eax,
+        e.ebx,
+        e.ecx,
+        e.edx,
+        e.padding[0],
+        e.padding[1],
+        e.padding[2],
+    ]
+}
+
+/// The entry file for `key` holding `entries` (at most [`KVM_MAX_CPUID_ENTRIES`]).
+pub fn encode_entry(key: &[u8; KEY_LEN], entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * ENTRY_LEN + SUM_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        for w in entry_words(e) {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+/// Parses an entry file written by [`encode_entry`] for `key`: exact length for its count, at
+/// most [`KVM_MAX_CPUID_ENTRIES`] entries, checksum and key digest must match.
+pub fn parse_entry(
+    bytes: &[u8],
+    key: &[u8; KEY_LEN],
+) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
+    if bytes.len() < HEADER_LEN + SUM_LEN {
+        return Err(CpuidCacheError::Short(bytes.len()));
+    }
+    if bytes[..MAGIC.len()] != MAGIC {
+        return Err(CpuidCacheError::Magic);
+    }
+    let count_at = MAGIC.len() + KEY_LEN;
+    let count = u32::from_le_bytes(bytes[count_at..HEADER_LEN].try_into().unwrap());
+    if count as usize > KVM_MAX_CPUID_ENTRIES {
+        return Err(CpuidCacheError::TooMany(count));
+    }
+    let want = HEADER_LEN + count as usize * ENTRY_LEN + SUM_LEN;
+    if bytes.len() != want {
+        return Err(CpuidCacheError::Length {
+            got: bytes.len(),
+            want,
+        });
+    }
+    let (body, sum) = bytes.split_at(want - SUM_LEN);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(CpuidCacheError::Checksum);
+    }
+    if &body[MAGIC.len()..count_at] != key {
+        return Err(CpuidCacheError::Key);
+    }
+    let entries = body[HEADER_LEN..]
+        .chunks_exact(ENTRY_LEN)
+        .map(|c| {
+            let w = |i: usize| u32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().unwrap());
+            kvm_cpuid_entry2 {
+                function: w(0),
+                index: w(1),
+                flags: w(2),
+                eax: w(3),
+                ebx: w(4),
+                ecx: w(5),
+                edx: w(6),
+                padding: [w(7), w(8), w(9)],
+            }
+        })
+        .collect();
+    Ok(entries)
+}
+
+/// Where the key material comes from (the host's `/proc` and `/sys`, or a test's tree).
+#[derive(Clone, Debug)]
+pub struct KeySources {
+    /// `/proc/sys/kernel`: `random/boot_id`, `osrelease`, `version`.
+    pub proc_kernel: PathBuf,
+    /// `/sys/module`.
+    pub sys_module: PathBuf,
+    /// The process's permitted guest xstate features (`ARCH_GET_XCOMP_GUEST_PERM`), which
+    /// filter leaf 0xd of the table; `None` where the kernel does not report it.
+    pub xcomp_guest_perm: Option<u64>,
+    /// The host CPU's own feature words (the `cpuid` instruction, see [`host_cpu_features`]):
+    /// a late microcode update that changes features changes the key.
+    pub host_features: Vec<u32>,
+}
+
+impl KeySources {
+    /// This host, this process.
+    pub fn host() -> KeySources {
+        KeySources {
+            proc_kernel: PathBuf::from("/proc/sys/kernel"),
+            sys_module: PathBuf::from("/sys/module"),
+            xcomp_guest_perm: xcomp_guest_perm(),
+            host_features: host_cpu_features(),
+        }
+    }
+}
+
+/// Feature words of the CPU this runs on: leaf 1 ECX/EDX, leaf 7.0 EBX/ECX/EDX, leaf 7.1 EAX,
+/// leaf 0xd.1 EAX, leaf 0x80000001 ECX/EDX (nothing per-CPU such as the APIC id).
+fn host_cpu_features() -> Vec<u32> {
+    use std::arch::x86_64::__cpuid_count;
+    let leaf = |l: u32, sub: u32| __cpuid_count(l, sub);
+    let max = leaf(0, 0).eax;
+    let max_ext = leaf(0x8000_0000, 0).eax;
+    let mut out = Vec::with_capacity(9);
+    let l1 = leaf(1, 0);
+    out.extend([l1.ecx, l1.edx]);
+    if max >= 7 {
+        let l7 = leaf(7, 0);
+        out.extend([l7.ebx, l7.ecx, l7.edx, leaf(7, 1).eax]);
+    }
+    if max >= 0xd {
+        out.push(leaf(0xd, 1).eax);
+    }
+    if max_ext >= 0x8000_0001 {
+        let e = leaf(0x8000_0001, 0);
+        out.extend([e.ecx, e.edx]);
+    }
+    out
+}
+
+/// `arch_prctl(ARCH_GET_XCOMP_GUEST_PERM)`.
+fn xcomp_guest_perm() -> Option<u64> {
+    const ARCH_GET_XCOMP_GUEST_PERM: libc::c_long = 0x1024;
+    let mut perm = 0u64;
+    // SAFETY: ARCH_GET_XCOMP_GUEST_PERM writes one u64 through the pointer, which is valid.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_GET_XCOMP_GUEST_PERM,
+            &mut perm as *mut u64,
+        )
+    };
+    (r == 0).then_some(perm)
+}
+
+/// Reads a small (sysfs/procfs) file, `name` relative to the directory `dir` (or a path when
+/// `dir` is `AT_FDCWD`), into `buf` with one `openat`, `read`, `close`: these files come whole
+/// from their first read, so a read shorter than the buffer ends the file.
+fn read_small_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    // SAFETY: `name` is a NUL-terminated string; `dir` is an open directory or AT_FDCWD.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = f.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if n < chunk.len() {
+            return Ok(());
+        }
+        if buf.len() > 1 << 20 {
+            return Err(std::io::Error::other("key source larger than 1 MiB"));
+        }
+    }
+}
+
+fn c_path(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+fn read_small(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    read_small_at(libc::AT_FDCWD, &c_path(path)?, buf)
+}
+
+/// An open directory stream (closed on drop).
+struct DirStream(*mut libc::DIR);
+
+impl DirStream {
+    fn open(path: &Path) -> std::io::Result<DirStream> {
+        let p = c_path(path)?;
+        // SAFETY: `p` is a NUL-terminated path.
+        let d = unsafe { libc::opendir(p.as_ptr()) };
+        if d.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(DirStream(d))
+    }
+
+    fn fd(&self) -> RawFd {
+        // SAFETY: the stream is open.
+        unsafe { libc::dirfd(self.0) }
+    }
+
+    /// The entries' names but `.` and `..`, sorted.
+    fn names(&mut self) -> std::io::Result<Vec<CString>> {
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: errno is thread-local; readdir only reports errors through it.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: the stream is open; the entry stays valid until the next readdir call.
+            let ent = unsafe { libc::readdir(self.0) };
+            if ent.is_null() {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(0) {
+                    break;
+                }
+                return Err(e);
+            }
+            // SAFETY: `d_name` of a valid entry is NUL-terminated.
+            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream is open and closed only here.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+/// Appends one named field to the key material: `name NUL`, then `0` (absent or unreadable)
+/// or `1`, the length (u64 LE) and the bytes.
+fn field(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
+    out.extend_from_slice(name);
+    out.push(0);
+    match value {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+}
+
+/// The key material: the boot id, kernel release and version (all required), then for each of
+/// [`KVM_MODULES`] present, every `parameters/*` file (sorted by name) and `coresize`, and the
+/// guest xstate permission. Unambiguous: every field is named and length-prefixed.
+pub fn key_material(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
+    let mut out = Vec::with_capacity(2048);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(KVM_MAX_CPUID_ENTRIES as u64).to_le_bytes());
+    let mut buf = Vec::with_capacity(256);
+    for (name, rel) in [
+        ("boot_id", "random/boot_id"),
+        ("osrelease", "osrelease"),
+        ("version", "version"),
+    ] {
+        buf.clear();
+        read_small(&src.proc_kernel.join(rel), &mut buf)
+            .map_err(|e| CpuidCacheError::KeySource(name, e))?;
+        field(&mut out, name.as_bytes(), Some(&buf));
+    }
+    for module in KVM_MODULES {
+        let dir = src.sys_module.join(module);
+        let params = dir.join("parameters");
+        let module_field = format!("{module}/");
+        let stream = match DirStream::open(&params) {
+            Ok(d) => Some(d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CpuidCacheError::KeySource("module parameters", e)),
+        };
+        // Present (with or without parameters) or not loaded.
+        if stream.is_none() && !dir.exists() {
+            field(&mut out, module_field.as_bytes(), None);
+            continue;
+        }
+        field(&mut out, module_field.as_bytes(), Some(&[]));
+        if let Some(mut stream) = stream {
+            let names = stream
+                .names()
+                .map_err(|e| CpuidCacheError::KeySource("module parameters", e))?;
+            for n in names {
+                buf.clear();
+                // Write-only or unreadable parameters count as present but unreadable.
+                let v = read_small_at(stream.fd(), &n, &mut buf)
+                    .ok()
+                    .map(|_| &buf[..]);
+                let mut name = format!("{module}/parameters/").into_bytes();
+                name.extend_from_slice(n.to_bytes());
+                field(&mut out, &name, v);
+            }
+        }
+        buf.clear();
+        let v = read_small(&dir.join("coresize"), &mut buf)
+            .ok()
+            .map(|_| &buf[..]);
+        field(&mut out, format!("{module}/coresize").as_bytes(), v);
+    }
+    let perm = src.xcomp_guest_perm.map(u64::to_le_bytes);
+    field(&mut out, b"xcomp_guest_perm", perm.as_ref().map(|p| &p[..]));
+    let features: Vec<u8> = src
+        .host_features
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    field(&mut out, b"host_features", Some(&features));
+    Ok(out)
+}
+
+/// The entry key: sha256 of [`key_material`].
+pub fn key(src: &KeySources) -> Result<[u8; KEY_LEN], CpuidCacheError> {
+    Ok(Sha256::digest(key_material(src)?).into())
+}
+
+/// A directory of CPUID entries, one file per key.
+pub struct CpuidCache {
+    dir: PathBuf,
+}
+
+impl CpuidCache {
+    pub fn new(dir: PathBuf) -> CpuidCache {
+        CpuidCache { dir }
+    }
+
+    /// `cpuid/` beside the verified-digest cache (`$XDG_CACHE_HOME/hyperpod/cpuid`, else
+    /// `$HOME/.cache/hyperpod/cpuid`).
+    pub fn default_dir() -> Option<PathBuf> {
+        Some(super::trust::default_cache_dir()?.parent()?.join("cpuid"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of the entry for `key`.
+    pub fn entry_path(&self, key: &[u8; KEY_LEN]) -> PathBuf {
+        self.dir.join(hex::encode(key))
+    }
+
+    /// The table stored for `key`, if a valid entry is there.
+    pub fn load(&self, key: &[u8; KEY_LEN]) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
+        let f = File::open(self.entry_path(key)).map_err(|e| CpuidCacheError::Io("read", e))?;
+        let mut bytes = Vec::with_capacity(MAX_FILE_LEN + 1);
+        f.take(MAX_FILE_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CpuidCacheError::Io("read", e))?;
+        parse_entry(&bytes, key)
+    }
+
+    /// Stores `entries` for `key`: a temp file in the same directory, renamed into place. No
+    /// fsync: a torn file after a crash fails its checksum and is rewritten.
+    pub fn store(
+        &self,
+        key: &[u8; KEY_LEN],
+        entries: &[kvm_cpuid_entry2],
+    ) -> Result<(), CpuidCacheError> {
+        if entries.len() > KVM_MAX_CPUID_ENTRIES {
+            return Err(CpuidCacheError::TooMany(entries.len() as u32));
+        }
+        fs::create_dir_all(&self.dir).map_err(|e| CpuidCacheError::Io("mkdir", e))?;
+        let (tmp, mut f) = temp_file_in(&self.dir).map_err(|e| CpuidCacheError::Io("write", e))?;
+        let done = f
+            .write_all(&encode_entry(key, entries))
+            .and_then(|_| fs::rename(&tmp, self.entry_path(key)));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&tmp);
+            return Err(CpuidCacheError::Io("write", e));
+        }
+        Ok(())
+    }
+}
+
+fn temp_file_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
+    for n in 0..100u32 {
+        let p = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temp file name"))
+}
+
+/// Where a launch's CPUID table came from.
+#[derive(Debug)]
+pub enum CpuidSource {
+    /// A valid cache entry.
+    Cache,
+    /// The ioctl; `stored` says whether the cache entry was (re)written, `cache` why the
+    /// cache was not used (none when there is no cache).
+    Kvm {
+        cache: Option<CpuidCacheError>,
+        stored: Option<Result<(), CpuidCacheError>>,
+    },
+}
+
+/// How the CPUID table of a launch was obtained, for `--timing`.
+#[derive(Debug)]
+pub struct CpuidLookup {
+    pub source: CpuidSource,
+    /// Time spent gathering the key (zero without a cache).
+    pub key_time: Duration,
+    /// Time from asking to having the table (key, read or ioctl, and the store).
+    pub total_time: Duration,
+}
+
+impl CpuidLookup {
+    /// One line for `--timing`.
+    pub fn note(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let how = match &self.source {
+            CpuidSource::Cache => "cache hit".to_string(),
+            CpuidSource::Kvm {
+                cache: None,
+                stored: None,
+            } => "KVM_GET_SUPPORTED_CPUID, no cache".to_string(),
+            CpuidSource::Kvm { cache, stored } => {
+                let mut s = "KVM_GET_SUPPORTED_CPUID".to_string();
+                if let Some(e) = cache {
+                    s.push_str(&format!("; {}", super::error_chain(e)));
+                }
+                match stored {
+                    Some(Ok(())) => s.push_str("; entry stored"),
+                    Some(Err(e)) => s.push_str(&format!("; {}", super::error_chain(e))),
+                    None => {}
+                }
+                s
+            }
+        };
+        format!(
+            "hyperlaunch timing: cpuid table {:.3} ms (key {:.3} ms): {how}\n",
+            ms(self.total_time),
+            ms(self.key_time)
+        )
+    }
+}
+
+/// The supported-CPUID table: from `cache` when it holds a valid entry for this host's key,
+/// else from `fetch` (the ioctl), then stored. A cache problem never fails: it only means
+/// `fetch` is called.
+pub fn supported_cpuid<E>(
+    cache: Option<&CpuidCache>,
+    sources: &KeySources,
+    fetch: impl FnOnce() -> Result<CpuId, E>,
+) -> Result<(CpuId, CpuidLookup), E> {
+    let start = Instant::now();
+    let Some(cache) = cache else {
+        let cpuid = fetch()?;
+        let lookup = CpuidLookup {
+            source: CpuidSource::Kvm {
+                cache: None,
+                stored: None,
+            },
+            key_time: Duration::ZERO,
+            total_time: start.elapsed(),
+        };
+        return Ok((cpuid, lookup));
+    };
+    let key = key(sources);
+    let key_time = start.elapsed();
+    let (cpuid, source) = match key {
+        Err(e) => (
+            fetch()?,
+            CpuidSource::Kvm {
+                cache: Some(e),
+                stored: None,
+            },
+        ),
+        Ok(key) => match cache.load(&key).and_then(|v| {
+            CpuId::from_entries(&v).map_err(|_| CpuidCacheError::TooMany(v.len() as u32))
+        }) {
+            Ok(cpuid) => (cpuid, CpuidSource::Cache),
+            Err(e) => {
+                let cpuid = fetch()?;
+                let stored = Some(cache.store(&key, cpuid.as_slice()));
+                // A missing entry is the normal cold case, not worth a note.
+                let miss = matches!(&e, CpuidCacheError::Io(_, io)
+                    if io.kind() == std::io::ErrorKind::NotFound);
+                let source = CpuidSource::Kvm {
+                    cache: (!miss).then_some(e),
+                    stored,
+                };
+                (cpuid, source)
+            }
+        },
+    };
+    let lookup = CpuidLookup {
+        source,
+        key_time,
+        total_time: start.elapsed(),
+    };
+    Ok((cpuid, lookup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: u32) -> Vec<kvm_cpuid_entry2> {
+        (0..n)
+            .map(|i| kvm_cpuid_entry2 {
+                function: i,
+                index: i * 3,
+                flags: 1,
+                eax: 0x1111_0000 + i,
+                ebx: 0x2222_0000 + i,
+                ecx: 0x3333_0000 + i,
+                edx: 0x4444_0000 + i,
+                padding: [0; 3],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_round_trip_and_bad_bytes_are_refused() {
+        let key = [7u8; 32];
+        let t = table(5);
+        let bytes = encode_entry(&key, &t);
+        assert_eq!(bytes.len(), HEADER_LEN + 5 * ENTRY_LEN + SUM_LEN);
+        assert_eq!(parse_entry(&bytes, &key).unwrap(), t);
+        assert_eq!(parse_entry(&encode_entry(&key, &[]), &key).unwrap(), vec![]);
+        let full = table(KVM_MAX_CPUID_ENTRIES as u32);
+        assert_eq!(parse_entry(&encode_entry(&key, &full), &key).unwrap(), full);
+
+        // Truncated anywhere, or extended.
+        for cut in [0, 10, HEADER_LEN, HEADER_LEN + SUM_LEN, bytes.len() - 1] {
+            assert!(parse_entry(&bytes[..cut], &key).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            parse_entry(&long, &key),
+            Err(CpuidCacheError::Length { .. })
+        ));
+        // Any flipped byte: magic, key, count, entries or checksum.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(parse_entry(&b, &key).is_err(), "flip at {i}");
+        }
+        // Another key's (valid) entry.
+        assert!(matches!(
+            parse_entry(&bytes, &[8u8; 32]),
+            Err(CpuidCacheError::Key)
+        ));
+        // A count beyond the limit, even with a matching length and checksum.
+        let mut big = encode_entry(&key, &table(KVM_MAX_CPUID_ENTRIES as u32 + 1));
+        assert!(matches!(
+            parse_entry(&big, &key),
+            Err(CpuidCacheError::TooMany(n)) if n as usize == KVM_MAX_CPUID_ENTRIES + 1
+        ));
+        big[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            parse_entry(&big, &key),
+            Err(CpuidCacheError::TooMany(u32::MAX))
+        ));
+    }
+
+    /// A fake `/proc/sys/kernel` and `/sys/module`.
+    fn tree(dir: &Path) -> KeySources {
+        let k = dir.join("proc");
+        fs::create_dir_all(k.join("random")).unwrap();
+        fs::write(k.join("random/boot_id"), "1b2234cb\n").unwrap();
+        fs::write(k.join("osrelease"), "6.18.44\n").unwrap();
+        fs::write(k.join("version"), "#1 SMP\n").unwrap();
+        let m = dir.join("module");
+        fs::create_dir_all(m.join("kvm/parameters")).unwrap();
+        fs::write(m.join("kvm/parameters/enable_pmu"), "Y\n").unwrap();
+        fs::write(m.join("kvm/parameters/halt_poll_ns"), "200000\n").unwrap();
+        fs::create_dir_all(m.join("kvm_intel/parameters")).unwrap();
+        fs::write(m.join("kvm_intel/parameters/nested"), "N\n").unwrap();
+        fs::write(m.join("kvm_intel/coresize"), "409600\n").unwrap();
+        KeySources {
+            proc_kernel: k,
+            sys_module: m,
+            xcomp_guest_perm: Some(0x2e7),
+            host_features: vec![0x7ffa_fbff, 0xbfeb_fbff, 0x029c_67af],
+        }
+    }
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = tree(dir.path());
+        let base = key(&src).unwrap();
+        assert_eq!(key(&src).unwrap(), base, "the key is stable");
+        let p = |rel: &str| dir.path().join(rel);
+        let mut seen = vec![base];
+        fn changed(seen: &mut Vec<[u8; 32]>, what: &str, k: [u8; 32]) {
+            assert!(!seen.contains(&k), "{what} did not change the key");
+            seen.push(k);
+        }
+        for (file, v) in [
+            ("proc/random/boot_id", "2c3345dc\n"),
+            ("proc/osrelease", "6.18.45\n"),
+            ("proc/version", "#2 SMP\n"),
+            ("module/kvm/parameters/enable_pmu", "N\n"),
+            ("module/kvm/parameters/halt_poll_ns", "0\n"),
+            ("module/kvm_intel/parameters/nested", "Y\n"),
+            ("module/kvm_intel/coresize", "409601\n"),
+            // A new parameter file, a new coresize.
+            ("module/kvm_intel/parameters/ept", "Y\n"),
+            ("module/kvm/coresize", "1000\n"),
+        ] {
+            fs::write(p(file), v).unwrap();
+            changed(&mut seen, file, key(&src).unwrap());
+        }
+        // Moving a value to another parameter's name.
+        fs::rename(
+            p("module/kvm_intel/parameters/ept"),
+            p("module/kvm_intel/parameters/ep"),
+        )
+        .unwrap();
+        changed(&mut seen, "renamed parameter", key(&src).unwrap());
+        // Another module loaded (even without parameters), or one unloaded.
+        fs::create_dir_all(p("module/kvm_amd")).unwrap();
+        changed(&mut seen, "kvm_amd loaded", key(&src).unwrap());
+        fs::create_dir_all(p("module/kvm_pvm/parameters")).unwrap();
+        fs::write(p("module/kvm_pvm/parameters/force"), "N\n").unwrap();
+        changed(&mut seen, "kvm_pvm loaded", key(&src).unwrap());
+        fs::remove_dir_all(p("module/kvm_intel")).unwrap();
+        changed(&mut seen, "kvm_intel unloaded", key(&src).unwrap());
+        // Modules other than KVM's do not matter.
+        fs::create_dir_all(p("module/ext4/parameters")).unwrap();
+        fs::write(p("module/ext4/parameters/x"), "1\n").unwrap();
+        assert_eq!(key(&src).unwrap(), *seen.last().unwrap());
+        // The process's guest xstate permission.
+        let mut other = src.clone();
+        other.xcomp_guest_perm = Some(0x602e7);
+        changed(&mut seen, "xcomp perm", key(&other).unwrap());
+        other.xcomp_guest_perm = None;
+        changed(&mut seen, "no xcomp perm", key(&other).unwrap());
+        // A host feature bit (e.g. a microcode update turning TSX off).
+        other.host_features[2] ^= 1 << 11;
+        changed(&mut seen, "host feature bit", key(&other).unwrap());
+        // No boot id: no key.
+        fs::remove_file(p("proc/random/boot_id")).unwrap();
+        assert!(matches!(
+            key(&src),
+            Err(CpuidCacheError::KeySource("boot_id", _))
+        ));
+    }
+
+    #[test]
+    fn store_round_trips_atomically_and_ignores_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CpuidCache::new(dir.path().join("hyperpod/cpuid"));
+        let key = [3u8; 32];
+        let t = table(40);
+        assert!(matches!(cache.load(&key), Err(CpuidCacheError::Io(..))));
+        cache.store(&key, &t).unwrap();
+        assert_eq!(cache.load(&key).unwrap(), t);
+        // Only the entry is left: the temp file was renamed into place.
+        let names: Vec<_> = fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![hex::encode(key)]);
+        // Overwriting replaces the file (a new inode), never writes into it in place.
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let path = cache.entry_path(&key);
+        let before = ino(&path);
+        let held = File::open(&path).unwrap();
+        cache.store(&key, &table(2)).unwrap();
+        assert_ne!(ino(&path), before);
+        let mut old = Vec::new();
+        (&held).read_to_end(&mut old).unwrap();
+        assert_eq!(
+            parse_entry(&old, &key).unwrap(),
+            t,
+            "a reader keeps the old whole entry"
+        );
+        assert_eq!(cache.load(&key).unwrap(), table(2));
+        // Truncated, altered, oversized: ignored.
+        let good = fs::read(&path).unwrap();
+        fs::write(&path, &good[..good.len() - 5]).unwrap();
+        assert!(cache.load(&key).is_err());
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 8] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(cache.load(&key), Err(CpuidCacheError::Checksum)));
+        let mut huge = good.clone();
+        huge.resize(MAX_FILE_LEN + 100, 0);
+        fs::write(&path, &huge).unwrap();
+        assert!(matches!(
+            cache.load(&key),
+            Err(CpuidCacheError::Length { .. })
+        ));
+        // Another key's entry copied under this name.
+        fs::write(&path, encode_entry(&[4u8; 32], &t)).unwrap();
+        assert!(matches!(cache.load(&key), Err(CpuidCacheError::Key)));
+    }
+
+    fn cpuid_of(t: &[kvm_cpuid_entry2]) -> CpuId {
+        CpuId::from_entries(t).unwrap()
+    }
+
+    #[test]
+    fn lookups_fall_back_to_the_ioctl_and_rewrite_bad_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = tree(dir.path());
+        let cache = CpuidCache::new(dir.path().join("cache/cpuid"));
+        let t = table(12);
+        let fetch_ok = || Ok::<_, ()>(cpuid_of(&t));
+        let fetch_never = || -> Result<CpuId, ()> { panic!("the ioctl was called on a hit") };
+
+        // Cold: the ioctl, then stored; warm: the cache only.
+        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        assert_eq!(c.as_slice(), &t[..]);
+        assert!(matches!(
+            l.source,
+            CpuidSource::Kvm {
+                cache: None,
+                stored: Some(Ok(()))
+            }
+        ));
+        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_never).unwrap();
+        assert_eq!(c.as_slice(), &t[..]);
+        assert!(matches!(l.source, CpuidSource::Cache));
+        assert!(l.note().contains("cache hit"));
+
+        // A corrupt entry: the ioctl, and the entry rewritten.
+        let path = cache.entry_path(&key(&src).unwrap());
+        fs::write(&path, b"garbage").unwrap();
+        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        assert_eq!(c.as_slice(), &t[..]);
+        assert!(matches!(
+            l.source,
+            CpuidSource::Kvm {
+                cache: Some(CpuidCacheError::Short(7)),
+                stored: Some(Ok(()))
+            }
+        ));
+        assert_eq!(cache.load(&key(&src).unwrap()).unwrap(), t);
+
+        // A changed input: a miss (new entry), the old entry untouched.
+        fs::write(dir.path().join("module/kvm/parameters/enable_pmu"), "N\n").unwrap();
+        let (_, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        assert!(matches!(l.source, CpuidSource::Kvm { cache: None, .. }));
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2);
+
+        // No key (no boot id), or an unwritable cache: the ioctl, never an error.
+        let mut no_key = src.clone();
+        no_key.proc_kernel = dir.path().join("nowhere");
+        let (c, l) = supported_cpuid(Some(&cache), &no_key, fetch_ok).unwrap();
+        assert_eq!(c.as_slice(), &t[..]);
+        assert!(matches!(
+            l.source,
+            CpuidSource::Kvm {
+                cache: Some(CpuidCacheError::KeySource(..)),
+                stored: None
+            }
+        ));
+        let file = dir.path().join("a-file");
+        fs::write(&file, b"").unwrap();
+        let blocked = CpuidCache::new(file.join("cpuid"));
+        let (c, l) = supported_cpuid(Some(&blocked), &src, fetch_ok).unwrap();
+        assert_eq!(c.as_slice(), &t[..]);
+        assert!(matches!(
+            l.source,
+            CpuidSource::Kvm {
+                stored: Some(Err(_)),
+                ..
+            }
+        ));
+        assert!(l.note().contains("cpuid cache mkdir"), "{}", l.note());
+
+        // No cache at all; and the ioctl's own error is the lookup's error.
+        let (_, l) = supported_cpuid(None, &src, fetch_ok).unwrap();
+        assert!(matches!(
+            l.source,
+            CpuidSource::Kvm {
+                cache: None,
+                stored: None
+            }
+        ));
+        let empty = CpuidCache::new(dir.path().join("empty"));
+        assert_eq!(
+            supported_cpuid(Some(&empty), &src, || Err::<CpuId, _>("ioctl failed")).unwrap_err(),
+            "ioctl failed"
+        );
+    }
+}
