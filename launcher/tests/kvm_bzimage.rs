@@ -7,36 +7,15 @@
 mod probes;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use probes::{BzHeader, BzPayload};
+use probes::{BzHeader, BzPayload, Run, launch};
 
 const CMDLINE: &str = "probe=bz quiet";
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn hyperlaunch(dir: &Path, pod: &Path, extra: &[&str]) -> Run {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
-        .args(["--engine", "kvm", "--timeout", "20"])
-        .args(extra)
-        .arg(pod)
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .output()
-        .unwrap();
-    let r = Run {
-        code: out.status.code().expect("hyperlaunch killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "--- exit {}\n--- stdout\n{}--- stderr\n{}",
-        r.code, r.stdout, r.stderr
-    );
-    r
+    let mut args = vec!["--timeout", "20"];
+    args.extend_from_slice(extra);
+    launch(dir, pod, &args, &[])
 }
 
 /// Bytes that differ at every offset, so the probe's hash pins address and size.

@@ -4,40 +4,14 @@
 mod probes;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use probes::{Run, launch};
 
 const CMDLINE: &str = "probe=1 quiet";
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn hyperlaunch(dir: &Path, pod: &Path, extra: &[&str]) -> Run {
-    hyperlaunch_args(dir, pod, extra, &[])
-}
-
-fn hyperlaunch_args(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
-        .args(["--engine", "kvm"])
-        .args(extra)
-        .arg(pod)
-        .arg("--")
-        .args(app_args)
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .output()
-        .unwrap();
-    let r = Run {
-        code: out.status.code().expect("hyperlaunch killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "--- exit {}\n--- stdout\n{}--- stderr\n{}",
-        r.code, r.stdout, r.stderr
-    );
-    r
+    launch(dir, pod, extra, &[])
 }
 
 /// A rootfs whose every sector differs.
@@ -104,7 +78,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     }
 
     // Overrides travel as a second archive appended to the initramfs.
-    let r = hyperlaunch_args(dir.path(), &pod, &["-e", "A=1"], &["x"]);
+    let r = launch(dir.path(), &pod, &["-e", "A=1"], &["x"]);
     assert_eq!(r.code, 42);
     assert!(r.stdout.contains("OVERRIDES: present"));
     let size: u64 = r

@@ -415,7 +415,8 @@ impl CpuidCache {
             return Err(CpuidCacheError::TooMany(entries.len() as u32));
         }
         fs::create_dir_all(&self.dir).map_err(|e| CpuidCacheError::Io("mkdir", e))?;
-        let (tmp, mut f) = temp_file_in(&self.dir).map_err(|e| CpuidCacheError::Io("write", e))?;
+        let (tmp, mut f) =
+            super::trust::tempfile_in(&self.dir).map_err(|e| CpuidCacheError::Io("write", e))?;
         let done = f
             .write_all(&encode_entry(key, entries))
             .and_then(|_| fs::rename(&tmp, self.entry_path(key)));
@@ -425,18 +426,6 @@ impl CpuidCache {
         }
         Ok(())
     }
-}
-
-fn temp_file_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
-    for n in 0..100u32 {
-        let p = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temp file name"))
 }
 
 /// Where a launch's CPUID table came from.

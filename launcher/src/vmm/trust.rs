@@ -85,7 +85,8 @@ impl VerifiedCache {
     }
 }
 
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
+/// A new file in `dir` with a name no other writer uses (for temp file + rename).
+pub(crate) fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
     for n in 0..100u32 {
         let p = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         match fs::OpenOptions::new().write(true).create_new(true).open(&p) {

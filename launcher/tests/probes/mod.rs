@@ -335,3 +335,34 @@ pub fn bzimage(payload: &[u8], h: &BzHeader) -> Vec<u8> {
     img.extend_from_slice(payload);
     img
 }
+
+/// What one `hyperlaunch` run gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `hyperlaunch --engine kvm EXTRA POD -- APP_ARGS` with its cache under `dir`, echoing
+/// what it printed (for the test log).
+pub fn launch(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm"])
+        .args(extra)
+        .arg(pod)
+        .arg("--")
+        .args(app_args)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .output()
+        .unwrap();
+    let r = Run {
+        code: out.status.code().expect("hyperlaunch killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!(
+        "--- exit {}\n--- stdout\n{}--- stderr\n{}",
+        r.code, r.stdout, r.stderr
+    );
+    r
+}
