@@ -122,18 +122,8 @@ mod tests {
     use super::*;
 
     fn fake_static_elf(dir: &Path) -> PathBuf {
-        // A minimal x86-64 ELF header with one PT_LOAD program header and no PT_INTERP.
-        let mut elf = vec![0u8; 64 + 56];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[5] = 1;
-        elf[18] = 62;
-        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
         let p = dir.join("init");
-        std::fs::write(&p, &elf).unwrap();
+        hyperpod_tests::elf::write_fake_static_elf(&p, hyperpod_tests::elf::HEADERS, 0);
         p
     }
 

@@ -37,18 +37,8 @@ fn demo_image() -> &'static str {
 /// A minimal static x86-64 ELF (one PT_LOAD, no interpreter): stands in for the kernel and the
 /// init where only their bytes matter.
 fn fake_elf(dir: &Path, name: &str, fill: u8) -> PathBuf {
-    let mut elf = vec![fill; 4096];
-    elf[..64 + 56].fill(0);
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2;
-    elf[5] = 1;
-    elf[18] = 62;
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    elf[64..68].copy_from_slice(&1u32.to_le_bytes());
     let p = dir.join(name);
-    std::fs::write(&p, &elf).unwrap();
+    hyperpod_tests::elf::write_fake_static_elf(&p, 4096, fill);
     p
 }
 

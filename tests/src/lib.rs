@@ -1,5 +1,6 @@
-//! Shared helpers for the end-to-end tests: the guest kernel, QEMU, init fixtures, and a real
-//! `docker-registry` started on loopback.
+//! Shared helpers for the end-to-end tests: the guest kernel, QEMU, init fixtures, a fake static
+//! ELF, and a real `docker-registry` started on loopback.
+pub mod elf;
 pub mod init_fixture;
 pub mod kernel;
 pub mod qemu;

@@ -140,17 +140,8 @@ fn make_image(dir: &Path) -> (String, BTreeMap<&'static str, String>) {
 /// A minimal static x86-64 ELF header: the pod's init, never run here (the test boots its own
 /// busybox initramfs instead of the pod's).
 fn placeholder_init(dir: &Path) -> PathBuf {
-    let mut elf = vec![0u8; 4096];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2;
-    elf[5] = 1;
-    elf[18] = 62;
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    elf[64..68].copy_from_slice(&1u32.to_le_bytes());
     let p = dir.join("init.elf");
-    std::fs::write(&p, &elf).unwrap();
+    hyperpod_tests::elf::write_fake_static_elf(&p, 4096, 0);
     p
 }
 
