@@ -1,17 +1,15 @@
 //! A cache of `KVM_GET_SUPPORTED_CPUID` across launches. The table depends only on the host
-//! CPU, kernel, KVM modules (and their parameters), the kernel command line and the calling
-//! process's guest xstate permission; all are fixed within one boot except module reloads and
-//! writable module parameters. An entry is keyed (file name = sha256 of the key material) on the
-//! boot id, the kernel release and version, every `parameters/*` file and `coresize` of the
-//! KVM modules present, and the process's guest xstate permission. The entry holds the key
-//! digest, the raw `kvm_cpuid_entry2` array (count + entries) and a sha256 of all that, so a
-//! truncated, altered or misplaced file is ignored. Any cache problem falls back to the ioctl.
+//! CPU, kernel, KVM modules (and their read-only parameters), the kernel command line and the
+//! calling process's guest xstate permission; all are fixed within one boot except module
+//! reloads. An entry is keyed (file name = sha256 of the key material, see [`key_material`]) on
+//! the boot id, the identity of each KVM module's sysfs directory, the process's guest xstate
+//! permission and the host CPU's feature words. The entry holds the key digest, the raw
+//! `kvm_cpuid_entry2` array (count + entries) and a sha256 of all that, so a truncated, altered
+//! or misplaced file is ignored. Any cache problem falls back to the ioctl. Storing an entry
+//! removes all but the newest few others.
 
-use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,7 +38,7 @@ pub enum CpuidCacheError {
 }
 
 /// Version of the entry format (and of the key material layout).
-const MAGIC: [u8; 8] = *b"HPCPUID\x01";
+const MAGIC: [u8; 8] = *b"HPCPUID\x02";
 const KEY_LEN: usize = 32;
 const SUM_LEN: usize = 32;
 /// Magic, key digest, entry count.
@@ -50,7 +48,11 @@ const ENTRY_LEN: usize = 40;
 /// The longest valid entry file.
 pub const MAX_FILE_LEN: usize = HEADER_LEN + KVM_MAX_CPUID_ENTRIES * ENTRY_LEN + SUM_LEN;
 
-/// The modules whose parameters and size are part of the key.
+/// Entries kept beside the one just stored: one per host state, so a few hosts (or boots)
+/// sharing a home directory each keep theirs.
+pub const KEEP_OTHER_ENTRIES: usize = 7;
+
+/// The modules whose presence and identity are part of the key.
 pub const KVM_MODULES: [&str; 4] = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"];
 
 fn entry_words(e: &kvm_cpuid_entry2) -> [u32; 10] {
@@ -137,15 +139,18 @@ pub fn parse_entry(
 /// Where the key material comes from (the host's `/proc` and `/sys`, or a test's tree).
 #[derive(Clone, Debug)]
 pub struct KeySources {
-    /// `/proc/sys/kernel`: `random/boot_id`, `osrelease`, `version`.
-    pub proc_kernel: PathBuf,
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: PathBuf,
     /// `/sys/module`.
     pub sys_module: PathBuf,
     /// The process's permitted guest xstate features (`ARCH_GET_XCOMP_GUEST_PERM`), which
     /// filter leaf 0xd of the table; `None` where the kernel does not report it.
     pub xcomp_guest_perm: Option<u64>,
-    /// The host CPU's own feature words (the `cpuid` instruction, see [`host_cpu_features`]):
-    /// a late microcode update that changes features changes the key.
+    /// The host CPU's microcode revision file (`/sys/devices/system/cpu/cpu0/microcode/version`,
+    /// absent in most VMs): a late microcode update can take features away.
+    pub microcode: PathBuf,
+    /// The host CPU's leaf 7.0 feature words ([`host_cpu_features`]): where a microcode
+    /// update or `MSR_IA32_TSX_CTRL`'s CPUID clear shows.
     pub host_features: Vec<u32>,
 }
 
@@ -153,36 +158,22 @@ impl KeySources {
     /// This host, this process.
     pub fn host() -> KeySources {
         KeySources {
-            proc_kernel: PathBuf::from("/proc/sys/kernel"),
+            boot_id: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             sys_module: PathBuf::from("/sys/module"),
+            microcode: PathBuf::from("/sys/devices/system/cpu/cpu0/microcode/version"),
             xcomp_guest_perm: xcomp_guest_perm(),
             host_features: host_cpu_features(),
         }
     }
 }
 
-/// Feature words of the CPU this runs on: leaf 1 ECX/EDX, leaf 7.0 EBX/ECX/EDX, leaf 7.1 EAX,
-/// leaf 0xd.1 EAX, leaf 0x80000001 ECX/EDX (nothing per-CPU such as the APIC id).
+/// Leaf 7.0 EBX/ECX/EDX of the CPU this runs on: TSX (RTM, HLE) and the speculation-control
+/// bits, the ones a microcode update or `MSR_IA32_TSX_CTRL` changes. One instruction: `cpuid`
+/// traps to the hypervisor in a VM (~6 µs on the host of `docs/BENCHMARKS.md`). On a CPU
+/// without leaf 7 the words are those of its highest leaf, stable all the same.
 fn host_cpu_features() -> Vec<u32> {
-    use std::arch::x86_64::__cpuid_count;
-    let leaf = |l: u32, sub: u32| __cpuid_count(l, sub);
-    let max = leaf(0, 0).eax;
-    let max_ext = leaf(0x8000_0000, 0).eax;
-    let mut out = Vec::with_capacity(9);
-    let l1 = leaf(1, 0);
-    out.extend([l1.ecx, l1.edx]);
-    if max >= 7 {
-        let l7 = leaf(7, 0);
-        out.extend([l7.ebx, l7.ecx, l7.edx, leaf(7, 1).eax]);
-    }
-    if max >= 0xd {
-        out.push(leaf(0xd, 1).eax);
-    }
-    if max_ext >= 0x8000_0001 {
-        let e = leaf(0x8000_0001, 0);
-        out.extend([e.ecx, e.edx]);
-    }
-    out
+    let l7 = std::arch::x86_64::__cpuid_count(7, 0);
+    vec![l7.ebx, l7.ecx, l7.edx]
 }
 
 /// `arch_prctl(ARCH_GET_XCOMP_GUEST_PERM)`.
@@ -200,92 +191,15 @@ fn xcomp_guest_perm() -> Option<u64> {
     (r == 0).then_some(perm)
 }
 
-/// Reads a small (sysfs/procfs) file, `name` relative to the directory `dir` (or a path when
-/// `dir` is `AT_FDCWD`), into `buf` with one `openat`, `read`, `close`: these files come whole
-/// from their first read, so a read shorter than the buffer ends the file.
-fn read_small_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    // SAFETY: `name` is a NUL-terminated string; `dir` is an open directory or AT_FDCWD.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = f.read(&mut chunk)?;
-        buf.extend_from_slice(&chunk[..n]);
-        if n < chunk.len() {
-            return Ok(());
-        }
-        if buf.len() > 1 << 20 {
-            return Err(std::io::Error::other("key source larger than 1 MiB"));
-        }
-    }
+/// Reads a small procfs/sysfs file whole (these come whole from their first read).
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(64);
+    File::open(path)?.take(4096).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
-fn c_path(p: &Path) -> std::io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
-}
-
-fn read_small(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    read_small_at(libc::AT_FDCWD, &c_path(path)?, buf)
-}
-
-/// An open directory stream (closed on drop).
-struct DirStream(*mut libc::DIR);
-
-impl DirStream {
-    fn open(path: &Path) -> std::io::Result<DirStream> {
-        let p = c_path(path)?;
-        // SAFETY: `p` is a NUL-terminated path.
-        let d = unsafe { libc::opendir(p.as_ptr()) };
-        if d.is_null() {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(DirStream(d))
-    }
-
-    fn fd(&self) -> RawFd {
-        // SAFETY: the stream is open.
-        unsafe { libc::dirfd(self.0) }
-    }
-
-    /// The entries' names but `.` and `..`, sorted.
-    fn names(&mut self) -> std::io::Result<Vec<CString>> {
-        let mut names = Vec::new();
-        loop {
-            // SAFETY: errno is thread-local; readdir only reports errors through it.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: the stream is open; the entry stays valid until the next readdir call.
-            let ent = unsafe { libc::readdir(self.0) };
-            if ent.is_null() {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(0) {
-                    break;
-                }
-                return Err(e);
-            }
-            // SAFETY: `d_name` of a valid entry is NUL-terminated.
-            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-}
-
-impl Drop for DirStream {
-    fn drop(&mut self) {
-        // SAFETY: the stream is open and closed only here.
-        unsafe { libc::closedir(self.0) };
-    }
-}
-
-/// Appends one named field to the key material: `name NUL`, then `0` (absent or unreadable)
-/// or `1`, the length (u64 LE) and the bytes.
+/// Appends one named field to the key material: `name NUL`, then `0` (absent) or `1`, the
+/// length (u64 LE) and the bytes.
 fn field(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
     out.extend_from_slice(name);
     out.push(0);
@@ -299,60 +213,42 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
     }
 }
 
-/// The key material: the boot id, kernel release and version (all required), then for each of
-/// [`KVM_MODULES`] present, every `parameters/*` file (sorted by name) and `coresize`, and the
-/// guest xstate permission. Unambiguous: every field is named and length-prefixed.
+/// The key material: the boot id (required), then for each of [`KVM_MODULES`] whether it is
+/// loaded and the inode number of its `/sys/module/NAME` directory, the microcode revision, the
+/// guest xstate permission and the host's leaf 7 feature words. Unambiguous: every field is named and
+/// length-prefixed.
+///
+/// Why the module's inode stands for its parameters: sysfs (kernfs) gives every node a
+/// never-reused inode number (a cyclic id plus a generation), and unloading a module removes
+/// its directory, so a reload — the only way to change a read-only parameter, and the moment
+/// KVM recomputes what it supports — gives a new number. The writable parameters (halt
+/// polling, `ignore_msrs`, `nx_huge_pages`, ... in Linux 6.12) are not read when KVM builds the
+/// table. The kernel itself cannot change without a new boot id.
 pub fn key_material(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
-    let mut out = Vec::with_capacity(2048);
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(KVM_MAX_CPUID_ENTRIES as u64).to_le_bytes());
-    let mut buf = Vec::with_capacity(256);
-    for (name, rel) in [
-        ("boot_id", "random/boot_id"),
-        ("osrelease", "osrelease"),
-        ("version", "version"),
-    ] {
-        buf.clear();
-        read_small(&src.proc_kernel.join(rel), &mut buf)
-            .map_err(|e| CpuidCacheError::KeySource(name, e))?;
-        field(&mut out, name.as_bytes(), Some(&buf));
-    }
+    let boot_id = read_small(&src.boot_id).map_err(|e| CpuidCacheError::KeySource("boot_id", e))?;
+    field(&mut out, b"boot_id", Some(&boot_id));
     for module in KVM_MODULES {
-        let dir = src.sys_module.join(module);
-        let params = dir.join("parameters");
-        let module_field = format!("{module}/");
-        let stream = match DirStream::open(&params) {
-            Ok(d) => Some(d),
+        let ino = match fs::metadata(src.sys_module.join(module)) {
+            Ok(m) => Some(m.ino().to_le_bytes()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(CpuidCacheError::KeySource("module parameters", e)),
+            Err(e) => return Err(CpuidCacheError::KeySource("module directory", e)),
         };
-        // Present (with or without parameters) or not loaded.
-        if stream.is_none() && !dir.exists() {
-            field(&mut out, module_field.as_bytes(), None);
-            continue;
-        }
-        field(&mut out, module_field.as_bytes(), Some(&[]));
-        if let Some(mut stream) = stream {
-            let names = stream
-                .names()
-                .map_err(|e| CpuidCacheError::KeySource("module parameters", e))?;
-            for n in names {
-                buf.clear();
-                // Write-only or unreadable parameters count as present but unreadable.
-                let v = read_small_at(stream.fd(), &n, &mut buf)
-                    .ok()
-                    .map(|_| &buf[..]);
-                let mut name = format!("{module}/parameters/").into_bytes();
-                name.extend_from_slice(n.to_bytes());
-                field(&mut out, &name, v);
-            }
-        }
-        buf.clear();
-        let v = read_small(&dir.join("coresize"), &mut buf)
-            .ok()
-            .map(|_| &buf[..]);
-        field(&mut out, format!("{module}/coresize").as_bytes(), v);
+        field(
+            &mut out,
+            format!("{module}/ino").as_bytes(),
+            ino.as_ref().map(|i| &i[..]),
+        );
     }
+    let microcode = match read_small(&src.microcode) {
+        Ok(v) => Some(v),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(CpuidCacheError::KeySource("microcode", e)),
+    };
+    field(&mut out, b"microcode", microcode.as_deref());
     let perm = src.xcomp_guest_perm.map(u64::to_le_bytes);
     field(&mut out, b"xcomp_guest_perm", perm.as_ref().map(|p| &p[..]));
     let features: Vec<u8> = src
@@ -424,7 +320,32 @@ impl CpuidCache {
             let _ = fs::remove_file(&tmp);
             return Err(CpuidCacheError::Io("write", e));
         }
+        self.collect(key);
         Ok(())
+    }
+
+    /// Removes all entries but `key`'s and the [`KEEP_OTHER_ENTRIES`] most recently written
+    /// others. Best effort: an entry that cannot be listed or removed stays.
+    fn collect(&self, key: &[u8; KEY_LEN]) {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let current = hex::encode(key);
+        let mut others: Vec<(std::time::SystemTime, PathBuf)> = dir
+            .flatten()
+            .filter(|d| {
+                let name = d.file_name();
+                let name = name.to_string_lossy();
+                name.len() == 2 * KEY_LEN
+                    && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    && name != current
+            })
+            .filter_map(|d| Some((d.metadata().ok()?.modified().ok()?, d.path())))
+            .collect();
+        others.sort_by_key(|o| std::cmp::Reverse(o.0));
+        for (_, path) in others.into_iter().skip(KEEP_OTHER_ENTRIES) {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -603,26 +524,32 @@ mod tests {
         ));
     }
 
-    /// A fake `/proc/sys/kernel` and `/sys/module`.
+    /// A fake boot id and `/sys/module`.
     fn tree(dir: &Path) -> KeySources {
-        let k = dir.join("proc");
-        fs::create_dir_all(k.join("random")).unwrap();
-        fs::write(k.join("random/boot_id"), "1b2234cb\n").unwrap();
-        fs::write(k.join("osrelease"), "6.18.44\n").unwrap();
-        fs::write(k.join("version"), "#1 SMP\n").unwrap();
+        let boot_id = dir.join("boot_id");
+        fs::write(&boot_id, "1b2234cb\n").unwrap();
         let m = dir.join("module");
         fs::create_dir_all(m.join("kvm/parameters")).unwrap();
         fs::write(m.join("kvm/parameters/enable_pmu"), "Y\n").unwrap();
-        fs::write(m.join("kvm/parameters/halt_poll_ns"), "200000\n").unwrap();
         fs::create_dir_all(m.join("kvm_intel/parameters")).unwrap();
-        fs::write(m.join("kvm_intel/parameters/nested"), "N\n").unwrap();
-        fs::write(m.join("kvm_intel/coresize"), "409600\n").unwrap();
+        let microcode = dir.join("microcode");
+        fs::write(&microcode, "0x2b000603\n").unwrap();
         KeySources {
-            proc_kernel: k,
+            boot_id,
             sys_module: m,
+            microcode,
             xcomp_guest_perm: Some(0x2e7),
             host_features: vec![0x7ffa_fbff, 0xbfeb_fbff, 0x029c_67af],
         }
+    }
+
+    /// Replaces directory `p` by a new one (as a module reload does in sysfs): the new
+    /// directory exists before the old one goes, so it cannot get the old inode number.
+    fn recreate(p: &Path) {
+        let new = p.with_extension("new");
+        fs::create_dir(&new).unwrap();
+        fs::remove_dir_all(p).unwrap();
+        fs::rename(&new, p).unwrap();
     }
 
     #[test]
@@ -637,39 +564,27 @@ mod tests {
             assert!(!seen.contains(&k), "{what} did not change the key");
             seen.push(k);
         }
-        for (file, v) in [
-            ("proc/random/boot_id", "2c3345dc\n"),
-            ("proc/osrelease", "6.18.45\n"),
-            ("proc/version", "#2 SMP\n"),
-            ("module/kvm/parameters/enable_pmu", "N\n"),
-            ("module/kvm/parameters/halt_poll_ns", "0\n"),
-            ("module/kvm_intel/parameters/nested", "Y\n"),
-            ("module/kvm_intel/coresize", "409601\n"),
-            // A new parameter file, a new coresize.
-            ("module/kvm_intel/parameters/ept", "Y\n"),
-            ("module/kvm/coresize", "1000\n"),
-        ] {
-            fs::write(p(file), v).unwrap();
-            changed(&mut seen, file, key(&src).unwrap());
-        }
-        // Moving a value to another parameter's name.
-        fs::rename(
-            p("module/kvm_intel/parameters/ept"),
-            p("module/kvm_intel/parameters/ep"),
-        )
-        .unwrap();
-        changed(&mut seen, "renamed parameter", key(&src).unwrap());
-        // Another module loaded (even without parameters), or one unloaded.
+        fs::write(p("boot_id"), "2c3345dc\n").unwrap();
+        changed(&mut seen, "boot id", key(&src).unwrap());
+        fs::write(p("microcode"), "0x2b000604\n").unwrap();
+        changed(&mut seen, "microcode revision", key(&src).unwrap());
+        fs::remove_file(p("microcode")).unwrap();
+        changed(&mut seen, "no microcode revision", key(&src).unwrap());
+        // A module reloaded (its parameters may differ), loaded or unloaded.
+        recreate(&p("module/kvm_intel"));
+        changed(&mut seen, "kvm_intel reloaded", key(&src).unwrap());
+        recreate(&p("module/kvm"));
+        changed(&mut seen, "kvm reloaded", key(&src).unwrap());
         fs::create_dir_all(p("module/kvm_amd")).unwrap();
         changed(&mut seen, "kvm_amd loaded", key(&src).unwrap());
         fs::create_dir_all(p("module/kvm_pvm/parameters")).unwrap();
-        fs::write(p("module/kvm_pvm/parameters/force"), "N\n").unwrap();
         changed(&mut seen, "kvm_pvm loaded", key(&src).unwrap());
         fs::remove_dir_all(p("module/kvm_intel")).unwrap();
         changed(&mut seen, "kvm_intel unloaded", key(&src).unwrap());
-        // Modules other than KVM's do not matter.
+        // Modules other than KVM's do not matter, nor does anything inside a module's
+        // directory (sysfs only changes it with a reload).
         fs::create_dir_all(p("module/ext4/parameters")).unwrap();
-        fs::write(p("module/ext4/parameters/x"), "1\n").unwrap();
+        fs::write(p("module/kvm/refcnt"), "3\n").unwrap();
         assert_eq!(key(&src).unwrap(), *seen.last().unwrap());
         // The process's guest xstate permission.
         let mut other = src.clone();
@@ -681,11 +596,47 @@ mod tests {
         other.host_features[2] ^= 1 << 11;
         changed(&mut seen, "host feature bit", key(&other).unwrap());
         // No boot id: no key.
-        fs::remove_file(p("proc/random/boot_id")).unwrap();
+        fs::remove_file(p("boot_id")).unwrap();
         assert!(matches!(
             key(&src),
             Err(CpuidCacheError::KeySource("boot_id", _))
         ));
+    }
+
+    #[test]
+    fn storing_keeps_only_the_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CpuidCache::new(dir.path().join("cpuid"));
+        let t = table(3);
+        let total = KEEP_OTHER_ENTRIES as u8 + 4;
+        for i in 0..total {
+            cache.store(&[i; 32], &t).unwrap();
+            // Distinct modification times, oldest first.
+            let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + u64::from(i));
+            File::options()
+                .write(true)
+                .open(cache.entry_path(&[i; 32]))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        // Files that are not entries are left alone.
+        fs::write(cache.dir().join("notes.txt"), b"mine").unwrap();
+        // Storing again the oldest key keeps it and the newest others.
+        cache.store(&[0; 32], &t).unwrap();
+        let mut left: Vec<String> = fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = std::iter::once(0)
+            .chain(total - KEEP_OTHER_ENTRIES as u8..total)
+            .map(|i| hex::encode([i; 32]))
+            .collect();
+        want.push("notes.txt".into());
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(cache.load(&[0; 32]).unwrap(), t);
     }
 
     #[test]
@@ -781,14 +732,14 @@ mod tests {
         assert_eq!(cache.load(&key(&src).unwrap()).unwrap(), t);
 
         // A changed input: a miss (new entry), the old entry untouched.
-        fs::write(dir.path().join("module/kvm/parameters/enable_pmu"), "N\n").unwrap();
+        recreate(&dir.path().join("module/kvm"));
         let (_, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
         assert!(matches!(l.source, CpuidSource::Kvm { cache: None, .. }));
         assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2);
 
         // No key (no boot id), or an unwritable cache: the ioctl, never an error.
         let mut no_key = src.clone();
-        no_key.proc_kernel = dir.path().join("nowhere");
+        no_key.boot_id = dir.path().join("nowhere");
         let (c, l) = supported_cpuid(Some(&cache), &no_key, fetch_ok).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(
