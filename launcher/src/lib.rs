@@ -1,5 +1,6 @@
 //! hyperlaunch: boots a `.pod` in a minimal KVM micro-VM (or QEMU where KVM cannot run it).
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod devices;

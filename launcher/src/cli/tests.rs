@@ -1,0 +1,279 @@
+use super::*;
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn launch(args: &[&str]) -> LaunchConfig {
+    match parse(&os(args)) {
+        Ok(Command::Launch(c)) => *c,
+        other => panic!("{args:?}: {other:?}"),
+    }
+}
+
+fn err(args: &[&str]) -> CliError {
+    match parse(&os(args)) {
+        Err(e) => e,
+        other => panic!("{args:?} was accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn options_become_a_launch_config() {
+    let c = launch(&[
+        "--memory",
+        "256",
+        "--vcpus=2",
+        "-e",
+        "A=1",
+        "--env=B=2=3",
+        "-eC=x",
+        "--entrypoint",
+        "/bin/sh",
+        "-w",
+        "/tmp",
+        "--user",
+        "1:2",
+        "--hostname",
+        "box",
+        "--disk",
+        "d.img:ro",
+        "--disk=e.img",
+        "--timeout",
+        "1.5",
+        "--grace",
+        "0",
+        "-it",
+        "--timing",
+        "--verify",
+        "--engine",
+        "kvm",
+        "app.pod",
+        "--",
+        "x",
+        "-y",
+        "--timing",
+    ]);
+    assert_eq!(c.pod, PathBuf::from("app.pod"));
+    assert_eq!((c.memory_mib, c.vcpus), (Some(256), Some(2)));
+    assert_eq!(c.overrides.env, vec!["A=1", "B=2=3", "C=x"]);
+    assert_eq!(
+        c.overrides.args,
+        Some(vec!["x".into(), "-y".into(), "--timing".into()])
+    );
+    assert_eq!(c.overrides.entrypoint, Some(vec!["/bin/sh".into()]));
+    assert_eq!(c.overrides.workdir.as_deref(), Some("/tmp"));
+    assert_eq!(c.overrides.user.as_deref(), Some("1:2"));
+    assert_eq!(c.overrides.hostname.as_deref(), Some("box"));
+    assert_eq!(
+        c.disks,
+        vec![
+            Disk {
+                path: "d.img".into(),
+                read_only: true
+            },
+            Disk {
+                path: "e.img".into(),
+                read_only: false
+            }
+        ]
+    );
+    assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(c.grace, Duration::ZERO);
+    assert!(c.tty && c.interactive && c.timing && c.verify && c.overrides.tty);
+    assert_eq!(c.engine, Engine::Kvm);
+}
+
+#[test]
+fn defaults_and_placement() {
+    let plain = launch(&["p.pod"]);
+    assert!(plain.overrides.is_empty());
+    assert_eq!(plain.engine, Engine::Auto);
+    assert_eq!(plain.grace, Duration::from_secs(10));
+    assert_eq!((plain.memory_mib, plain.timeout), (None, None));
+    assert!(!(plain.tty || plain.interactive || plain.timing || plain.verify));
+    // Options after the pod, a cluster ending in a value, `--` with nothing after it.
+    let c = launch(&["p.pod", "--timing", "-tiw/srv", "--"]);
+    assert!(c.timing && c.tty && c.interactive);
+    assert_eq!(c.overrides.workdir.as_deref(), Some("/srv"));
+    assert_eq!(c.overrides.args, None);
+    // A value that looks like an option is still the value; `-` is a pod name.
+    assert_eq!(
+        launch(&["-u", "-1", "p"]).overrides.user.as_deref(),
+        Some("-1")
+    );
+    assert_eq!(launch(&["-"]).pod, PathBuf::from("-"));
+    // An empty entrypoint clears it.
+    assert_eq!(
+        launch(&["--entrypoint", "", "p"]).overrides.entrypoint,
+        Some(vec![])
+    );
+}
+
+#[test]
+fn env_without_value_takes_the_hosts() {
+    // PATH is set in any test environment; a name that is unset passes nothing.
+    let path = std::env::var("PATH").unwrap();
+    let c = launch(&["-e", "PATH", "-e", "HYPERPOD_SURELY_UNSET_VAR", "p"]);
+    assert_eq!(c.overrides.env, vec![format!("PATH={path}")]);
+}
+
+#[test]
+fn bad_command_lines_are_refused_by_name() {
+    assert_eq!(err(&[]), CliError::NoPod);
+    assert_eq!(err(&["--timing"]), CliError::NoPod);
+    assert_eq!(err(&["a.pod", "b.pod"]), CliError::Extra("b.pod".into()));
+    assert_eq!(err(&["--nope", "p"]), CliError::Unknown("--nope".into()));
+    assert_eq!(err(&["-x", "p"]), CliError::Unknown("-x".into()));
+    assert_eq!(err(&["-tx", "p"]), CliError::Unknown("-x".into()));
+    assert_eq!(
+        err(&["p", "--memory"]),
+        CliError::MissingValue("--memory".into())
+    );
+    assert_eq!(err(&["p", "-e"]), CliError::MissingValue("-e".into()));
+    assert_eq!(
+        err(&["--timing=1", "p"]),
+        CliError::UnwantedValue("--timing".into())
+    );
+    assert!(
+        matches!(err(&["--memory", "1G", "p"]), CliError::BadValue(n, v, _) if n == "--memory" && v == "1G")
+    );
+    assert!(matches!(err(&["--vcpus=-1", "p"]), CliError::BadValue(..)));
+    assert!(matches!(
+        err(&["--timeout", "-1", "p"]),
+        CliError::BadValue(..)
+    ));
+    assert!(matches!(
+        err(&["--grace", "NaN", "p"]),
+        CliError::BadValue(..)
+    ));
+    assert!(matches!(
+        err(&["--engine", "xen", "p"]),
+        CliError::BadValue(..)
+    ));
+    assert_eq!(err(&["-e", "=x", "p"]), CliError::EmptyEnvName("=x".into()));
+    assert_eq!(err(&["--env=", "p"]), CliError::EmptyEnvName(String::new()));
+    assert_eq!(
+        err(&["--disk", ":ro", "p"]),
+        CliError::EmptyDisk(":ro".into())
+    );
+    // Every message is one line.
+    for e in [err(&[]), err(&["a", "b"]), err(&["--memory", "x", "p"])] {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn non_utf8_paths_pass_and_non_utf8_text_is_refused() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = OsString::from_vec(vec![b'p', 0xff]);
+    let mut args = vec![OsString::from("--disk"), bad.clone(), bad.clone()];
+    match parse(&args) {
+        Ok(Command::Launch(c)) => {
+            assert_eq!(c.pod.as_os_str(), bad.as_os_str());
+            assert_eq!(c.disks[0].path.as_os_str(), bad.as_os_str());
+        }
+        other => panic!("{other:?}"),
+    }
+    args.extend([OsString::from("--"), bad.clone()]);
+    assert_eq!(
+        parse(&args).unwrap_err(),
+        CliError::NotUtf8("an app argument".into())
+    );
+    let args = vec![OsString::from("-u"), bad, OsString::from("p")];
+    assert_eq!(parse(&args).unwrap_err(), CliError::NotUtf8("-u".into()));
+}
+
+#[test]
+fn help_version_and_doctor() {
+    for h in [
+        &["--help"][..],
+        &["p.pod", "-h"],
+        &["-ith"],
+        &["--memory", "x", "--help"],
+    ] {
+        assert!(
+            matches!(parse(&os(h)), Ok(Command::Print(t)) if t == HELP),
+            "{h:?}"
+        );
+    }
+    assert!(
+        matches!(parse(&os(&["-V"])), Ok(Command::Print(t)) if t.starts_with("hyperlaunch 0."))
+    );
+    assert!(matches!(
+        parse(&os(&["doctor"])),
+        Ok(Command::Doctor { json: false })
+    ));
+    assert!(matches!(
+        parse(&os(&["doctor", "--json"])),
+        Ok(Command::Doctor { json: true })
+    ));
+    assert!(matches!(parse(&os(&["doctor", "-h"])), Ok(Command::Print(t)) if t == DOCTOR_HELP));
+    assert_eq!(
+        parse(&os(&["doctor", "--jsn"])).unwrap_err(),
+        CliError::Unknown("--jsn".into())
+    );
+    // A pod named "doctor" is reachable as ./doctor.
+    assert_eq!(launch(&["./doctor"]).pod, PathBuf::from("./doctor"));
+    // Every option in the help text parses.
+    for line in HELP.lines().filter(|l| l.trim_start().starts_with('-')) {
+        let long = line
+            .split_whitespace()
+            .find(|w| w.starts_with("--"))
+            .unwrap();
+        let name = long.trim_end_matches(',').trim_start_matches("--");
+        assert!(
+            Opt::long(name).is_some(),
+            "{name} in the help is not parsed"
+        );
+    }
+}
+
+#[test]
+fn random_command_lines_never_panic() {
+    let pieces = [
+        "--",
+        "-",
+        "-e",
+        "-it",
+        "-eA=1",
+        "--env",
+        "--env=",
+        "--memory",
+        "--memory=",
+        "64",
+        "-1",
+        "x.pod",
+        "--disk",
+        ":ro",
+        "--timeout",
+        "1e300",
+        "--engine",
+        "qemu",
+        "-h",
+        "-V",
+        "-w",
+        "--grace=",
+        "doctor",
+        "--json",
+        "=",
+        "-tiu",
+        "--timing=",
+        "--nope",
+        "",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..5000 {
+        let n = (next() % 8) as usize;
+        let args: Vec<OsString> = (0..n)
+            .map(|_| OsString::from(pieces[(next() % pieces.len() as u64) as usize]))
+            .collect();
+        let _ = parse(&args);
+    }
+}
