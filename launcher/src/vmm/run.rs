@@ -199,7 +199,6 @@ fn vcpu_loop(
     first_run: Arc<OnceLock<Instant>>,
     first_exit: Arc<OnceLock<Instant>>,
 ) {
-    block_stop_signals();
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -254,8 +253,8 @@ fn vcpu_loop(
     }
 }
 
-/// SIGINT and SIGTERM go to the supervisor's `sigwait` thread (or, without forwarding, end the
-/// process), never to a vCPU thread: these are started before forwarding blocks the signals.
+/// Blocks SIGINT and SIGTERM in this thread: with forwarding they go to the `sigwait` thread
+/// only; without it, to a thread that is not a spawned vCPU's (and end the process).
 fn block_stop_signals() {
     // SAFETY: building a signal set and changing this thread's mask has no memory effects
     // beyond the local set.
@@ -329,9 +328,34 @@ pub struct Runner {
     pub events_tx: Sender<Event>,
 }
 
-/// Runs the VM to its end; returns the launcher's exit code.
+/// A running vCPU thread as the supervisor sees it: where to send the kick, and whether its
+/// loop has returned.
+struct VcpuThread {
+    pthread: libc::pthread_t,
+    done: Arc<AtomicBool>,
+}
+
+/// What the supervisor learnt by the end of the run.
+struct Supervised {
+    ending: Ending,
+    status: Option<u8>,
+    panic: Option<String>,
+    init: Option<Instant>,
+    app_exec: Option<Instant>,
+    exit: Instant,
+}
+
+/// Runs the VM to its end; returns the launcher's exit code. vCPU 0 runs on the calling
+/// thread, so nothing but this thread's own work stands between the caller and the guest's
+/// first instruction; a supervisor thread (events, signals, stdin, timeout) and the other
+/// vCPUs' threads are started first.
 pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     install_kick_handler();
+    if opts.forward_signals {
+        // Every thread of the run inherits this mask; the forwarding thread takes the
+        // signals with sigwait.
+        block_stop_signals();
+    }
     let Runner {
         vcpus,
         devices,
@@ -339,39 +363,118 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events_tx,
     } = runner;
     let stop = Arc::new(AtomicBool::new(false));
+    let mut vcpus = vcpus.into_iter();
+    let Some(vcpu0) = vcpus.next() else {
+        return Outcome {
+            code: EXIT_LAUNCHER,
+            message: Some("no vCPU to run".into()),
+        };
+    };
+    let done0 = Arc::new(AtomicBool::new(false));
+    // SAFETY: pthread_self has no preconditions.
+    let this_thread = unsafe { libc::pthread_self() };
+    let mut kicks = vec![VcpuThread {
+        pthread: this_thread,
+        done: done0.clone(),
+    }];
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
+    let mut failed = None;
+    for (id, vcpu) in vcpus.enumerate().map(|(i, v)| (i + 1, v)) {
         let (d, s, tx) = (devices.clone(), stop.clone(), events_tx.clone());
         let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_loop(vcpu, id, d, s, tx, fr, fe));
+            .spawn(move || {
+                block_stop_signals();
+                vcpu_loop(vcpu, id, d, s, tx, fr, fe);
+                finished.store(true, Ordering::SeqCst);
+            });
         match spawned {
-            Ok(t) => threads.push(t),
+            Ok(t) => {
+                kicks.push(VcpuThread {
+                    pthread: t.as_pthread_t(),
+                    done,
+                });
+                threads.push(t);
+            }
             Err(e) => {
-                stop_vcpus(&stop, threads);
-                return Outcome {
-                    code: EXIT_LAUNCHER,
-                    message: Some(format!("cannot start vCPU thread: {e}")),
-                };
+                failed = Some(format!("cannot start vCPU thread: {e}"));
+                break;
             }
         }
     }
-    // Signal forwarding starts once the vCPU threads exist: a thread spawn less on the way to
-    // the guest's first instruction. Those threads block SIGINT/SIGTERM themselves.
-    if opts.forward_signals {
-        forward_signals(events_tx.clone());
+    let supervisor = if failed.is_none() {
+        let (opts, devices, stop, tx) = (
+            opts.clone(),
+            devices.clone(),
+            stop.clone(),
+            events_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || supervise(&opts, events, tx, devices, stop, &kicks))
+            .map_err(|e| failed = Some(format!("cannot start the supervisor thread: {e}")))
+            .ok()
+    } else {
+        None
+    };
+    let Some(supervisor) = supervisor else {
+        stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            kick_until_finished(t);
+        }
+        return Outcome {
+            code: EXIT_LAUNCHER,
+            message: failed,
+        };
+    };
+    let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
+    vcpu_loop(vcpu0, 0, devices, stop, events_tx, fr, fe);
+    done0.store(true, Ordering::SeqCst);
+    let Ok(sup) = supervisor.join() else {
+        return Outcome {
+            code: EXIT_LAUNCHER,
+            message: Some("the supervisor thread panicked".into()),
+        };
+    };
+    // The supervisor returned after every vCPU loop did (or gave up on one).
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        }
     }
-    drop(events_tx);
+    marks.init = sup.init;
+    marks.app_exec = sup.app_exec;
+    marks.exit = Some(sup.exit);
+    outcome(&sup.ending, sup.status, sup.panic.as_deref())
+}
+
+/// The supervisor thread: starts signal and stdin forwarding, then follows the run's events
+/// until the VM ends, and stops every vCPU.
+fn supervise(
+    opts: &RunOptions,
+    events: Receiver<Event>,
+    events_tx: Sender<Event>,
+    devices: Arc<Mutex<Devices>>,
+    stop: Arc<AtomicBool>,
+    vcpus: &[VcpuThread],
+) -> Supervised {
+    if opts.forward_signals {
+        forward_signals(events_tx);
+    } else {
+        drop(events_tx);
+    }
     if opts.stdin {
         forward_stdin(devices.clone(), stop.clone());
     }
-
     let start = Instant::now();
     let deadline = opts.timeout.map(|t| start + t);
     let mut grace_deadline: Option<Instant> = None;
     let mut status: Option<u8> = None;
     let mut panic: Option<String> = None;
+    let (mut init, mut app_exec) = (None, None);
     let ending = loop {
         let next = [deadline, grace_deadline].into_iter().flatten().min();
         let ev = match next {
@@ -380,8 +483,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         };
         match ev {
             Ok(Event::Control(ControlReport::Event(at, ev))) => match ev {
-                GuestEvent::Mark(Mark::Init) => marks.init = Some(at),
-                GuestEvent::Mark(Mark::Exec) => marks.app_exec = Some(at),
+                GuestEvent::Mark(Mark::Init) => init = Some(at),
+                GuestEvent::Mark(Mark::Exec) => app_exec = Some(at),
                 GuestEvent::Exit(code) => status = Some(code),
                 GuestEvent::Panic(p) => panic = Some(p),
             },
@@ -419,33 +522,67 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
             }
         }
     };
-    stop_vcpus(&stop, threads);
+    let stopped = stop_vcpus(&stop, vcpus);
     // Lines written just before the stop are already queued: take them into account.
     while let Ok(ev) = events.try_recv() {
         if let Event::Control(ControlReport::Event(_, GuestEvent::Exit(code))) = ev {
             status.get_or_insert(code);
         }
     }
-    marks.exit = Some(Instant::now());
-    outcome(&ending, status, panic.as_deref())
+    let sup = Supervised {
+        ending,
+        status,
+        panic,
+        init,
+        app_exec,
+        exit: Instant::now(),
+    };
+    if !stopped {
+        // A vCPU stuck in KVM_RUN (the calling thread's among them) would keep the process
+        // alive: end it here with the run's outcome.
+        let o = outcome(&sup.ending, sup.status, sup.panic.as_deref());
+        let why = o.message.map(|m| format!("{m}; ")).unwrap_or_default();
+        eprintln!("hyperlaunch: {why}a vCPU did not stop within 2 s of the VM's end; exiting");
+        std::process::exit(o.code);
+    }
+    sup
 }
 
-/// Stops every vCPU: sets the flag, then kicks each thread out of `KVM_RUN` until it is gone.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Stops every vCPU: sets the flag, then kicks each thread out of `KVM_RUN` until its loop has
+/// returned. False if one has not within 2 s.
+fn stop_vcpus(stop: &AtomicBool, vcpus: &[VcpuThread]) -> bool {
     stop.store(true, Ordering::SeqCst);
     let give_up = Instant::now() + Duration::from_secs(2);
-    for t in threads {
-        while !t.is_finished() && Instant::now() < give_up {
-            // SAFETY: the thread is alive (not finished, and not yet joined), so its pthread_t is
-            // valid; the kick signal has a no-op handler.
+    for v in vcpus {
+        while !v.done.load(Ordering::SeqCst) {
+            if Instant::now() >= give_up {
+                return false;
+            }
+            // SAFETY: the thread is alive: its owner joins it only after this function has
+            // returned; the kick signal has a no-op handler.
             unsafe {
-                libc::pthread_kill(t.as_pthread_t(), kick_signal());
+                libc::pthread_kill(v.pthread, kick_signal());
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        if t.is_finished() {
-            let _ = t.join();
+    }
+    true
+}
+
+/// Kicks a spawned vCPU thread (whose stop flag is set) until it has finished, for at most
+/// 2 s, and joins it if it did.
+fn kick_until_finished(t: JoinHandle<()>) {
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while !t.is_finished() && Instant::now() < give_up {
+        // SAFETY: the thread is alive (not finished, and not yet joined), so its pthread_t is
+        // valid; the kick signal has a no-op handler.
+        unsafe {
+            libc::pthread_kill(t.as_pthread_t(), kick_signal());
         }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    if t.is_finished() {
+        let _ = t.join();
     }
 }
 
