@@ -4,11 +4,11 @@
 //! initramfs goes at the top of low RAM; the 32-bit hole below 4 GiB holds the virtio-mmio
 //! windows and KVM's private pages, and RAM beyond it continues at 4 GiB.
 
-/// GDT used for the first instructions (flat code/data segments).
+/// GDT used for the first instructions (flat code/data segments, TSS: 5 entries, 40 bytes).
 pub const BOOT_GDT: u64 = 0x500;
 /// Empty IDT loaded for the first instructions (any exception before the kernel's own IDT is a
 /// triple fault).
-pub const BOOT_IDT: u64 = 0x520;
+pub const BOOT_IDT: u64 = 0x540;
 /// PVH `hvm_start_info` (56 bytes).
 pub const PVH_START_INFO: u64 = 0x6000;
 /// PVH module list: one `hvm_modlist_entry` for the initramfs (32 bytes).
@@ -88,6 +88,7 @@ pub const fn virtio_mmio_addr(i: usize) -> u64 {
 // The layout checked at compile time: boot structures do not overlap, the virtio windows end
 // below the IO-APIC, and no virtio IRQ collides with a UART's or exceeds the IO-APIC's pins.
 const _: () = {
+    assert!(BOOT_GDT + 40 <= BOOT_IDT && BOOT_IDT + 8 <= PVH_START_INFO);
     assert!(PVH_START_INFO + 56 <= PVH_MODLIST);
     assert!(PVH_MODLIST + 32 <= PVH_MEMMAP);
     assert!(PVH_MEMMAP + 24 * MAX_E820_ENTRIES as u64 <= ZERO_PAGE);

@@ -60,7 +60,7 @@ fn boot_and_check(dir: &Path, load: u64, exit_code: u8, memory_mib: u64) {
         line(&r, "BZ: startup_64 at "),
         format!("{:#x}", load + 0x200)
     );
-    assert!(line(&r, "BZ: long mode").starts_with(", cs "));
+    assert_eq!(line(&r, "BZ: long mode"), ", cs 0x10 ds 0x18 ss 0x18");
     let setup = line(&r, "SETUP: ");
     let want = format!(
         "HdrS version {:#x} setup_sects {} xloadflags 0x1 code32_start {load:#x} init_size {:#x}",

@@ -39,6 +39,8 @@ pub enum BootError {
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("cannot write the command line")]
     WriteCmdline(#[source] linux_loader::loader::Error),
+    #[error("kernel command line is {len} bytes, more than the {max} this kernel accepts")]
+    CmdlineTooLong { len: usize, max: usize },
     #[error(
         "initramfs of {size} bytes does not fit between the kernel end {kernel_end:#x} and {limit:#x}"
     )]
@@ -55,6 +57,8 @@ pub enum BootError {
 
 /// `XEN_HVM_START_MAGIC_VALUE`.
 const PVH_MAGIC: u32 = 0x336e_c578;
+/// Boot protocol version from which the setup header has `cmdline_size`.
+const CMDLINE_SIZE_VERSION: u16 = 0x0206;
 /// `KERNEL_LOADER_OTHER` in `boot_params.hdr.type_of_loader`.
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// "HdrS".
@@ -275,10 +279,28 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo<'_>) -> Result<(),
     match info.kernel.mode {
         EntryMode::Pvh => write_pvh(mem, info, &map),
         EntryMode::Linux64 => {
-            let bp = linux_boot_params(info, &map, cmdline_len as u32);
+            let max = cmdline_max(info.kernel.setup_header.as_ref());
+            if cmdline_len > max {
+                return Err(BootError::CmdlineTooLong {
+                    len: cmdline_len,
+                    max,
+                });
+            }
+            let bp = linux_boot_params(info, &map);
             mem.write_obj(bp, GuestAddress(layout::ZERO_PAGE))
                 .map_err(BootError::Memory)
         }
+    }
+}
+
+/// The longest command line (without its NUL) a kernel entered through the 64-bit boot
+/// protocol takes: a bzImage says so in `cmdline_size` (protocol 2.06+; 255 before), an ELF
+/// vmlinux without a setup header gets our buffer's size.
+fn cmdline_max(hdr: Option<&linux_loader::loader::bootparam::setup_header>) -> usize {
+    match hdr {
+        Some(h) if h.version >= CMDLINE_SIZE_VERSION => h.cmdline_size as usize,
+        Some(_) => 255,
+        None => layout::CMDLINE_MAX - 1,
     }
 }
 
@@ -321,7 +343,7 @@ fn write_pvh(
 }
 
 /// The Linux zero page for the 64-bit entry.
-pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry], cmdline_len: u32) -> boot_params {
+pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry]) -> boot_params {
     let mut bp = boot_params::default();
     if let Some(h) = info.kernel.setup_header {
         bp.hdr = h;
@@ -331,7 +353,11 @@ pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry], cmdline_len: u3
     bp.hdr.header = HDRS_MAGIC;
     bp.hdr.kernel_alignment = KERNEL_ALIGNMENT;
     bp.hdr.cmd_line_ptr = layout::CMDLINE as u32;
-    bp.hdr.cmdline_size = cmdline_len;
+    // `cmdline_size` is the kernel's to state (a bzImage's is kept); without a setup header, the
+    // size of our buffer.
+    if info.kernel.setup_header.is_none() {
+        bp.hdr.cmdline_size = (layout::CMDLINE_MAX - 1) as u32;
+    }
     if let Some((addr, size)) = info.initramfs {
         bp.hdr.ramdisk_image = addr as u32;
         bp.hdr.ramdisk_size = size as u32;
@@ -419,11 +445,80 @@ mod tests {
             kernel: &k,
         };
         let map = e820_map(128 << 20);
-        let bp = linux_boot_params(&info, &map, 27);
+        let bp = linux_boot_params(&info, &map);
         assert_eq!(bp.e820_entries, 3);
+        let size = bp.hdr.cmdline_size;
+        assert_eq!(size as usize, layout::CMDLINE_MAX - 1);
         let image = bp.hdr.ramdisk_image;
         assert_eq!(image, 0x700_0000);
         let magic = bp.hdr.header;
         assert_eq!(magic, HDRS_MAGIC);
+        // A bzImage's own cmdline_size is kept, and is the limit.
+        let h = linux_loader::loader::bootparam::setup_header {
+            version: 0x020f,
+            cmdline_size: 2047,
+            ..Default::default()
+        };
+        let bz = LoadedKernel {
+            setup_header: Some(h),
+            ..k
+        };
+        let info = BootInfo {
+            kernel: &bz,
+            ..info
+        };
+        let size = linux_boot_params(&info, &map).hdr.cmdline_size;
+        assert_eq!(size, 2047);
+        assert_eq!(cmdline_max(Some(&h)), 2047);
+        let old = linux_loader::loader::bootparam::setup_header {
+            version: 0x0205,
+            ..h
+        };
+        assert_eq!(cmdline_max(Some(&old)), 255);
+        assert_eq!(cmdline_max(None), layout::CMDLINE_MAX - 1);
+    }
+
+    #[test]
+    fn a_command_line_longer_than_the_kernel_takes_is_refused() {
+        let mem = crate::vmm::memory::create_guest_memory(64).unwrap();
+        let long = "x".repeat(300);
+        let c = build_cmdline(&long, &[]).unwrap();
+        let h = linux_loader::loader::bootparam::setup_header {
+            version: 0x020f,
+            cmdline_size: 255,
+            ..Default::default()
+        };
+        let k = LoadedKernel {
+            mode: EntryMode::Linux64,
+            entry: 0x100_0000,
+            end: 0x200_0000,
+            setup_header: Some(h),
+        };
+        let info = BootInfo {
+            mem_bytes: 64 << 20,
+            cmdline: &c,
+            initramfs: None,
+            kernel: &k,
+        };
+        assert!(matches!(
+            write_boot_info(&mem, &info),
+            Err(BootError::CmdlineTooLong { len: 300, max: 255 })
+        ));
+        // The PVH entry has no such limit but our buffer's.
+        let pvh = LoadedKernel {
+            mode: EntryMode::Pvh,
+            setup_header: None,
+            ..k
+        };
+        assert!(
+            write_boot_info(
+                &mem,
+                &BootInfo {
+                    kernel: &pvh,
+                    ..info
+                }
+            )
+            .is_ok()
+        );
     }
 }

@@ -147,14 +147,26 @@ pub fn wire_lints(l: &mut kvm_lapic_state) {
     set_lapic_reg(l, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
 }
 
-/// GDT entries: null, code (0x08), data (0x10), TSS (0x18).
-pub fn gdt(mode: EntryMode) -> [u64; 4] {
+/// Selector of the boot code segment: `__BOOT_CS` of the Linux boot protocol, which the 64-bit
+/// entry requires (PVH takes any flat segment).
+pub const BOOT_CS: u16 = 0x10;
+/// Selector of the boot data segment: `__BOOT_DS`.
+pub const BOOT_DS: u16 = 0x18;
+/// Selector of the boot TSS.
+pub const BOOT_TSS: u16 = 0x20;
+
+/// GDT entries, indexed by selector / 8: null, unused, code ([`BOOT_CS`]), data ([`BOOT_DS`]),
+/// TSS ([`BOOT_TSS`]).
+pub fn gdt(mode: EntryMode) -> [u64; 5] {
     let code = match mode {
         EntryMode::Pvh => 0x00cf_9b00_0000_ffff,
         EntryMode::Linux64 => 0x00af_9b00_0000_ffff,
     };
-    [0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff]
+    [0, 0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff]
 }
+
+// The GDT fits the room `layout` gives it.
+const _: () = assert!(layout::BOOT_GDT + 5 * 8 <= layout::BOOT_IDT);
 
 fn segment(selector: u16, entry: u64) -> kvm_segment {
     kvm_segment {
@@ -177,15 +189,15 @@ fn segment(selector: u16, entry: u64) -> kvm_segment {
 /// Special registers for the entry `mode` (segments from [`gdt`]).
 pub fn boot_sregs(mut s: kvm_sregs, mode: EntryMode) -> kvm_sregs {
     let g = gdt(mode);
-    let code = segment(0x08, g[1]);
-    let data = segment(0x10, g[2]);
+    let code = segment(BOOT_CS, g[usize::from(BOOT_CS / 8)]);
+    let data = segment(BOOT_DS, g[usize::from(BOOT_DS / 8)]);
     s.cs = code;
     s.ds = data;
     s.es = data;
     s.fs = data;
     s.gs = data;
     s.ss = data;
-    s.tr = segment(0x18, g[3]);
+    s.tr = segment(BOOT_TSS, g[usize::from(BOOT_TSS / 8)]);
     s.gdt.base = layout::BOOT_GDT;
     s.gdt.limit = (g.len() * 8 - 1) as u16;
     s.idt.base = layout::BOOT_IDT;
@@ -348,7 +360,7 @@ mod tests {
         let s = boot_sregs(kvm_sregs::default(), EntryMode::Pvh);
         assert_eq!(
             (s.cs.selector, s.cs.db, s.cs.l, s.cr0 & 0x8000_0001),
-            (8, 1, 0, 1)
+            (BOOT_CS, 1, 0, 1)
         );
         assert_eq!(
             boot_regs(EntryMode::Pvh, 0x100_0000).rbx,
@@ -356,6 +368,24 @@ mod tests {
         );
         let s = boot_sregs(kvm_sregs::default(), EntryMode::Linux64);
         assert_eq!((s.cs.l, s.cs.db, s.efer), (1, 0, 0x500));
+        // The boot protocol's __BOOT_CS / __BOOT_DS, 4 GiB flat, execute/read and read/write.
+        assert_eq!(
+            (s.cs.selector, s.ds.selector, s.ss.selector),
+            (0x10, 0x18, 0x18)
+        );
+        assert_eq!(
+            (s.cs.type_, s.ds.type_, s.cs.g, s.ds.limit),
+            (0xb, 0x3, 1, 0xffff_ffff)
+        );
+        assert_eq!(s.gdt.limit, 5 * 8 - 1);
+        // Written where the registers point, the IDT beside it left empty.
+        let mem = crate::vmm::memory::create_guest_memory(16).unwrap();
+        write_boot_tables(&mem, EntryMode::Linux64).unwrap();
+        for (i, e) in gdt(EntryMode::Linux64).iter().enumerate() {
+            let at = GuestAddress(s.gdt.base + 8 * i as u64);
+            assert_eq!(mem.read_obj::<u64>(at).unwrap(), *e);
+        }
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(s.idt.base)).unwrap(), 0);
         assert_eq!(boot_regs(EntryMode::Linux64, 1).rsi, layout::ZERO_PAGE);
         assert_eq!(s.tr.type_, 0xb);
     }

@@ -78,6 +78,8 @@ static u64 rdmsr(u32 msr) {
     return ((u64)hi << 32) | lo;
 }
 static u16 cs_selector(void) { u16 v; __asm__ volatile("mov %%cs, %0" : "=r"(v)); return v; }
+static u16 ds_selector(void) { u16 v; __asm__ volatile("mov %%ds, %0" : "=r"(v)); return v; }
+static u16 ss_selector(void) { u16 v; __asm__ volatile("mov %%ss, %0" : "=r"(v)); return v; }
 
 void bz_main(const u8 *bp, u64 entry) {
     /* 0: entered at load address + 0x200, where this image was linked to run. */
@@ -87,7 +89,11 @@ void bz_main(const u8 *bp, u64 entry) {
     /* 1: long mode with paging (we run 64-bit code, so check the registers agree). */
     u64 efer = rdmsr(0xc0000080);
     if (!(efer & (1 << 10)) || !(rdcr0() & 0x80000000u)) fail(1, "not in long mode with paging");
-    puts("BZ: long mode, cs "); puthex64(cs_selector()); puts("\n");
+    puts("BZ: long mode, cs "); puthex64(cs_selector());
+    puts(" ds "); puthex64(ds_selector()); puts(" ss "); puthex64(ss_selector()); puts("\n");
+    /* The protocol's selectors: CS = __BOOT_CS (0x10), DS = SS = __BOOT_DS (0x18). */
+    if (cs_selector() != 0x10 || ds_selector() != 0x18 || ss_selector() != 0x18)
+        fail(1, "segments are not __BOOT_CS/__BOOT_DS");
 
     /* 2: %rsi points at a boot_params holding the kernel's setup header. */
     puts("BZ: boot_params at "); puthex64((u64)bp); puts("\n");
