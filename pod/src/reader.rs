@@ -318,6 +318,13 @@ impl Pod {
         Ok(Pod { file, layout })
     }
 
+    /// A pod from an open `file` and `bytes`, its whole contents (a mapping of it): the layout
+    /// is parsed from `bytes`, without reading the file again.
+    pub fn from_file_and_bytes(file: File, bytes: &[u8]) -> Result<Pod, PodError> {
+        let layout = parse_layout(bytes)?;
+        Ok(Pod { file, layout })
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.layout.manifest
     }

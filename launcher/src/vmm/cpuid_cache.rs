@@ -1,12 +1,12 @@
 //! A cache of `KVM_GET_SUPPORTED_CPUID` across launches. The table depends only on the host
 //! CPU, kernel, KVM modules (and their read-only parameters), the kernel command line and the
 //! calling process's guest xstate permission; all are fixed within one boot except module
-//! reloads. An entry is keyed (file name = sha256 of the key material, see [`key_material`]) on
-//! the boot id, the identity of each KVM module's sysfs directory, the process's guest xstate
-//! permission and the host CPU's feature words. The entry holds the key digest, the raw
-//! `kvm_cpuid_entry2` array (count + entries) and a sha256 of all that, so a truncated, altered
-//! or misplaced file is ignored. Any cache problem falls back to the ioctl. Storing an entry
-//! removes all but the newest few others.
+//! reloads. An entry is keyed (see [`key_material`]) on the boot id, the identity of each KVM
+//! module's sysfs directory, the microcode revision, the process's guest xstate permission and
+//! the host CPU's feature words; its file is named after an FNV-1a hash of that key. The entry
+//! holds the whole key, the raw `kvm_cpuid_entry2` array (count + entries) and a checksum of
+//! all that, so a truncated, altered or misplaced file is ignored. Any cache problem falls back
+//! to the ioctl. Storing an entry removes all but the newest few others.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -25,6 +24,8 @@ pub enum CpuidCacheError {
     Magic,
     #[error("cpuid cache entry has {0} entries, more than {max}", max = KVM_MAX_CPUID_ENTRIES)]
     TooMany(u32),
+    #[error("cpuid cache entry has a {0}-byte key, more than {max}", max = MAX_KEY_LEN)]
+    KeyTooLong(usize),
     #[error("cpuid cache entry is {got} bytes, {want} expected for its count")]
     Length { got: usize, want: usize },
     #[error("cpuid cache entry checksum mismatch")]
@@ -38,15 +39,26 @@ pub enum CpuidCacheError {
 }
 
 /// Version of the entry format (and of the key material layout).
-const MAGIC: [u8; 8] = *b"HPCPUID\x02";
-const KEY_LEN: usize = 32;
-const SUM_LEN: usize = 32;
-/// Magic, key digest, entry count.
-const HEADER_LEN: usize = MAGIC.len() + KEY_LEN + 4;
+const MAGIC: [u8; 8] = *b"HPCPUID\x03";
+/// The longest key material an entry may hold.
+const MAX_KEY_LEN: usize = 4096;
 /// `kvm_cpuid_entry2`: ten little-endian u32s.
 const ENTRY_LEN: usize = 40;
-/// The longest valid entry file.
-pub const MAX_FILE_LEN: usize = HEADER_LEN + KVM_MAX_CPUID_ENTRIES * ENTRY_LEN + SUM_LEN;
+/// The checksum: FNV-1a 64 of everything before it.
+const SUM_LEN: usize = 8;
+/// The longest valid entry file: magic, key length and key, count and entries, checksum.
+pub const MAX_FILE_LEN: usize =
+    MAGIC.len() + 4 + MAX_KEY_LEN + 4 + KVM_MAX_CPUID_ENTRIES * ENTRY_LEN + SUM_LEN;
+
+/// FNV-1a, 64 bits: the entries' file names and checksums. Not a cryptographic hash, and none
+/// is needed: an entry holds its whole key, compared byte for byte, and the cache is only as
+/// trusted as the user's cache directory. It spares a warm launch the first sha256 of the
+/// process (~20 µs of CPU-feature detection here).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Entries kept beside the one just stored: one per host state, so a few hosts (or boots)
 /// sharing a home directory each keep theirs.
@@ -70,10 +82,13 @@ fn entry_words(e: &kvm_cpuid_entry2) -> [u32; 10] {
     ]
 }
 
-/// The entry file for `key` holding `entries` (at most [`KVM_MAX_CPUID_ENTRIES`]).
-pub fn encode_entry(key: &[u8; KEY_LEN], entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * ENTRY_LEN + SUM_LEN);
+/// The entry file for `key` (its key material) holding `entries` (at most
+/// [`KVM_MAX_CPUID_ENTRIES`]).
+pub fn encode_entry(key: &[u8], entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 8 + key.len() + entries.len() * ENTRY_LEN + SUM_LEN);
     out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
@@ -81,29 +96,36 @@ pub fn encode_entry(key: &[u8; KEY_LEN], entries: &[kvm_cpuid_entry2]) -> Vec<u8
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
+    let sum = fnv1a64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
     out
 }
 
-/// Parses an entry file written by [`encode_entry`] for `key`: exact length for its count, at
-/// most [`KVM_MAX_CPUID_ENTRIES`] entries, checksum and key digest must match.
-pub fn parse_entry(
-    bytes: &[u8],
-    key: &[u8; KEY_LEN],
-) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
-    if bytes.len() < HEADER_LEN + SUM_LEN {
-        return Err(CpuidCacheError::Short(bytes.len()));
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Parses an entry file written by [`encode_entry`] for `key`: exact length for its key and
+/// count, at most [`MAX_KEY_LEN`] key bytes and [`KVM_MAX_CPUID_ENTRIES`] entries, checksum and
+/// key must match.
+pub fn parse_entry(bytes: &[u8], key: &[u8]) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
+    let short = || CpuidCacheError::Short(bytes.len());
+    if bytes.len() < MAGIC.len() + 8 + SUM_LEN {
+        return Err(short());
     }
     if bytes[..MAGIC.len()] != MAGIC {
         return Err(CpuidCacheError::Magic);
     }
-    let count_at = MAGIC.len() + KEY_LEN;
-    let count = u32::from_le_bytes(bytes[count_at..HEADER_LEN].try_into().unwrap());
+    let key_len = u32_at(bytes, MAGIC.len()).ok_or_else(short)? as usize;
+    if key_len > MAX_KEY_LEN {
+        return Err(CpuidCacheError::KeyTooLong(key_len));
+    }
+    let count_at = MAGIC.len() + 4 + key_len;
+    let count = u32_at(bytes, count_at).ok_or_else(short)?;
     if count as usize > KVM_MAX_CPUID_ENTRIES {
         return Err(CpuidCacheError::TooMany(count));
     }
-    let want = HEADER_LEN + count as usize * ENTRY_LEN + SUM_LEN;
+    let want = count_at + 4 + count as usize * ENTRY_LEN + SUM_LEN;
     if bytes.len() != want {
         return Err(CpuidCacheError::Length {
             got: bytes.len(),
@@ -111,13 +133,13 @@ pub fn parse_entry(
         });
     }
     let (body, sum) = bytes.split_at(want - SUM_LEN);
-    if Sha256::digest(body).as_slice() != sum {
+    if fnv1a64(body).to_le_bytes() != sum {
         return Err(CpuidCacheError::Checksum);
     }
-    if &body[MAGIC.len()..count_at] != key {
+    if &body[MAGIC.len() + 4..count_at] != key {
         return Err(CpuidCacheError::Key);
     }
-    let entries = body[HEADER_LEN..]
+    let entries = body[count_at + 4..]
         .chunks_exact(ENTRY_LEN)
         .map(|c| {
             let w = |i: usize| u32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().unwrap());
@@ -260,9 +282,16 @@ pub fn key_material(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
     Ok(out)
 }
 
-/// The entry key: sha256 of [`key_material`].
-pub fn key(src: &KeySources) -> Result<[u8; KEY_LEN], CpuidCacheError> {
-    Ok(Sha256::digest(key_material(src)?).into())
+/// The entry key: [`key_material`], whole.
+pub fn key(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
+    key_material(src)
+}
+
+/// Length of an entry's file name.
+const ENTRY_NAME_LEN: usize = 16;
+
+fn entry_name(key: &[u8]) -> String {
+    format!("{:016x}", fnv1a64(key))
 }
 
 /// A directory of CPUID entries, one file per key.
@@ -285,13 +314,13 @@ impl CpuidCache {
         &self.dir
     }
 
-    /// The file of the entry for `key`.
-    pub fn entry_path(&self, key: &[u8; KEY_LEN]) -> PathBuf {
-        self.dir.join(hex::encode(key))
+    /// The file of the entry for `key`: its FNV-1a 64 in hex.
+    pub fn entry_path(&self, key: &[u8]) -> PathBuf {
+        self.dir.join(entry_name(key))
     }
 
     /// The table stored for `key`, if a valid entry is there.
-    pub fn load(&self, key: &[u8; KEY_LEN]) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
+    pub fn load(&self, key: &[u8]) -> Result<Vec<kvm_cpuid_entry2>, CpuidCacheError> {
         let f = File::open(self.entry_path(key)).map_err(|e| CpuidCacheError::Io("read", e))?;
         let mut bytes = Vec::with_capacity(MAX_FILE_LEN + 1);
         f.take(MAX_FILE_LEN as u64 + 1)
@@ -302,11 +331,7 @@ impl CpuidCache {
 
     /// Stores `entries` for `key`: a temp file in the same directory, renamed into place. No
     /// fsync: a torn file after a crash fails its checksum and is rewritten.
-    pub fn store(
-        &self,
-        key: &[u8; KEY_LEN],
-        entries: &[kvm_cpuid_entry2],
-    ) -> Result<(), CpuidCacheError> {
+    pub fn store(&self, key: &[u8], entries: &[kvm_cpuid_entry2]) -> Result<(), CpuidCacheError> {
         if entries.len() > KVM_MAX_CPUID_ENTRIES {
             return Err(CpuidCacheError::TooMany(entries.len() as u32));
         }
@@ -326,17 +351,17 @@ impl CpuidCache {
 
     /// Removes all entries but `key`'s and the [`KEEP_OTHER_ENTRIES`] most recently written
     /// others. Best effort: an entry that cannot be listed or removed stays.
-    fn collect(&self, key: &[u8; KEY_LEN]) {
+    fn collect(&self, key: &[u8]) {
         let Ok(dir) = fs::read_dir(&self.dir) else {
             return;
         };
-        let current = hex::encode(key);
+        let current = entry_name(key);
         let mut others: Vec<(std::time::SystemTime, PathBuf)> = dir
             .flatten()
             .filter(|d| {
                 let name = d.file_name();
                 let name = name.to_string_lossy();
-                name.len() == 2 * KEY_LEN
+                name.len() == ENTRY_NAME_LEN
                     && name.bytes().all(|b| b.is_ascii_hexdigit())
                     && name != current
             })
@@ -484,14 +509,15 @@ mod tests {
         let key = [7u8; 32];
         let t = table(5);
         let bytes = encode_entry(&key, &t);
-        assert_eq!(bytes.len(), HEADER_LEN + 5 * ENTRY_LEN + SUM_LEN);
+        let header = MAGIC.len() + 4 + key.len() + 4;
+        assert_eq!(bytes.len(), header + 5 * ENTRY_LEN + SUM_LEN);
         assert_eq!(parse_entry(&bytes, &key).unwrap(), t);
         assert_eq!(parse_entry(&encode_entry(&key, &[]), &key).unwrap(), vec![]);
         let full = table(KVM_MAX_CPUID_ENTRIES as u32);
         assert_eq!(parse_entry(&encode_entry(&key, &full), &key).unwrap(), full);
 
         // Truncated anywhere, or extended.
-        for cut in [0, 10, HEADER_LEN, HEADER_LEN + SUM_LEN, bytes.len() - 1] {
+        for cut in [0, 10, header, header + SUM_LEN, bytes.len() - 1] {
             assert!(parse_entry(&bytes[..cut], &key).is_err(), "cut at {cut}");
         }
         let mut long = bytes.clone();
@@ -506,10 +532,24 @@ mod tests {
             b[i] ^= 0x40;
             assert!(parse_entry(&b, &key).is_err(), "flip at {i}");
         }
-        // Another key's (valid) entry.
+        // Another key's (valid) entry, including a longer or shorter key.
+        for other in [&[8u8; 32][..], &[7u8; 31], &[7u8; 33]] {
+            assert!(matches!(
+                parse_entry(&bytes, other),
+                Err(CpuidCacheError::Key)
+            ));
+        }
+        // A key length beyond the limit, or past the end.
+        let mut b = bytes.clone();
+        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            parse_entry(&bytes, &[8u8; 32]),
-            Err(CpuidCacheError::Key)
+            parse_entry(&b, &key),
+            Err(CpuidCacheError::KeyTooLong(_))
+        ));
+        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&4000u32.to_le_bytes());
+        assert!(matches!(
+            parse_entry(&b, &key),
+            Err(CpuidCacheError::Short(_))
         ));
         // A count beyond the limit, even with a matching length and checksum.
         let mut big = encode_entry(&key, &table(KVM_MAX_CPUID_ENTRIES as u32 + 1));
@@ -517,7 +557,7 @@ mod tests {
             parse_entry(&big, &key),
             Err(CpuidCacheError::TooMany(n)) if n as usize == KVM_MAX_CPUID_ENTRIES + 1
         ));
-        big[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        big[header - 4..header].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             parse_entry(&big, &key),
             Err(CpuidCacheError::TooMany(u32::MAX))
@@ -560,7 +600,7 @@ mod tests {
         assert_eq!(key(&src).unwrap(), base, "the key is stable");
         let p = |rel: &str| dir.path().join(rel);
         let mut seen = vec![base];
-        fn changed(seen: &mut Vec<[u8; 32]>, what: &str, k: [u8; 32]) {
+        fn changed(seen: &mut Vec<Vec<u8>>, what: &str, k: Vec<u8>) {
             assert!(!seen.contains(&k), "{what} did not change the key");
             seen.push(k);
         }
@@ -631,7 +671,7 @@ mod tests {
         left.sort();
         let mut want: Vec<String> = std::iter::once(0)
             .chain(total - KEEP_OTHER_ENTRIES as u8..total)
-            .map(|i| hex::encode([i; 32]))
+            .map(|i| entry_name(&[i; 32]))
             .collect();
         want.push("notes.txt".into());
         want.sort();
@@ -653,7 +693,7 @@ mod tests {
             .unwrap()
             .map(|d| d.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![hex::encode(key)]);
+        assert_eq!(names, vec![entry_name(&key)]);
         // Overwriting replaces the file (a new inode), never writes into it in place.
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
         let path = cache.entry_path(&key);
@@ -674,7 +714,7 @@ mod tests {
         fs::write(&path, &good[..good.len() - 5]).unwrap();
         assert!(cache.load(&key).is_err());
         let mut bad = good.clone();
-        bad[HEADER_LEN + 8] ^= 1;
+        bad[MAGIC.len() + 4 + key.len() + 4 + 8] ^= 1;
         fs::write(&path, &bad).unwrap();
         assert!(matches!(cache.load(&key), Err(CpuidCacheError::Checksum)));
         let mut huge = good.clone();

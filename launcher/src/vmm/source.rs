@@ -118,20 +118,30 @@ impl PodImage {
         cache: Option<&VerifiedCache>,
         verify_rootfs: bool,
     ) -> Result<PodImage, SourceError> {
-        let pod = Pod::open(path).map_err(|source| SourceError::Open {
+        let open_error = |source| SourceError::Open {
             path: path.display().to_string(),
             source,
-        })?;
-        let len = pod.layout().file_len as usize;
-        let map = Mapping::new(pod.file(), len).map_err(SourceError::Map)?;
+        };
+        let file = File::open(path).map_err(|e| open_error(PodError::Io(e)))?;
+        // One fstat for the type, size and stamp; the headers are parsed from the mapping (a
+        // few page faults instead of a read per tar header).
+        let meta = file.metadata().map_err(SourceError::Stat)?;
+        if !meta.is_file() {
+            let e = std::io::Error::other("not a regular file");
+            return Err(open_error(PodError::Io(e)));
+        }
+        let stamp = FileStamp::from_metadata(&meta);
+        let len = usize::try_from(stamp.size)
+            .map_err(|_| SourceError::Map(std::io::ErrorKind::FileTooLarge.into()))?;
+        let map = Mapping::new(&file, len).map_err(SourceError::Map)?;
+        let pod = Pod::from_file_and_bytes(file, map.bytes()).map_err(open_error)?;
         let mut image = PodImage {
             pod,
             map,
             trust: Trust::Hashed,
         };
-        let stamp = FileStamp::of(image.pod.file()).map_err(SourceError::Stat)?;
-        let key = stamp.key(&image.pod.manifest_sha256());
-        if cache.is_some_and(|c| c.contains(&key)) {
+        let manifest = &image.pod.layout().manifest_bytes;
+        if cache.is_some_and(|c| c.contains(&stamp, manifest)) {
             image.trust = Trust::Cached;
         } else {
             for s in [Section::Kernel, Section::Initramfs] {
@@ -147,7 +157,7 @@ impl PodImage {
             }
             if let Some(c) = cache {
                 // Not recording only means hashing again next time.
-                let _ = c.insert(&key);
+                let _ = c.insert(&stamp, &image.pod.layout().manifest_bytes);
             }
         }
         if verify_rootfs {

@@ -2,15 +2,20 @@
 //! against the manifest the first time a given pod file is launched; later launches of the
 //! same, unchanged file skip the hash. "Unchanged" is the file's identity and change stamps as
 //! the kernel reports them for the open descriptor: (device, inode, size, mtime_ns, ctime_ns).
-//! Any write to the file moves its ctime, which user space cannot set back. See
-//! `docs/launcher.md` for the trust model.
+//! Any write to the file moves its ctime, which user space cannot set back. A record is named
+//! after the file's identity and holds the stamps and the manifest's bytes, compared whole: a
+//! warm launch hashes nothing (the first sha256 of a process costs ~20 µs of CPU-feature
+//! detection here). See `docs/launcher.md` for the trust model.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+/// Format of a record's first line.
+const RECORD_VERSION: &str = "v2";
 
 /// Identity and change stamps of an open file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,22 +30,36 @@ pub struct FileStamp {
 impl FileStamp {
     /// The stamp of an open file (fstat: the descriptor, not a path that could be swapped).
     pub fn of(file: &File) -> std::io::Result<FileStamp> {
-        let m = file.metadata()?;
-        Ok(FileStamp {
+        Ok(FileStamp::from_metadata(&file.metadata()?))
+    }
+
+    /// The stamp in `m`, the metadata of an open file.
+    pub fn from_metadata(m: &fs::Metadata) -> FileStamp {
+        FileStamp {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-        })
+        }
     }
 
-    /// The cache key: the stamp plus the manifest's digest (which records the sections').
-    pub fn key(&self, manifest_sha256: &str) -> String {
-        format!(
-            "v1 dev={} ino={} size={} mtime_ns={} ctime_ns={} manifest={}",
-            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, manifest_sha256
+    /// The record vouching for a file with this stamp and `manifest` (its bytes as stored,
+    /// which record every section's digest): the stamp line, then the manifest.
+    pub fn record(&self, manifest: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "{RECORD_VERSION} dev={} ino={} size={} mtime_ns={} ctime_ns={}\n",
+            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns
         )
+        .into_bytes();
+        r.extend_from_slice(manifest);
+        r
+    }
+
+    /// The record's file name: the file's identity (one record per pod file, replaced when the
+    /// file changes).
+    fn name(&self) -> String {
+        format!("{:x}-{:x}", self.dev, self.ino)
     }
 }
 
@@ -53,7 +72,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("hyperpod").join("verified"))
 }
 
-/// A directory of "this key was verified" records.
+/// A directory of "this file was verified" records.
 pub struct VerifiedCache {
     dir: PathBuf,
 }
@@ -63,25 +82,38 @@ impl VerifiedCache {
         VerifiedCache { dir }
     }
 
-    fn entry(&self, key: &str) -> PathBuf {
-        self.dir.join(hex::encode(Sha256::digest(key.as_bytes())))
+    fn entry(&self, stamp: &FileStamp) -> PathBuf {
+        self.dir.join(stamp.name())
     }
 
-    /// Whether `key` was recorded as verified. The record holds the key itself, so a hash
-    /// collision of file names cannot vouch for another file.
-    pub fn contains(&self, key: &str) -> bool {
-        fs::read(self.entry(key)).is_ok_and(|b| b == key.as_bytes())
+    /// Whether a file with `stamp` and `manifest` was recorded as verified: the record must
+    /// equal [`FileStamp::record`] byte for byte.
+    pub fn contains(&self, stamp: &FileStamp, manifest: &[u8]) -> bool {
+        let want = stamp.record(manifest);
+        let Ok(f) = File::open(self.entry(stamp)) else {
+            return false;
+        };
+        let mut got = Vec::with_capacity(want.len() + 1);
+        f.take(want.len() as u64 + 1)
+            .read_to_end(&mut got)
+            .is_ok_and(|_| got == want)
     }
 
-    /// Records `key` as verified (temp file + rename). Failing to record only costs a rehash
-    /// next time, so errors are returned for the caller to ignore or report.
-    pub fn insert(&self, key: &str) -> std::io::Result<()> {
+    /// Records a file with `stamp` and `manifest` as verified (temp file + rename, replacing
+    /// the file's previous record). Failing to record only costs a rehash next time, so errors
+    /// are returned for the caller to ignore or report.
+    pub fn insert(&self, stamp: &FileStamp, manifest: &[u8]) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.entry(key);
         let mut tmp = tempfile_in(&self.dir)?;
-        tmp.1.write_all(key.as_bytes())?;
-        tmp.1.sync_all()?;
-        fs::rename(&tmp.0, &path)
+        let done = tmp
+            .1
+            .write_all(&stamp.record(manifest))
+            .and_then(|_| tmp.1.sync_all())
+            .and_then(|_| fs::rename(&tmp.0, self.entry(stamp)));
+        if done.is_err() {
+            let _ = fs::remove_file(&tmp.0);
+        }
+        done
     }
 }
 
@@ -113,19 +145,26 @@ mod tests {
         let cache = VerifiedCache::new(dir.path().join("verified"));
         let f = tempfile::NamedTempFile::new().unwrap();
         let stamp = FileStamp::of(f.as_file()).unwrap();
-        let key = stamp.key("abc");
-        assert!(!cache.contains(&key));
-        cache.insert(&key).unwrap();
-        assert!(cache.contains(&key));
-        assert!(!cache.contains(&stamp.key("abd")));
+        assert!(!cache.contains(&stamp, b"{\"a\":1}"));
+        cache.insert(&stamp, b"{\"a\":1}").unwrap();
+        assert!(cache.contains(&stamp, b"{\"a\":1}"));
+        // Another manifest, a prefix of it, or more bytes: not vouched for.
+        assert!(!cache.contains(&stamp, b"{\"a\":2}"));
+        assert!(!cache.contains(&stamp, b"{\"a\":1"));
+        assert!(!cache.contains(&stamp, b"{\"a\":1}\n"));
         // Any write moves mtime/ctime (and size): the old record no longer matches.
         std::thread::sleep(std::time::Duration::from_millis(10));
         f.as_file().write_all(b"x").unwrap();
         let after = FileStamp::of(f.as_file()).unwrap();
         assert_ne!(after, stamp);
-        assert!(!cache.contains(&after.key("abc")));
-        // A record whose content is not its key is ignored.
-        fs::write(cache.entry(&after.key("abc")), b"forged").unwrap();
-        assert!(!cache.contains(&after.key("abc")));
+        assert!(!cache.contains(&after, b"{\"a\":1}"));
+        // Recording the changed file replaces the record: one per file.
+        cache.insert(&after, b"{\"a\":1}").unwrap();
+        assert!(cache.contains(&after, b"{\"a\":1}"));
+        assert!(!cache.contains(&stamp, b"{\"a\":1}"));
+        assert_eq!(fs::read_dir(&cache.dir).unwrap().count(), 1);
+        // A record whose content is not the expected one is ignored.
+        fs::write(cache.entry(&after), b"forged").unwrap();
+        assert!(!cache.contains(&after, b"{\"a\":1}"));
     }
 }
