@@ -352,8 +352,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Whether this host's KVM runs guest kernel code natively (for `--engine auto`). Runs the
-/// probe guest once per process (a few milliseconds when native) and caches the answer.
+/// Whether this host's KVM runs guest kernel code natively (for `--engine auto`): `/dev/kvm`
+/// opens with the API version and extensions the engine needs, and the probe guest runs
+/// natively (a few milliseconds), which is asked once per host state (see `verdict`).
 pub fn kvm_runs_guest_natively() -> bool {
     static NATIVE: OnceLock<bool> = OnceLock::new();
     *NATIVE.get_or_init(|| {
@@ -366,7 +367,12 @@ pub fn kvm_runs_guest_natively() -> bool {
             return false;
         }
         drop(kvm);
-        probe_with_watchdog().is_ok_and(|p| p.native())
+        let key = crate::vmm::cpuid_cache::key(&crate::vmm::cpuid_cache::KeySources::host());
+        crate::verdict::runs_natively(
+            crate::verdict::default_dir().as_deref(),
+            key.as_deref().ok(),
+            || probe_with_watchdog().is_ok_and(|p| p.native()),
+        )
     })
 }
 

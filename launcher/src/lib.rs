@@ -7,4 +7,5 @@ pub mod devices;
 pub mod doctor;
 pub mod layout;
 pub mod qemu;
+pub mod verdict;
 pub mod vmm;
