@@ -37,6 +37,7 @@ else
   echo "HP-OVERLAY failed"
 fi
 [ -c /dev/ptmx ] && [ -d /dev/pts ] && echo "HP-PTS ok"
+echo "HP-SYSCALLS $([ -e /proc/sys/fs/inotify/max_user_watches ] && echo inotify) $([ -e /proc/sys/fs/aio-max-nr ] && echo aio) $([ -d /proc/sys/fs/mqueue ] && echo mqueue)"
 echo "HP-TTYS1 $token" > /dev/ttyS1
 echo "HP-DONE"
 printf '\001' | $bb dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
@@ -99,6 +100,17 @@ fn kernel_boots_busybox_init_under_tcg() {
         "overlay on tmpfs:\n{console}"
     );
     assert!(console.contains("HP-PTS ok"), "devpts:\n{console}");
+    // Syscall families common/syscalls.conf turns on leave these /proc/sys files.
+    let sys_line = console
+        .lines()
+        .find(|l| l.starts_with("HP-SYSCALLS"))
+        .unwrap_or_else(|| panic!("no HP-SYSCALLS line:\n{console}"));
+    for family in ["inotify", "aio", "mqueue"] {
+        assert!(
+            sys_line.split_whitespace().any(|w| w == family),
+            "{family} missing: {sys_line}"
+        );
+    }
     assert!(console.contains("HP-DONE"), "{console}");
     assert!(
         !console.contains("HP-STILL-RUNNING"),
