@@ -152,39 +152,6 @@ impl Drop for SignalPipe {
     }
 }
 
-/// The host terminal in raw mode (for `-t`), restored on drop.
-struct RawTerminal {
-    saved: libc::termios,
-}
-
-impl RawTerminal {
-    fn enable() -> Option<RawTerminal> {
-        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with termios structs we own.
-        unsafe {
-            if libc::isatty(0) != 1 {
-                return None;
-            }
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut saved) != 0 {
-                return None;
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
-                return None;
-            }
-            Some(RawTerminal { saved })
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `enable`.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
-    }
-}
-
 fn spawn(plan: &QemuPlan, inherit: &[RawFd], interactive: bool) -> Result<Child, QemuError> {
     let mut cmd = Command::new(&plan.binary);
     cmd.args(qemu_args(plan))
@@ -309,7 +276,7 @@ pub fn supervise(
     // Raw mode only with stdin attached (`-it`), as Docker does: a raw terminal turns Ctrl-C
     // into a byte, which must then reach the app's terminal.
     let _raw = if opts.tty && opts.interactive {
-        RawTerminal::enable()
+        crate::vmm::term::RawTerminal::enter(0)
     } else {
         None
     };

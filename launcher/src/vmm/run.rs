@@ -543,6 +543,7 @@ fn supervise(
         let o = outcome(&sup.ending, sup.status, sup.panic.as_deref());
         let why = o.message.map(|m| format!("{m}; ")).unwrap_or_default();
         eprintln!("hyperlaunch: {why}a vCPU did not stop within 2 s of the VM's end; exiting");
+        super::term::restore();
         std::process::exit(o.code);
     }
     sup
