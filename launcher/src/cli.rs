@@ -3,7 +3,7 @@
 //! (first use) on the way to the guest's first instruction, ~4% of the 2 ms budget.
 //!
 //! Accepted forms, as clap and most GNU tools take them: `--name VALUE`, `--name=VALUE`,
-//! `-e VALUE`, `-eVALUE`, clustered flags (`-it`, `-ite K=V`), options before or after the pod,
+//! `-e VALUE`, `-eVALUE`, `-e=VALUE`, clustered flags (`-it`, `-ite K=V`), options before or after the pod,
 //! and everything after `--` as the app's arguments.
 
 use std::ffi::{OsStr, OsString};
@@ -192,15 +192,19 @@ fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, CliError> {
         .map_err(|_| CliError::BadValue(name.into(), v.into(), "not a whole number"))
 }
 
+/// The longest `--timeout`/`--grace` taken (~31 years): any deadline stays representable.
+pub const MAX_SECONDS: f64 = 1e9;
+
 fn seconds(name: &str, v: &str) -> Result<Duration, CliError> {
     v.parse::<f64>()
         .ok()
+        .filter(|s| *s <= MAX_SECONDS)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .ok_or_else(|| {
             CliError::BadValue(
                 name.into(),
                 v.into(),
-                "not a non-negative number of seconds",
+                "not a number of seconds from 0 to 1000000000",
             )
         })
 }
@@ -363,7 +367,9 @@ fn tokens(args: &[OsString]) -> Result<(Vec<Token<'_>>, &[OsString]), CliError> 
                     i += 1;
                     v.clone()
                 } else {
-                    <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest).into()
+                    // `-w=/app` as clap and Docker take it: the `=` is not part of the value.
+                    let v = rest.strip_prefix(b"=").unwrap_or(rest);
+                    <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(v).into()
                 };
                 out.push(Token::Opt(opt, shown, Some(value)));
                 break;

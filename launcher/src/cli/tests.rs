@@ -97,6 +97,12 @@ fn defaults_and_placement() {
     assert!(c.timing && c.tty && c.interactive);
     assert_eq!(c.overrides.workdir.as_deref(), Some("/srv"));
     assert_eq!(c.overrides.args, None);
+    // `-w=/app`, `-u=1000`, `-e=A=1`: the `=` after a short option is not part of the value.
+    let c = launch(&["-w=/app", "-u=1000", "-e=A=1", "p"]);
+    assert_eq!(c.overrides.workdir.as_deref(), Some("/app"));
+    assert_eq!(c.overrides.user.as_deref(), Some("1000"));
+    assert_eq!(c.overrides.env, vec!["A=1"]);
+    assert_eq!(err(&["-t=1", "p"]), CliError::Unknown("-=".into()));
     // A value that looks like an option is still the value; `-` is a pod name.
     assert_eq!(
         launch(&["-u", "-1", "p"]).overrides.user.as_deref(),
@@ -147,6 +153,17 @@ fn bad_command_lines_are_refused_by_name() {
         err(&["--grace", "NaN", "p"]),
         CliError::BadValue(..)
     ));
+    // Deadlines that would overflow the clock are refused, not a crash at run time.
+    assert!(matches!(
+        err(&["--timeout", "1e19", "p"]),
+        CliError::BadValue(..)
+    ));
+    assert!(matches!(
+        err(&["--grace=1000000001", "p"]),
+        CliError::BadValue(..)
+    ));
+    let max = Duration::from_secs(1_000_000_000);
+    assert_eq!(launch(&["--timeout", "1e9", "p"]).timeout, Some(max));
     assert!(matches!(
         err(&["--engine", "xen", "p"]),
         CliError::BadValue(..)

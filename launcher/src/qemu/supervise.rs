@@ -300,7 +300,7 @@ pub fn supervise(
         (Source::Signals, true),
     ];
     let mut clock = Clock {
-        timeout_at: opts.timeout.map(|t| opts.started + t),
+        timeout_at: opts.timeout.and_then(|t| opts.started.checked_add(t)),
         ..Clock::default()
     };
     let mut buf = vec![0u8; 64 * 1024];
@@ -435,7 +435,9 @@ pub fn supervise(
                         } else {
                             held_signals.push(forward);
                         }
-                        clock.grace_at.get_or_insert(Instant::now() + opts.grace);
+                        if let Some(at) = Instant::now().checked_add(opts.grace) {
+                            clock.grace_at.get_or_insert(at);
+                        }
                     }
                 }
             }

@@ -470,7 +470,8 @@ fn supervise(
         forward_stdin(devices.clone(), stop.clone());
     }
     let start = Instant::now();
-    let deadline = opts.timeout.map(|t| start + t);
+    // An unrepresentable deadline (the command line caps it first) is no deadline.
+    let deadline = opts.timeout.and_then(|t| start.checked_add(t));
     let mut grace_deadline: Option<Instant> = None;
     let mut status: Option<u8> = None;
     let mut panic: Option<String> = None;
@@ -502,7 +503,9 @@ fn supervise(
                 let line = control::signal_line(signo);
                 let mut d = devices.lock().unwrap_or_else(|e| e.into_inner());
                 serial::feed(&mut d.control, line.as_bytes());
-                grace_deadline.get_or_insert(Instant::now() + opts.grace);
+                if let Some(at) = Instant::now().checked_add(opts.grace) {
+                    grace_deadline.get_or_insert(at);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
