@@ -4,7 +4,7 @@
 //! initramfs goes at the top of low RAM; the 32-bit hole below 4 GiB holds the virtio-mmio
 //! windows and KVM's private pages, and RAM beyond it continues at 4 GiB.
 
-/// GDT used for the first instructions (flat code/data segments, TSS: 5 entries, 40 bytes).
+/// GDT used for the first instructions (flat code/data segments, TSS: 6 slots, 48 bytes).
 pub const BOOT_GDT: u64 = 0x500;
 /// Empty IDT loaded for the first instructions (any exception before the kernel's own IDT is a
 /// triple fault).
@@ -88,7 +88,7 @@ pub const fn virtio_mmio_addr(i: usize) -> u64 {
 // The layout checked at compile time: boot structures do not overlap, the virtio windows end
 // below the IO-APIC, and no virtio IRQ collides with a UART's or exceeds the IO-APIC's pins.
 const _: () = {
-    assert!(BOOT_GDT + 40 <= BOOT_IDT && BOOT_IDT + 8 <= PVH_START_INFO);
+    assert!(BOOT_GDT + 48 <= BOOT_IDT && BOOT_IDT + 8 <= PVH_START_INFO);
     assert!(PVH_START_INFO + 56 <= PVH_MODLIST);
     assert!(PVH_MODLIST + 32 <= PVH_MEMMAP);
     assert!(PVH_MEMMAP + 24 * MAX_E820_ENTRIES as u64 <= ZERO_PAGE);

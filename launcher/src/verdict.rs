@@ -40,7 +40,7 @@ fn recorded(dir: &Path, key: &[u8]) -> bool {
 /// Records a positive answer for `key` (temp file + rename). Best effort: not recording only
 /// means probing again next time.
 fn record(dir: &Path, key: &[u8]) {
-    if fs::create_dir_all(dir).is_err() {
+    if crate::vmm::trust::create_private_dir(dir).is_err() {
         return;
     }
     let Ok((tmp, mut f)) = crate::vmm::trust::tempfile_in(dir) else {

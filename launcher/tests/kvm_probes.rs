@@ -4,7 +4,8 @@
 mod probes;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use probes::{Run, launch};
 
@@ -103,15 +104,39 @@ fn kvm_verified_digest_cache_rehashes_a_changed_pod() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pod = probe_pod(dir.path(), "hello", &["EXIT_CODE=7"], b"init", &rootfs(8));
-    assert_eq!(hyperlaunch(dir.path(), &pod, &[]).code, 7);
+    let digests = |extra: &[&str]| {
+        let mut args = vec!["--timing"];
+        args.extend_from_slice(extra);
+        let r = hyperlaunch(dir.path(), &pod, &args);
+        assert_eq!(r.code, 7, "{}", r.stderr);
+        r.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("hyperlaunch timing: kernel/initramfs digests: "))
+            .unwrap_or_else(|| panic!("no digests line in {}", r.stderr))
+            .to_string()
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(digests(&[]), "hashed");
     let cache = dir.path().join("cache/hyperpod/verified");
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
-    assert_eq!(hyperlaunch(dir.path(), &pod, &["--verify"]).code, 7);
     assert_eq!(
-        std::fs::read_dir(&cache).unwrap().count(),
-        1,
+        digests(&["--verify"]),
+        "verified record",
         "second launch hits the cache"
     );
+    // A pod others may write is hashed every time, and its record is not used.
+    std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o664)).unwrap();
+    for _ in 0..2 {
+        assert!(digests(&[]).starts_with("hashed, not recorded"));
+    }
+    std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        digests(&[]),
+        "hashed",
+        "chmod moved the ctime: hashed again"
+    );
+    assert_eq!(digests(&[]), "verified record");
 
     // Corrupt one kernel byte in place: the stamp changes, the hash is redone and fails.
     let mut bytes = std::fs::read(&pod).unwrap();
@@ -356,6 +381,47 @@ fn kvm_ctrl_c_arrives_as_sigint_and_grace_expiry_stops_the_vm() {
     assert_eq!(code, 137, "{stderr}");
     assert!(stderr.contains("did not exit"), "{stderr}");
     assert!(start.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+/// A guest that prints forever to a stdout nobody reads: its vCPU blocks in the console write
+/// while holding the devices. A SIGTERM must still start the grace clock, and its expiry end
+/// the launcher (137), even though the vCPU cannot be kicked out of that write.
+#[test]
+fn kvm_stop_signal_and_grace_work_while_stdout_is_stalled() {
+    if !probes::kvm_available("kvm_stop_signal_and_grace_work_while_stdout_is_stalled") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "spin", &["CHATTY=1"], b"init", &rootfs(8));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "64", "--grace", "0.3"])
+        .arg(&pod)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Never read: the pipe fills (64 KiB) and the console write blocks.
+    let _stdout = child.stdout.take().unwrap();
+    // By then the guest (a few hundred KB/s of console output here) has filled the pipe.
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: sending a signal to our own child process by pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the launcher ignored SIGTERM and --grace while stdout was stalled");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(137), "{err}");
+    assert!(err.contains("did not exit within"), "{err}");
 }
 
 #[test]

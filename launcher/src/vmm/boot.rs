@@ -275,17 +275,19 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo<'_>) -> Result<(),
         .map_err(BootError::Cmdline)?
         .as_bytes()
         .len();
+    // Checked before anything is written for the kernel: a longer line would be cut by the
+    // guest, and the device entries (at its end) with it.
+    let max = cmdline_max(info.kernel.setup_header.as_ref());
+    if cmdline_len > max {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline_len,
+            max,
+        });
+    }
     let map = e820_map(info.mem_bytes);
     match info.kernel.mode {
         EntryMode::Pvh => write_pvh(mem, info, &map),
         EntryMode::Linux64 => {
-            let max = cmdline_max(info.kernel.setup_header.as_ref());
-            if cmdline_len > max {
-                return Err(BootError::CmdlineTooLong {
-                    len: cmdline_len,
-                    max,
-                });
-            }
             let bp = linux_boot_params(info, &map);
             mem.write_obj(bp, GuestAddress(layout::ZERO_PAGE))
                 .map_err(BootError::Memory)
@@ -293,14 +295,18 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo<'_>) -> Result<(),
     }
 }
 
-/// The longest command line (without its NUL) a kernel entered through the 64-bit boot
-/// protocol takes: a bzImage says so in `cmdline_size` (protocol 2.06+; 255 before), an ELF
-/// vmlinux without a setup header gets our buffer's size.
+/// x86 Linux's `COMMAND_LINE_SIZE` (2048, with the NUL): what a kernel without a setup header
+/// to say otherwise (an ELF vmlinux, entered via PVH or its 64-bit entry) keeps of the line.
+const X86_COMMAND_LINE_SIZE: usize = 2048;
+
+/// The longest command line (without its NUL) the kernel takes: a bzImage says so in
+/// `cmdline_size` (protocol 2.06+; 255 before), an ELF vmlinux keeps x86 Linux's
+/// `COMMAND_LINE_SIZE`.
 fn cmdline_max(hdr: Option<&linux_loader::loader::bootparam::setup_header>) -> usize {
     match hdr {
         Some(h) if h.version >= CMDLINE_SIZE_VERSION => h.cmdline_size as usize,
         Some(_) => 255,
-        None => layout::CMDLINE_MAX - 1,
+        None => X86_COMMAND_LINE_SIZE - 1,
     }
 }
 
@@ -353,10 +359,10 @@ pub fn linux_boot_params(info: &BootInfo<'_>, map: &[E820Entry]) -> boot_params 
     bp.hdr.header = HDRS_MAGIC;
     bp.hdr.kernel_alignment = KERNEL_ALIGNMENT;
     bp.hdr.cmd_line_ptr = layout::CMDLINE as u32;
-    // `cmdline_size` is the kernel's to state (a bzImage's is kept); without a setup header, the
-    // size of our buffer.
+    // `cmdline_size` is the kernel's to state (a bzImage's is kept); without a setup header,
+    // x86 Linux's own limit.
     if info.kernel.setup_header.is_none() {
-        bp.hdr.cmdline_size = (layout::CMDLINE_MAX - 1) as u32;
+        bp.hdr.cmdline_size = (X86_COMMAND_LINE_SIZE - 1) as u32;
     }
     if let Some((addr, size)) = info.initramfs {
         bp.hdr.ramdisk_image = addr as u32;
@@ -448,7 +454,7 @@ mod tests {
         let bp = linux_boot_params(&info, &map);
         assert_eq!(bp.e820_entries, 3);
         let size = bp.hdr.cmdline_size;
-        assert_eq!(size as usize, layout::CMDLINE_MAX - 1);
+        assert_eq!(size, 2047);
         let image = bp.hdr.ramdisk_image;
         assert_eq!(image, 0x700_0000);
         let magic = bp.hdr.header;
@@ -475,7 +481,7 @@ mod tests {
             ..h
         };
         assert_eq!(cmdline_max(Some(&old)), 255);
-        assert_eq!(cmdline_max(None), layout::CMDLINE_MAX - 1);
+        assert_eq!(cmdline_max(None), 2047);
     }
 
     #[test]
@@ -504,21 +510,26 @@ mod tests {
             write_boot_info(&mem, &info),
             Err(BootError::CmdlineTooLong { len: 300, max: 255 })
         ));
-        // The PVH entry has no such limit but our buffer's.
-        let pvh = LoadedKernel {
-            mode: EntryMode::Pvh,
-            setup_header: None,
-            ..k
-        };
-        assert!(
-            write_boot_info(
-                &mem,
-                &BootInfo {
-                    kernel: &pvh,
+        // An ELF vmlinux (PVH or 64-bit entry) keeps 2047 bytes: 2047 pass, 2048 are refused.
+        for (len, ok) in [(2047, true), (2048, false)] {
+            let c = build_cmdline(&"y".repeat(len), &[]).unwrap();
+            for mode in [EntryMode::Pvh, EntryMode::Linux64] {
+                let elf = LoadedKernel {
+                    mode,
+                    setup_header: None,
+                    ..k
+                };
+                let info = BootInfo {
+                    kernel: &elf,
+                    cmdline: &c,
                     ..info
-                }
-            )
-            .is_ok()
-        );
+                };
+                assert_eq!(
+                    write_boot_info(&mem, &info).is_ok(),
+                    ok,
+                    "{len} bytes, {mode:?}"
+                );
+            }
+        }
     }
 }

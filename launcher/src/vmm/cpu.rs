@@ -156,17 +156,17 @@ pub const BOOT_DS: u16 = 0x18;
 pub const BOOT_TSS: u16 = 0x20;
 
 /// GDT entries, indexed by selector / 8: null, unused, code ([`BOOT_CS`]), data ([`BOOT_DS`]),
-/// TSS ([`BOOT_TSS`]).
-pub fn gdt(mode: EntryMode) -> [u64; 5] {
+/// TSS ([`BOOT_TSS`], 16 bytes in long mode: its upper half, base 63:32, is zero).
+pub fn gdt(mode: EntryMode) -> [u64; 6] {
     let code = match mode {
         EntryMode::Pvh => 0x00cf_9b00_0000_ffff,
         EntryMode::Linux64 => 0x00af_9b00_0000_ffff,
     };
-    [0, 0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff]
+    [0, 0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff, 0]
 }
 
 // The GDT fits the room `layout` gives it.
-const _: () = assert!(layout::BOOT_GDT + 5 * 8 <= layout::BOOT_IDT);
+const _: () = assert!(layout::BOOT_GDT + 6 * 8 <= layout::BOOT_IDT);
 
 fn segment(selector: u16, entry: u64) -> kvm_segment {
     kvm_segment {
@@ -377,7 +377,7 @@ mod tests {
             (s.cs.type_, s.ds.type_, s.cs.g, s.ds.limit),
             (0xb, 0x3, 1, 0xffff_ffff)
         );
-        assert_eq!(s.gdt.limit, 5 * 8 - 1);
+        assert_eq!(s.gdt.limit, 6 * 8 - 1);
         // Written where the registers point, the IDT beside it left empty.
         let mem = crate::vmm::memory::create_guest_memory(16).unwrap();
         write_boot_tables(&mem, EntryMode::Linux64).unwrap();

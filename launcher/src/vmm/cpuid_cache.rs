@@ -335,7 +335,7 @@ impl CpuidCache {
         if entries.len() > KVM_MAX_CPUID_ENTRIES {
             return Err(CpuidCacheError::TooMany(entries.len() as u32));
         }
-        fs::create_dir_all(&self.dir).map_err(|e| CpuidCacheError::Io("mkdir", e))?;
+        super::trust::create_private_dir(&self.dir).map_err(|e| CpuidCacheError::Io("mkdir", e))?;
         let (tmp, mut f) =
             super::trust::tempfile_in(&self.dir).map_err(|e| CpuidCacheError::Io("write", e))?;
         let done = f

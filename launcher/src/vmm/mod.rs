@@ -96,6 +96,9 @@ pub struct Vm {
     pub runner: Runner,
     /// Where the CPUID table came from, for `--timing`.
     pub cpuid: cpuid_cache::CpuidLookup,
+    /// How the pod's kernel/initramfs digests were established (a launch from a pod), for
+    /// `--timing`.
+    pub digests: Option<source::Trust>,
 }
 
 fn register_irq(vm: &VmFd, evt: &EventFd, irq: u32) -> Result<(), VmmError> {
@@ -242,6 +245,7 @@ pub fn build_vm_with_cache(
             events_tx,
         },
         cpuid: cpuid_lookup,
+        digests: None,
     })
 }
 
@@ -319,7 +323,8 @@ pub fn build_vm_for_boot(
         use_pvh: true,
     };
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
-    let vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
+    let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
+    vm.digests = Some(image.trust);
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
@@ -337,9 +342,12 @@ pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
     let outcome = match build_vm_for_boot(cfg, &mut marks) {
         Ok((vm, opts)) => {
             if cfg.timing {
-                cpuid_note = Some(vm.cpuid.note());
+                let digests = vm.digests.map(source::Trust::note).unwrap_or_default();
+                cpuid_note = Some(format!("{digests}{}", vm.cpuid.note()));
             }
-            let _raw = if cfg.tty {
+            // Raw mode only with stdin attached (`-it`), as Docker and the QEMU engine do: a raw
+            // terminal turns Ctrl-C into a byte, which must then reach the app's terminal.
+            let _raw = if cfg.tty && cfg.interactive {
                 term::RawTerminal::enter(0)
             } else {
                 None

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,9 @@ use crate::control::{
 };
 use crate::devices::Devices;
 use crate::devices::serial::{self, ControlReport};
+
+/// How often the supervisor retries handing a signal line to busy devices.
+const SIGNAL_RETRY: Duration = Duration::from_millis(5);
 
 /// Exit code when the app did not stop within `--grace` after a forwarded stop signal and the
 /// VM was stopped (Docker's code for a container killed after its stop timeout: 128 + SIGKILL).
@@ -476,8 +479,27 @@ fn supervise(
     let mut status: Option<u8> = None;
     let mut panic: Option<String> = None;
     let (mut init, mut app_exec) = (None, None);
+    // Signal lines for the guest wait here until the devices are free: a vCPU can hold them
+    // for long (a console write to a stdout nobody reads), and the deadlines must still run.
+    let mut unsent: Vec<String> = Vec::new();
     let ending = loop {
-        let next = [deadline, grace_deadline].into_iter().flatten().min();
+        if !unsent.is_empty() {
+            let free = match devices.try_lock() {
+                Ok(d) => Some(d),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut d) = free {
+                for line in unsent.drain(..) {
+                    serial::feed(&mut d.control, line.as_bytes());
+                }
+            }
+        }
+        let retry = (!unsent.is_empty()).then(|| Instant::now() + SIGNAL_RETRY);
+        let next = [deadline, grace_deadline, retry]
+            .into_iter()
+            .flatten()
+            .min();
         let ev = match next {
             Some(at) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -500,9 +522,7 @@ fn supervise(
                 } else {
                     sig
                 };
-                let line = control::signal_line(signo);
-                let mut d = devices.lock().unwrap_or_else(|e| e.into_inner());
-                serial::feed(&mut d.control, line.as_bytes());
+                unsent.push(control::signal_line(signo));
                 if let Some(at) = Instant::now().checked_add(opts.grace) {
                     grace_deadline.get_or_insert(at);
                 }

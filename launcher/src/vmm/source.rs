@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -97,10 +98,35 @@ impl Drop for Mapping {
 /// How the kernel and initramfs digests were established for this launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trust {
-    /// Hashed now and matched the manifest (and recorded in the cache).
+    /// Hashed now and matched the manifest (and recorded in the cache, when there is one).
     Hashed,
+    /// Hashed now and matched; not recorded, as others can write the pod (or it changed while
+    /// it was hashed).
+    HashedNotRecorded,
     /// The cache says this exact file (same stamps) was verified before.
     Cached,
+}
+
+impl Trust {
+    /// One line for `--timing`.
+    pub fn note(self) -> &'static str {
+        match self {
+            Trust::Hashed => "hyperlaunch timing: kernel/initramfs digests: hashed\n",
+            Trust::HashedNotRecorded => {
+                "hyperlaunch timing: kernel/initramfs digests: hashed, not recorded (pod writable by others, or changed)\n"
+            }
+            Trust::Cached => "hyperlaunch timing: kernel/initramfs digests: verified record\n",
+        }
+    }
+}
+
+/// Whether the file of `meta` belongs to this process's effective user and is writable by
+/// nobody else (no group or other write bit).
+fn only_we_can_write(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    meta.uid() == euid && meta.mode() & 0o022 == 0
 }
 
 /// An opened pod, ready to boot.
@@ -122,7 +148,13 @@ impl PodImage {
             path: path.display().to_string(),
             source,
         };
-        let file = File::open(path).map_err(|e| open_error(PodError::Io(e)))?;
+        // O_NONBLOCK: a FIFO given as the pod is refused below instead of blocking the open
+        // (it changes nothing for a regular file).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| open_error(PodError::Io(e)))?;
         // One fstat for the type, size and stamp; the headers are parsed from the mapping (a
         // few page faults instead of a read per tar header).
         let meta = file.metadata().map_err(SourceError::Stat)?;
@@ -140,6 +172,10 @@ impl PodImage {
             map,
             trust: Trust::Hashed,
         };
+        // Records are only read or written for a pod no one else can write: another user's
+        // write in flight could otherwise change bytes after the stamps were taken.
+        let recordable = only_we_can_write(&meta);
+        let cache = cache.filter(|_| recordable);
         let manifest = &image.pod.layout().manifest_bytes;
         if cache.is_some_and(|c| c.contains(&stamp, manifest)) {
             image.trust = Trust::Cached;
@@ -155,9 +191,15 @@ impl PodImage {
                     });
                 }
             }
-            if let Some(c) = cache {
-                // Not recording only means hashing again next time.
-                let _ = c.insert(&stamp, &image.pod.layout().manifest_bytes);
+            // Recorded only if the file did not change while it was hashed. Not recording only
+            // means hashing again next time.
+            let unchanged = FileStamp::of(image.pod.file()).is_ok_and(|now| now == stamp);
+            match cache {
+                Some(c) if unchanged => {
+                    let _ = c.insert(&stamp, &image.pod.layout().manifest_bytes);
+                }
+                _ if !unchanged || !recordable => image.trust = Trust::HashedNotRecorded,
+                _ => {}
             }
         }
         if verify_rootfs {

@@ -103,7 +103,7 @@ impl VerifiedCache {
     /// the file's previous record). Failing to record only costs a rehash next time, so errors
     /// are returned for the caller to ignore or report.
     pub fn insert(&self, stamp: &FileStamp, manifest: &[u8]) -> std::io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        create_private_dir(&self.dir)?;
         let mut tmp = tempfile_in(&self.dir)?;
         let done = tmp
             .1
@@ -115,6 +115,16 @@ impl VerifiedCache {
         }
         done
     }
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (less the umask): the caches hold
+/// what decides whether a launch hashes, so only their owner may write them.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// A new file in `dir` with a name no other writer uses (for temp file + rename).
@@ -138,6 +148,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn records_are_keyed_by_stamp_and_manifest() {
@@ -147,6 +158,8 @@ mod tests {
         let stamp = FileStamp::of(f.as_file()).unwrap();
         assert!(!cache.contains(&stamp, b"{\"a\":1}"));
         cache.insert(&stamp, b"{\"a\":1}").unwrap();
+        let mode = fs::metadata(&cache.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the cache directory is private: {mode:o}");
         assert!(cache.contains(&stamp, b"{\"a\":1}"));
         // Another manifest, a prefix of it, or more bytes: not vouched for.
         assert!(!cache.contains(&stamp, b"{\"a\":2}"));
