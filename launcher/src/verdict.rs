@@ -7,11 +7,9 @@
 //! recorded: a loaded host can fail the probe's timing, and the QEMU boot it leads to costs far
 //! more than the probe.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::vmm::cpuid_cache;
+use crate::vmm::{cpuid_cache, trust};
 
 /// `native/` beside the CPUID cache.
 pub fn default_dir() -> Option<PathBuf> {
@@ -23,34 +21,19 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 fn record_path(dir: &Path, key: &[u8]) -> PathBuf {
-    dir.join(format!("{:016x}", cpuid_cache::fnv1a64(key)))
+    dir.join(cpuid_cache::entry_name(key))
 }
 
 /// Whether `dir` records a positive answer for `key`.
 fn recorded(dir: &Path, key: &[u8]) -> bool {
-    let Ok(f) = File::open(record_path(dir, key)) else {
-        return false;
-    };
-    let mut got = Vec::with_capacity(key.len() + 1);
-    f.take(key.len() as u64 + 1)
-        .read_to_end(&mut got)
-        .is_ok_and(|_| got == key)
+    trust::file_holds(&record_path(dir, key), key)
 }
 
 /// Records a positive answer for `key` (temp file + rename). Best effort: not recording only
 /// means probing again next time.
 fn record(dir: &Path, key: &[u8]) {
-    if crate::vmm::trust::create_private_dir(dir).is_err() {
-        return;
-    }
-    let Ok((tmp, mut f)) = crate::vmm::trust::tempfile_in(dir) else {
-        return;
-    };
-    if f.write_all(key)
-        .and_then(|_| fs::rename(&tmp, record_path(dir, key)))
-        .is_err()
-    {
-        let _ = fs::remove_file(&tmp);
+    if trust::create_private_dir(dir).is_ok() {
+        let _ = trust::replace_file(dir, &record_path(dir, key), key, false);
     }
 }
 
@@ -74,6 +57,7 @@ pub fn runs_natively(dir: Option<&Path>, key: Option<&[u8]>, probe: impl FnOnce(
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::fs;
 
     #[test]
     fn a_positive_answer_is_recorded_per_key_and_a_negative_one_never() {

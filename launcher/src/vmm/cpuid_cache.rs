@@ -9,7 +9,7 @@
 //! to the ioctl. Storing an entry removes all but the newest few others.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -290,7 +290,7 @@ pub fn key(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
 /// Length of an entry's file name.
 const ENTRY_NAME_LEN: usize = 16;
 
-fn entry_name(key: &[u8]) -> String {
+pub(crate) fn entry_name(key: &[u8]) -> String {
     format!("{:016x}", fnv1a64(key))
 }
 
@@ -336,15 +336,10 @@ impl CpuidCache {
             return Err(CpuidCacheError::TooMany(entries.len() as u32));
         }
         super::trust::create_private_dir(&self.dir).map_err(|e| CpuidCacheError::Io("mkdir", e))?;
-        let (tmp, mut f) =
-            super::trust::tempfile_in(&self.dir).map_err(|e| CpuidCacheError::Io("write", e))?;
-        let done = f
-            .write_all(&encode_entry(key, entries))
-            .and_then(|_| fs::rename(&tmp, self.entry_path(key)));
-        if let Err(e) = done {
-            let _ = fs::remove_file(&tmp);
-            return Err(CpuidCacheError::Io("write", e));
-        }
+        // No fsync: a torn file after a crash fails its checksum and is rewritten.
+        let bytes = encode_entry(key, entries);
+        super::trust::replace_file(&self.dir, &self.entry_path(key), &bytes, false)
+            .map_err(|e| CpuidCacheError::Io("write", e))?;
         self.collect(key);
         Ok(())
     }

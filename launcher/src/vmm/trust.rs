@@ -89,14 +89,7 @@ impl VerifiedCache {
     /// Whether a file with `stamp` and `manifest` was recorded as verified: the record must
     /// equal [`FileStamp::record`] byte for byte.
     pub fn contains(&self, stamp: &FileStamp, manifest: &[u8]) -> bool {
-        let want = stamp.record(manifest);
-        let Ok(f) = File::open(self.entry(stamp)) else {
-            return false;
-        };
-        let mut got = Vec::with_capacity(want.len() + 1);
-        f.take(want.len() as u64 + 1)
-            .read_to_end(&mut got)
-            .is_ok_and(|_| got == want)
+        file_holds(&self.entry(stamp), &stamp.record(manifest))
     }
 
     /// Records a file with `stamp` and `manifest` as verified (temp file + rename, replacing
@@ -104,16 +97,7 @@ impl VerifiedCache {
     /// are returned for the caller to ignore or report.
     pub fn insert(&self, stamp: &FileStamp, manifest: &[u8]) -> std::io::Result<()> {
         create_private_dir(&self.dir)?;
-        let mut tmp = tempfile_in(&self.dir)?;
-        let done = tmp
-            .1
-            .write_all(&stamp.record(manifest))
-            .and_then(|_| tmp.1.sync_all())
-            .and_then(|_| fs::rename(&tmp.0, self.entry(stamp)));
-        if done.is_err() {
-            let _ = fs::remove_file(&tmp.0);
-        }
-        done
+        replace_file(&self.dir, &self.entry(stamp), &stamp.record(manifest), true)
     }
 }
 
@@ -127,8 +111,39 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Whether the file at `path` holds exactly `want` (reading at most one byte more).
+pub(crate) fn file_holds(path: &Path, want: &[u8]) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let mut got = Vec::with_capacity(want.len() + 1);
+    f.take(want.len() as u64 + 1)
+        .read_to_end(&mut got)
+        .is_ok_and(|_| got == want)
+}
+
+/// Replaces the file at `path`, in the existing directory `dir`, by one holding `bytes`: a
+/// temp file beside it (fsynced first when `sync`) renamed over it, removed if anything fails.
+/// Readers see the old whole file or the new one.
+pub(crate) fn replace_file(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    sync: bool,
+) -> std::io::Result<()> {
+    let (tmp, mut f) = tempfile_in(dir)?;
+    let done = f
+        .write_all(bytes)
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
+        .and_then(|_| fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    done
+}
+
 /// A new file in `dir` with a name no other writer uses (for temp file + rename).
-pub(crate) fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, File)> {
     for n in 0..100u32 {
         let p = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
