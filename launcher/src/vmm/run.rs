@@ -408,12 +408,14 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
             }
         }
     }
+    let kicks: Arc<[VcpuThread]> = kicks.into();
     let supervisor = if failed.is_none() {
-        let (opts, devices, stop, tx) = (
+        let (opts, devices, stop, tx, kicks) = (
             opts.clone(),
             devices.clone(),
             stop.clone(),
             events_tx.clone(),
+            kicks.clone(),
         );
         std::thread::Builder::new()
             .name("supervisor".into())
@@ -424,10 +426,10 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         None
     };
     let Some(supervisor) = supervisor else {
-        stop.store(true, Ordering::SeqCst);
-        for t in threads {
-            kick_until_finished(t);
-        }
+        // vCPU 0 has not run: only the started threads need stopping.
+        done0.store(true, Ordering::SeqCst);
+        stop_vcpus(&stop, &kicks);
+        join_finished(threads);
         return Outcome {
             code: EXIT_LAUNCHER,
             message: failed,
@@ -443,11 +445,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         };
     };
     // The supervisor returned after every vCPU loop did (or gave up on one).
-    for t in threads {
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
+    join_finished(threads);
     marks.init = sup.init;
     marks.app_exec = sup.app_exec;
     marks.exit = Some(sup.exit);
@@ -593,19 +591,9 @@ fn stop_vcpus(stop: &AtomicBool, vcpus: &[VcpuThread]) -> bool {
     true
 }
 
-/// Kicks a spawned vCPU thread (whose stop flag is set) until it has finished, for at most
-/// 2 s, and joins it if it did.
-fn kick_until_finished(t: JoinHandle<()>) {
-    let give_up = Instant::now() + Duration::from_secs(2);
-    while !t.is_finished() && Instant::now() < give_up {
-        // SAFETY: the thread is alive (not finished, and not yet joined), so its pthread_t is
-        // valid; the kick signal has a no-op handler.
-        unsafe {
-            libc::pthread_kill(t.as_pthread_t(), kick_signal());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    if t.is_finished() {
+/// Joins the threads that have ended (one stuck in `KVM_RUN` is left to the process's exit).
+fn join_finished(threads: Vec<JoinHandle<()>>) {
+    for t in threads.into_iter().filter(|t| t.is_finished()) {
         let _ = t.join();
     }
 }
