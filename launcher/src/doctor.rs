@@ -367,7 +367,7 @@ pub fn kvm_runs_guest_natively() -> bool {
             return false;
         }
         drop(kvm);
-        let key = crate::vmm::cpuid_cache::key(&crate::vmm::cpuid_cache::KeySources::host());
+        let key = crate::vmm::cpuid_cache::host_key();
         crate::verdict::runs_natively(
             crate::verdict::default_dir().as_deref(),
             key.as_deref().ok(),

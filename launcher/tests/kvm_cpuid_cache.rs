@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
-use launcher::vmm::cpuid_cache::{CpuidCache, CpuidSource, KeySources, supported_cpuid};
+use launcher::vmm::cpuid_cache::{CpuidCache, CpuidSource, KeySources, key, supported_cpuid};
 
 /// Runs `f` with the thread pinned to CPU 0: leaf 1's EBX holds the APIC id of the CPU the
 /// ioctl ran on, so two reads only compare equal from the same CPU.
@@ -43,7 +43,8 @@ fn cached_table_equals_the_ioctl() {
     let cache = CpuidCache::new(dir.path().join("cpuid"));
     let src = KeySources::host();
     on_cpu0(|| {
-        let (cold, l) = supported_cpuid(Some(&cache), &src, || Ok::<_, ()>(ioctl(&kvm))).unwrap();
+        let (cold, l) =
+            supported_cpuid(Some(&cache), || key(&src), || Ok::<_, ()>(ioctl(&kvm))).unwrap();
         assert!(
             matches!(
                 l.source,
@@ -55,9 +56,11 @@ fn cached_table_equals_the_ioctl() {
             "{}",
             l.note()
         );
-        let (warm, l) = supported_cpuid(Some(&cache), &src, || -> Result<CpuId, ()> {
-            panic!("warm lookup called the ioctl")
-        })
+        let (warm, l) = supported_cpuid(
+            Some(&cache),
+            || key(&src),
+            || -> Result<CpuId, ()> { panic!("warm lookup called the ioctl") },
+        )
         .unwrap();
         assert!(matches!(l.source, CpuidSource::Cache), "{}", l.note());
         let fresh = ioctl(&kvm);

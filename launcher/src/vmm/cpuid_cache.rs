@@ -1,7 +1,7 @@
 //! A cache of `KVM_GET_SUPPORTED_CPUID` across launches. The table depends only on the host
 //! CPU, kernel, KVM modules (and their read-only parameters), the kernel command line and the
 //! calling process's guest xstate permission; all are fixed within one boot except module
-//! reloads. An entry is keyed (see [`key_material`]) on the boot id, the identity of each KVM
+//! reloads. An entry is keyed (see [`key`]) on the boot id, the identity of each KVM
 //! module's sysfs directory, the microcode revision, the process's guest xstate permission and
 //! the host CPU's feature words; its file is named after an FNV-1a hash of that key. The entry
 //! holds the whole key, the raw `kvm_cpuid_entry2` array (count + entries) and a checksum of
@@ -246,7 +246,7 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
 /// KVM recomputes what it supports — gives a new number. The writable parameters (halt
 /// polling, `ignore_msrs`, `nx_huge_pages`, ... in Linux 6.12) are not read when KVM builds the
 /// table. The kernel itself cannot change without a new boot id.
-pub fn key_material(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
+pub fn key(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
@@ -282,9 +282,16 @@ pub fn key_material(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
     Ok(out)
 }
 
-/// The entry key: [`key_material`], whole.
-pub fn key(src: &KeySources) -> Result<Vec<u8>, CpuidCacheError> {
-    key_material(src)
+/// This host's [`key`] for this process, gathered once: `--engine auto`'s verdict
+/// (`crate::verdict`) and the CPUID table both use it. A failure is not kept: the next call
+/// tries again.
+pub fn host_key() -> Result<Vec<u8>, CpuidCacheError> {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(k) = KEY.get() {
+        return Ok(k.clone());
+    }
+    let k = key(&KeySources::host())?;
+    Ok(KEY.get_or_init(|| k).clone())
 }
 
 /// Length of an entry's file name.
@@ -428,7 +435,7 @@ impl CpuidLookup {
 /// `fetch` is called.
 pub fn supported_cpuid<E>(
     cache: Option<&CpuidCache>,
-    sources: &KeySources,
+    key: impl FnOnce() -> Result<Vec<u8>, CpuidCacheError>,
     fetch: impl FnOnce() -> Result<CpuId, E>,
 ) -> Result<(CpuId, CpuidLookup), E> {
     let start = Instant::now();
@@ -444,7 +451,7 @@ pub fn supported_cpuid<E>(
         };
         return Ok((cpuid, lookup));
     };
-    let key = key(sources);
+    let key = key();
     let key_time = start.elapsed();
     let (cpuid, source) = match key {
         Err(e) => (
@@ -738,7 +745,7 @@ mod tests {
         let fetch_never = || -> Result<CpuId, ()> { panic!("the ioctl was called on a hit") };
 
         // Cold: the ioctl, then stored; warm: the cache only.
-        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        let (c, l) = supported_cpuid(Some(&cache), || key(&src), fetch_ok).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(
             l.source,
@@ -747,7 +754,7 @@ mod tests {
                 stored: Some(Ok(()))
             }
         ));
-        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_never).unwrap();
+        let (c, l) = supported_cpuid(Some(&cache), || key(&src), fetch_never).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(l.source, CpuidSource::Cache));
         assert!(l.note().contains("cache hit"));
@@ -755,7 +762,7 @@ mod tests {
         // A corrupt entry: the ioctl, and the entry rewritten.
         let path = cache.entry_path(&key(&src).unwrap());
         fs::write(&path, b"garbage").unwrap();
-        let (c, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        let (c, l) = supported_cpuid(Some(&cache), || key(&src), fetch_ok).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(
             l.source,
@@ -768,14 +775,14 @@ mod tests {
 
         // A changed input: a miss (new entry), the old entry untouched.
         recreate(&dir.path().join("module/kvm"));
-        let (_, l) = supported_cpuid(Some(&cache), &src, fetch_ok).unwrap();
+        let (_, l) = supported_cpuid(Some(&cache), || key(&src), fetch_ok).unwrap();
         assert!(matches!(l.source, CpuidSource::Kvm { cache: None, .. }));
         assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2);
 
         // No key (no boot id), or an unwritable cache: the ioctl, never an error.
         let mut no_key = src.clone();
         no_key.boot_id = dir.path().join("nowhere");
-        let (c, l) = supported_cpuid(Some(&cache), &no_key, fetch_ok).unwrap();
+        let (c, l) = supported_cpuid(Some(&cache), || key(&no_key), fetch_ok).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(
             l.source,
@@ -787,7 +794,7 @@ mod tests {
         let file = dir.path().join("a-file");
         fs::write(&file, b"").unwrap();
         let blocked = CpuidCache::new(file.join("cpuid"));
-        let (c, l) = supported_cpuid(Some(&blocked), &src, fetch_ok).unwrap();
+        let (c, l) = supported_cpuid(Some(&blocked), || key(&src), fetch_ok).unwrap();
         assert_eq!(c.as_slice(), &t[..]);
         assert!(matches!(
             l.source,
@@ -799,7 +806,7 @@ mod tests {
         assert!(l.note().contains("cpuid cache mkdir"), "{}", l.note());
 
         // No cache at all; and the ioctl's own error is the lookup's error.
-        let (_, l) = supported_cpuid(None, &src, fetch_ok).unwrap();
+        let (_, l) = supported_cpuid(None, || key(&src), fetch_ok).unwrap();
         assert!(matches!(
             l.source,
             CpuidSource::Kvm {
@@ -809,7 +816,12 @@ mod tests {
         ));
         let empty = CpuidCache::new(dir.path().join("empty"));
         assert_eq!(
-            supported_cpuid(Some(&empty), &src, || Err::<CpuId, _>("ioctl failed")).unwrap_err(),
+            supported_cpuid(
+                Some(&empty),
+                || key(&src),
+                || Err::<CpuId, _>("ioctl failed")
+            )
+            .unwrap_err(),
             "ioctl failed"
         );
     }

@@ -228,7 +228,7 @@ pub fn build_vm_with_cache(
     mptable::write(&mem, vcpu_count)?;
     cpu::write_boot_tables(&mem, kernel.mode)?;
     let (cpuid, cpuid_lookup) =
-        cpuid_cache::supported_cpuid(cpuid_cache, &cpuid_cache::KeySources::host(), || {
+        cpuid_cache::supported_cpuid(cpuid_cache, cpuid_cache::host_key, || {
             cpu::supported_cpuid(&kvm)
         })?;
     for (i, v) in vcpus.iter().enumerate() {
