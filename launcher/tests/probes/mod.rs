@@ -25,20 +25,11 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Compiles `probe` (`hello`, `blk`, `triple`, `spin`) with extra `-D` defines into a flat image.
-pub fn build_flat(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
-    let src = src_dir();
-    let start_o = dir.join(format!("{probe}-start.o"));
-    let main_o = dir.join(format!("{probe}.o"));
-    let bin = dir.join(format!("{probe}.bin"));
-    run(Command::new("gcc")
-        .args(["-m32", "-c", "-o"])
-        .arg(&start_o)
-        .arg(src.join("start.S")));
+/// `gcc -c` for a probe: freestanding, no libc, no SSE, warnings as errors, with the
+/// target's flags (`arch`) and a `-D` per define.
+fn freestanding_cc(arch: &[&str], defines: &[&str]) -> Command {
     let mut cc = Command::new("gcc");
-    cc.args([
-        "-m32",
-        "-march=i686",
+    cc.args(arch).args([
         "-O2",
         "-ffreestanding",
         "-fno-builtin",
@@ -57,6 +48,20 @@ pub fn build_flat(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
     for d in defines {
         cc.arg(format!("-D{d}"));
     }
+    cc
+}
+
+/// Compiles `probe` (`hello`, `blk`, `triple`, `spin`) with extra `-D` defines into a flat image.
+pub fn build_flat(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
+    let src = src_dir();
+    let start_o = dir.join(format!("{probe}-start.o"));
+    let main_o = dir.join(format!("{probe}.o"));
+    let bin = dir.join(format!("{probe}.bin"));
+    run(Command::new("gcc")
+        .args(["-m32", "-c", "-o"])
+        .arg(&start_o)
+        .arg(src.join("start.S")));
+    let mut cc = freestanding_cc(&["-m32", "-march=i686"], defines);
     run(cc
         .arg("-o")
         .arg(&main_o)
@@ -212,32 +217,10 @@ pub fn build_bz_payload(dir: &Path, load: u64, defines: &[&str]) -> BzPayload {
         .args(["-m64", "-c", "-o"])
         .arg(&start_o)
         .arg(src.join("bzstart.S")));
-    let mut cc = Command::new("gcc");
-    cc.args([
-        "-m64",
-        "-O2",
-        "-ffreestanding",
-        "-fno-builtin",
-        "-fno-pic",
-        "-fno-pie",
-        "-mcmodel=small",
-        "-mno-red-zone",
-        "-fno-stack-protector",
-        "-fno-asynchronous-unwind-tables",
-        "-fno-tree-loop-distribute-patterns",
-        "-mgeneral-regs-only",
-        "-nostdlib",
-        "-Wall",
-        "-Werror",
-        "-Wno-unused-function",
-        "-c",
-    ]);
+    let mut cc = freestanding_cc(&["-m64", "-mcmodel=small", "-mno-red-zone"], defines);
     cc.arg(format!("-DBZ_LOAD={load:#x}ull"))
         .arg(format!("-DHDR_VERSION={BZ_VERSION:#x}"))
         .arg(format!("-DSETUP_SECTS={BZ_SETUP_SECTS}"));
-    for d in defines {
-        cc.arg(format!("-D{d}"));
-    }
     run(cc.arg("-o").arg(&main_o).arg(src.join("bz.c")));
     run(Command::new("ld")
         .args(["-m", "elf_x86_64", "-static", "--no-dynamic-linker", "-T"])
