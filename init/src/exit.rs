@@ -4,12 +4,9 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::control;
+use pod::protocol::{EXIT_PORT, GuestLine, PANIC_CODE};
 
-/// The exit port the launcher (and QEMU's `isa-debug-exit`) listens on.
-pub const EXIT_PORT: libc::off_t = 0xf4;
-/// Status byte written to the exit port when init panics (the launcher reads the `P` line).
-pub const PANIC_CODE: u8 = 123;
+use crate::control;
 
 /// `/dev/port`, opened from the initramfs at entry (or -1).
 static PORT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -37,7 +34,7 @@ pub fn status_code(wait_status: libc::c_int) -> u8 {
 pub fn power_off(code: u8) -> ! {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
-    if !control::send(&control::exit_line(code)) {
+    if !control::send(&GuestLine::Exit(code)) {
         control::say(&format!("exit {code}"));
     }
     stop(code)
@@ -56,7 +53,7 @@ fn stop(code: u8) -> ! {
     if fd >= 0 {
         let byte = [code];
         // SAFETY: `byte` is one readable byte; the VMM stops the VM on this write.
-        unsafe { libc::pwrite(fd, byte.as_ptr().cast(), 1, EXIT_PORT) };
+        unsafe { libc::pwrite(fd, byte.as_ptr().cast(), 1, libc::off_t::from(EXIT_PORT)) };
     }
     // No exit device (or the write returned): power off the ordinary way.
     // SAFETY: sync and reboot have no memory preconditions; init is PID 1 and may power off.
@@ -83,7 +80,7 @@ pub fn install_panic_hook() {
             None => msg,
         };
         control::say(&format!("init panicked: {msg}"));
-        control::send(&control::panic_line(&msg));
+        control::send(&GuestLine::Panic(msg.clone()));
         stop(PANIC_CODE)
     }));
 }

@@ -12,16 +12,16 @@ pub mod plan;
 pub mod reap;
 pub mod spawn;
 pub mod spec;
+pub mod stdio;
 pub mod user;
 
 use thiserror::Error;
 
-/// Docker's code for a bad spec or a setup failure.
-pub const EXIT_SETUP: u8 = 125;
-/// Docker's code for a command that exists but cannot be executed.
-pub const EXIT_NOT_EXECUTABLE: u8 = 126;
-/// Docker's code for a command that was not found.
-pub const EXIT_NOT_FOUND: u8 = 127;
+/// Docker's codes for a setup failure, a command that cannot be executed, and one not found.
+pub use pod::protocol::{
+    STATUS_NOT_EXECUTABLE as EXIT_NOT_EXECUTABLE, STATUS_NOT_FOUND as EXIT_NOT_FOUND,
+    STATUS_SETUP as EXIT_SETUP,
+};
 
 /// Why init could not run the app.
 #[derive(Debug, Error)]
@@ -40,6 +40,8 @@ pub enum InitError {
     User(#[from] user::UserError),
     #[error("app")]
     Spawn(#[from] spawn::SpawnError),
+    #[error("app stdio")]
+    Stdio(#[from] stdio::StdioError),
     #[error("supervision")]
     Reap(#[from] reap::ReapError),
 }

@@ -2,13 +2,14 @@
 //! the VM off with the app's status. See `docs/guest-protocol.md`.
 
 use init::{InitError, cmdline, control, error_chain, exit, guest, mounts, plan, reap, spawn};
-use init::{Steps, spec, user};
+use init::{Steps, spec, stdio, user};
+use pod::protocol::{GuestLine, Mark};
 
 fn main() {
     // 8. Timing mark first, from the initramfs's own device nodes.
     let t0 = init::monotonic_us();
     control::open();
-    control::send("T init\n");
+    control::send(&GuestLine::Mark(Mark::Init));
     exit::open_port();
     exit::install_panic_hook();
 
@@ -55,14 +56,20 @@ fn run(t0: u64) -> Result<u8, InitError> {
         control::say(&steps.summary());
     }
 
-    // 5. Spawn the app (signals blocked first, so none is lost).
+    // 5. Spawn the app on its stdio (signals blocked first, so none is lost).
     let signals = reap::Signals::block()?;
     spawn::ensure_workdir(&plan.workdir)?;
     let launch = spawn::Launch::new(&plan, &env, &user, opts.debug.then_some(t0))?;
-    let app = spawn::spawn(&launch)?;
+    let mut stdio = stdio::prepare(plan.tty, overrides.interactive, overrides.window_size)?;
+    let app = spawn::spawn(&launch, &stdio.child)?;
+    stdio.forked();
 
-    // 6. Reap and forward until the app exits.
-    let status = reap::supervise(&signals, app)?;
+    // 6. Reap, forward and relay until the app exits; then end what it left running and pass
+    // on the last of its output before the status.
+    let status = reap::supervise(&signals, app, stdio.relay.as_mut())?;
     reap::end_all();
+    if let Some(r) = stdio.relay.as_mut() {
+        r.drain();
+    }
     Ok(exit::status_code(status))
 }

@@ -102,7 +102,17 @@ pub fn add_defaults(env: &mut Vec<String>, hostname: &str, home: &str) {
 /// Applies the overrides to the spec.
 pub fn plan(spec: &RunSpec, ov: &Overrides) -> Result<Plan, PlanError> {
     let argv = command(spec, ov)?;
-    let env = merge_env(&spec.env, &ov.env)?;
+    let mut env = merge_env(&spec.env, &ov.env)?;
+    if ov.tty && env_get(&env, "TERM").is_none() {
+        // Docker's rule: an app with a terminal gets TERM unless the image or `-e` set one;
+        // the launcher passes the host's.
+        let term = ov
+            .term
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .unwrap_or("xterm");
+        env.push(format!("TERM={term}"));
+    }
     let user = ov.user.clone().unwrap_or_else(|| spec.user.clone());
     if user.contains('\0') {
         return Err(PlanError::Nul("user"));
@@ -278,7 +288,28 @@ mod tests {
             tty: true,
             ..Overrides::default()
         };
-        assert!(plan(&s, &tty).unwrap().tty);
+        let p = plan(&s, &tty).unwrap();
+        assert!(p.tty);
+        assert!(p.env.contains(&"TERM=xterm".to_string()));
+        let host_term = Overrides {
+            tty: true,
+            term: Some("screen-256color".into()),
+            ..Overrides::default()
+        };
+        assert!(
+            plan(&s, &host_term)
+                .unwrap()
+                .env
+                .contains(&"TERM=screen-256color".to_string())
+        );
+        let own_term = Overrides {
+            env: vec!["TERM=dumb".into()],
+            ..host_term
+        };
+        let p = plan(&s, &own_term).unwrap();
+        assert_eq!(p.env.iter().filter(|e| e.starts_with("TERM=")).count(), 1);
+        assert!(p.env.contains(&"TERM=dumb".to_string()));
+        assert!(!defaults.env.iter().any(|e| e.starts_with("TERM=")));
         let rel = Overrides {
             workdir: Some("srv".into()),
             ..Overrides::default()

@@ -1,13 +1,17 @@
 //! Supervision as PID 1: reap every zombie, forward signals to the app (from init's own
-//! signals and from the control channel's `S <signo>` lines), until the app exits.
+//! signals and from the control channel's `S <signo>` lines), apply the host's window size
+//! (`W` lines), and relay the app's stdio ([`crate::stdio::Relay`]), until the app exits.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use thiserror::Error;
 
-use crate::control::{self, HostCommand, LineBuf};
+use pod::protocol::{HostLine, LineSplitter};
+
+use crate::control;
 use crate::cvt;
+use crate::stdio::Relay;
 
 /// Signals init forwards to the app.
 pub const FORWARDED: [libc::c_int; 7] = [
@@ -84,14 +88,18 @@ fn deliver(app: libc::pid_t, sig: libc::c_int) {
 }
 
 /// Runs until the app exits, returning its wait status.
-pub fn supervise(signals: &Signals, app: libc::pid_t) -> Result<libc::c_int, ReapError> {
+pub fn supervise(
+    signals: &Signals,
+    app: libc::pid_t,
+    mut relay: Option<&mut Relay>,
+) -> Result<libc::c_int, ReapError> {
     let mut ctl = control::fd();
-    let mut lines = LineBuf::default();
+    let mut lines = LineSplitter::default();
     loop {
         if let Some(status) = reap_all(app) {
             return Ok(status);
         }
-        let mut pfds = [
+        let mut pfds = vec![
             libc::pollfd {
                 fd: signals.fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -104,7 +112,9 @@ pub fn supervise(signals: &Signals, app: libc::pid_t) -> Result<libc::c_int, Rea
                 revents: 0,
             },
         ];
-        // SAFETY: `pfds` is a valid array of two pollfd.
+        let slots = relay.as_ref().map(|r| r.poll_slots()).unwrap_or_default();
+        pfds.extend(slots.iter().map(|(_, p)| *p));
+        // SAFETY: `pfds` is a valid array of `len` pollfd.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
         if n < 0 {
             let err = io::Error::last_os_error();
@@ -124,8 +134,13 @@ pub fn supervise(signals: &Signals, app: libc::pid_t) -> Result<libc::c_int, Rea
                 Ok(0) => ctl = None,
                 Ok(n) => {
                     for line in lines.push(&buf[..n]) {
-                        match control::parse_host_line(&line) {
-                            Ok(HostCommand::Signal(sig)) => deliver(app, sig),
+                        match HostLine::parse(&line) {
+                            Ok(HostLine::Signal(sig)) => deliver(app, sig),
+                            Ok(HostLine::WindowSize { rows, cols }) => {
+                                if let Some(r) = relay.as_deref() {
+                                    r.window_size(rows, cols);
+                                }
+                            }
                             Err(e) => control::say(&format!("control channel: {e}")),
                         }
                     }
@@ -135,6 +150,13 @@ pub fn supervise(signals: &Signals, app: libc::pid_t) -> Result<libc::c_int, Rea
                 Err(e) => {
                     control::say(&format!("control channel: {e}"));
                     ctl = None;
+                }
+            }
+        }
+        if let Some(r) = relay.as_deref_mut() {
+            for ((slot, _), p) in slots.iter().zip(&pfds[2..]) {
+                if p.revents != 0 {
+                    r.ready(*slot, p.revents);
                 }
             }
         }

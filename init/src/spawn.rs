@@ -1,6 +1,7 @@
-//! Starting the app: fork, then in the child its own session with the console as controlling
-//! terminal, the image user's credentials, the working directory, and `execve` with a `PATH`
-//! lookup in the merged environment. A failure in the child comes back over a close-on-exec
+//! Starting the app: fork, then in the child its own session with its stdio
+//! ([`crate::stdio::ChildStdio`]: pipes, a pseudo-terminal, or the console), the image user's
+//! credentials, the working directory, and `execve` with a `PATH` lookup in the merged
+//! environment. A failure in the child comes back over a close-on-exec
 //! pipe, so init can give Docker's 126/127/125 with a message.
 
 use std::ffi::CString;
@@ -8,7 +9,10 @@ use std::io;
 
 use thiserror::Error;
 
+use pod::protocol::{GuestLine, Mark};
+
 use crate::plan::{self, Plan};
+use crate::stdio::ChildStdio;
 use crate::user::ExecUser;
 use crate::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP, control, cvt};
 
@@ -17,6 +21,7 @@ use crate::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP, control, cvt};
 #[repr(u8)]
 pub enum Stage {
     Setsid = 1,
+    Stdio,
     Groups,
     Gid,
     Uid,
@@ -28,10 +33,11 @@ impl Stage {
     fn from_u8(b: u8) -> Stage {
         match b {
             1 => Stage::Setsid,
-            2 => Stage::Groups,
-            3 => Stage::Gid,
-            4 => Stage::Uid,
-            5 => Stage::Chdir,
+            2 => Stage::Stdio,
+            3 => Stage::Groups,
+            4 => Stage::Gid,
+            5 => Stage::Uid,
+            6 => Stage::Chdir,
             _ => Stage::Exec,
         }
     }
@@ -39,6 +45,7 @@ impl Stage {
     fn name(self) -> &'static str {
         match self {
             Stage::Setsid => "setsid",
+            Stage::Stdio => "set up stdio",
             Stage::Groups => "setgroups",
             Stage::Gid => "setgid",
             Stage::Uid => "setuid",
@@ -146,8 +153,8 @@ pub fn ensure_workdir(dir: &str) -> Result<(), SpawnError> {
     std::fs::create_dir_all(dir).map_err(|e| SpawnError::Workdir(dir.into(), e))
 }
 
-/// Forks and executes the app; returns its pid once `execve` succeeded.
-pub fn spawn(l: &Launch) -> Result<libc::pid_t, SpawnError> {
+/// Forks and executes the app on `stdio`; returns its pid once `execve` succeeded.
+pub fn spawn(l: &Launch, stdio: &ChildStdio) -> Result<libc::pid_t, SpawnError> {
     let mut argv: Vec<*const libc::c_char> = l.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = l.envp.iter().map(|a| a.as_ptr()).collect();
@@ -162,7 +169,7 @@ pub fn spawn(l: &Launch) -> Result<libc::pid_t, SpawnError> {
     if pid == 0 {
         // SAFETY: in the child; `rd` is the parent's end.
         unsafe { libc::close(rd) };
-        let (stage, errno) = child(l, &argv, &envp);
+        let (stage, errno) = child(l, stdio, &argv, &envp);
         let mut report = [0u8; 5];
         report[0] = stage as u8;
         report[1..].copy_from_slice(&errno.to_le_bytes());
@@ -224,7 +231,12 @@ fn errno() -> i32 {
 }
 
 /// The child's side: returns only on failure, with the failed stage and errno.
-fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> (Stage, i32) {
+fn child(
+    l: &Launch,
+    stdio: &ChildStdio,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> (Stage, i32) {
     // SAFETY: every call below is a plain system call on valid, prepared arguments; the
     // signal mask and dispositions are reset so the app starts like any process.
     unsafe {
@@ -237,9 +249,32 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
         if libc::setsid() < 0 {
             return (Stage::Setsid, errno());
         }
-        controlling_terminal();
-        if !l.tty {
-            raw_console();
+        match stdio {
+            ChildStdio::Console => {
+                controlling_terminal();
+                if !l.tty {
+                    raw_console();
+                }
+            }
+            ChildStdio::Fds(fds) => {
+                for (target, &fd) in fds.iter().enumerate() {
+                    if libc::dup2(fd, target as libc::c_int) < 0 {
+                        return (Stage::Stdio, errno());
+                    }
+                }
+            }
+            ChildStdio::Pty(path) => {
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                    return (Stage::Stdio, errno());
+                }
+                for target in 0..3 {
+                    libc::dup2(fd, target);
+                }
+                if fd > 2 {
+                    libc::close(fd);
+                }
+            }
         }
         if libc::setgroups(l.groups.len(), l.groups.as_ptr()) < 0 {
             return (Stage::Groups, errno());
@@ -254,12 +289,10 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
             return (Stage::Chdir, errno());
         }
     }
+    control::send(&GuestLine::Mark(Mark::Exec));
     if let Some(t0) = l.debug_t0 {
         let us = crate::monotonic_us().saturating_sub(t0);
-        control::send("T exec\n");
         control::say(&format!("init->exec {us} us"));
-    } else {
-        control::send("T exec\n");
     }
     let mut result = libc::ENOENT;
     for path in &l.candidates {
@@ -275,8 +308,8 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
     (Stage::Exec, result)
 }
 
-/// Makes the console the controlling terminal and the app's stdio (best effort: without a
-/// terminal the app still runs, on init's descriptors).
+/// Makes the console the controlling terminal and the app's stdio, when the VM has no stdio
+/// device (best effort: without a terminal the app still runs, on init's descriptors).
 ///
 /// # Safety
 /// Call only in the freshly forked child, after `setsid`.

@@ -281,6 +281,10 @@ impl Raw {
             workdir: self.workdir,
             hostname: self.hostname,
             tty: self.tty,
+            interactive: self.interactive,
+            // The host terminal's TERM and size are filled in at launch (`config::host_terminal`).
+            term: None,
+            window_size: None,
         };
         Ok(LaunchConfig {
             pod,

@@ -46,3 +46,25 @@ pub struct LaunchConfig {
     /// Hash the whole rootfs section before booting.
     pub verify: bool,
 }
+
+/// The pod's stop signal as a number; SIGTERM, with a notice, when the pod names none the
+/// launcher knows (`pod::protocol::parse_signal`, Docker's names and numbers).
+pub fn stop_signal(name: &str) -> i32 {
+    pod::protocol::parse_signal(name).unwrap_or_else(|e| {
+        eprintln!("hyperlaunch: the pod's stop signal: {e}; using SIGTERM");
+        libc::SIGTERM
+    })
+}
+
+impl LaunchConfig {
+    /// With `-t`, what the app's terminal takes from the host's: `TERM` (or `xterm`) and the
+    /// window size (see `pod::spec::Overrides`).
+    pub fn with_host_terminal(mut self) -> LaunchConfig {
+        if self.tty {
+            let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
+            self.overrides.term = Some(term.unwrap_or_else(|| "xterm".into()));
+            self.overrides.window_size = crate::supervisor::host_window_size().map(|(r, c)| [r, c]);
+        }
+        self
+    }
+}

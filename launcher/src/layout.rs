@@ -59,22 +59,22 @@ pub const KVM_TSS: u64 = 0xfffb_d000;
 /// Most e820 entries we ever write.
 pub const MAX_E820_ENTRIES: usize = 8;
 
-/// Console 16550 UART (`ttyS0`) base port.
-pub const SERIAL_CONSOLE_PORT: u16 = 0x3f8;
+/// Console 16550 UART (`ttyS0`) base port (the guest protocol's).
+pub const SERIAL_CONSOLE_PORT: u16 = pod::protocol::CONSOLE_UART.port;
 /// Console UART IRQ.
-pub const SERIAL_CONSOLE_IRQ: u32 = 4;
+pub const SERIAL_CONSOLE_IRQ: u32 = pod::protocol::CONSOLE_UART.irq as u32;
 /// Control-channel 16550 UART (`ttyS1`, see `docs/guest-protocol.md`) base port.
-pub const SERIAL_CONTROL_PORT: u16 = 0x2f8;
+pub const SERIAL_CONTROL_PORT: u16 = pod::protocol::CONTROL_UART.port;
 /// Control-channel UART IRQ.
-pub const SERIAL_CONTROL_IRQ: u32 = 3;
+pub const SERIAL_CONTROL_IRQ: u32 = pod::protocol::CONTROL_UART.irq as u32;
 /// Number of registers of a 16550 UART.
 pub const SERIAL_PORT_COUNT: u16 = 8;
 /// i8042 data port.
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port (writing 0xfe resets the machine).
 pub const I8042_COMMAND_PORT: u16 = 0x64;
-/// Exit port: a byte written here ends the VM (QEMU's `isa-debug-exit` in the QEMU engine).
-pub const EXIT_PORT: u16 = 0xf4;
+/// Exit port: a byte written here ends the VM (the guest protocol's).
+pub const EXIT_PORT: u16 = pod::protocol::EXIT_PORT;
 /// IRQs of the virtio-mmio devices, in device order (rootfs first, then `--disk`s).
 pub const VIRTIO_IRQS: [u32; 12] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17];
 /// IO-APIC pins (GSIs) of the in-kernel irqchip.

@@ -11,10 +11,15 @@ use std::time::Instant;
 
 use launcher::cli::{self, Command};
 use launcher::config::{Engine, LaunchConfig};
-use launcher::control::EXIT_LAUNCHER;
+use launcher::supervisor::Outcome;
+use launcher::timing::Marks;
+use pod::protocol::EXIT_LAUNCHER;
 
 #[cfg_attr(test, allow(dead_code))]
-fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
+fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
+    // First: a Ctrl-C or SIGTERM during the setup is forwarded once the guest runs, not fatal.
+    launcher::stdio::block_signals();
+    let cfg = cfg.with_host_terminal();
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,
         Engine::Auto => {
@@ -25,16 +30,34 @@ fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
         }
         e => e,
     };
-    match engine {
-        Engine::Qemu => match launcher::qemu::run(cfg) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("hyperlaunch: {}", launcher::vmm::error_chain(&e));
-                EXIT_LAUNCHER
-            }
+    // Raw mode only with stdin attached (`-it`), as Docker does: a raw terminal turns Ctrl-C into
+    // a byte, which must then reach the app's terminal.
+    let _raw = if cfg.tty && cfg.interactive {
+        launcher::vmm::term::RawTerminal::enter(0)
+    } else {
+        None
+    };
+    let mut marks = Marks::new(exec, "kvm");
+    let (outcome, notes) = match engine {
+        Engine::Qemu => match launcher::qemu::run(&cfg, &mut marks) {
+            Ok(o) => (o, String::new()),
+            Err(e) => (
+                Outcome {
+                    code: EXIT_LAUNCHER,
+                    message: Some(launcher::vmm::error_chain(&e)),
+                },
+                String::new(),
+            ),
         },
-        _ => launcher::vmm::launch(cfg, exec),
+        _ => launcher::vmm::launch(&cfg, &mut marks),
+    };
+    if let Some(m) = &outcome.message {
+        eprintln!("hyperlaunch: {m}");
     }
+    if cfg.timing {
+        eprint!("{}{notes}", marks.report());
+    }
+    outcome.code
 }
 
 /// Reopens any of fds 0-2 that is closed on `/dev/null`, so that no file the launcher opens
@@ -75,7 +98,7 @@ fn run(exec: Instant) -> ! {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let parsed = cli::parse(&argv);
     let code = match parsed {
-        Ok(Command::Launch(cfg)) => launch(&cfg, exec),
+        Ok(Command::Launch(cfg)) => launch(*cfg, exec),
         Ok(Command::Doctor { json }) => launcher::doctor::run(json),
         Ok(Command::Print(text)) => {
             let _ = std::io::stdout().write_all(text.as_bytes());

@@ -1,55 +1,47 @@
 //! The QEMU engine: boots a pod under `qemu-system-x86_64 -M microvm`, with KVM where the host's
 //! KVM runs guest code natively ([`crate::doctor::kvm_runs_guest_natively`]), else TCG.
 //!
-//! The guest sees what the KVM engine gives it (`docs/guest-protocol.md`): the pod's kernel and
-//! initramfs (plus the overrides archive), the rootfs as `/dev/vda` served straight from the pod
-//! file through QEMU's raw driver window, the console on the first serial port, the control
-//! channel on the second (0x2f8, IRQ 3), and the exit port at 0xf4 (`isa-debug-exit`).
+//! The guest sees what the KVM engine gives it (`docs/guest-protocol.md`, `pod::protocol`): the
+//! pod's kernel and initramfs (plus the overrides archive), the rootfs as `/dev/vda` served
+//! straight from the pod file through QEMU's raw driver window, the console on the first serial
+//! port, the control channel on the second, the app's stdio on a one-port virtio console
+//! (`/dev/hvc0`), and the exit port (`isa-debug-exit`).
 //!
 //! Plumbing: the kernel and the initramfs are copied (their digests checked on the way) into
 //! memfds that QEMU opens as `/proc/self/fd/N`, so nothing is written to disk and nothing is
 //! left behind; the rootfs window is served from the launcher's own descriptor of the pod
-//! (`/proc/self/fd/N` again), so QEMU reads the file that was opened and checked. The control channel is one end of a socketpair handed to QEMU as a socket
-//! chardev `fd=N`. QEMU's stdout/stdin carry the console (bridged by [`supervise`]) and QEMU
-//! runs in its own process group, so a terminal's Ctrl-C reaches only the launcher, which
-//! forwards it as `S 2`.
-//!
-//! Exit codes are the guest protocol's; one more: when the launcher forwarded a stop signal
-//! (Ctrl-C, SIGTERM) and the guest was still running `--grace` later, QEMU is killed and the
-//! launcher exits with [`EXIT_KILLED`] (137, `128 + SIGKILL`, like `docker kill`).
+//! (`/proc/self/fd/N` again), so QEMU reads the file that was opened and checked. The control
+//! channel and the stdio stream are each one end of a socketpair handed to QEMU as a socket
+//! chardev `fd=N`; QEMU's stdout carries the console. QEMU runs sandboxed (`-sandbox`), in its
+//! own process group, so a terminal's Ctrl-C reaches only the launcher, which forwards it.
+//! Everything else — signals, deadlines, exit codes, timing — is the shared
+//! [`crate::supervisor`]'s.
 
-mod supervise;
+mod machine;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pod::cpio::{CpioError, CpioWriter};
-use pod::spec::{OVERRIDES_PATH, Overrides};
+use pod::protocol::{CONSOLE_UART, CONTROL_UART, EXIT_PORT};
 use pod::{Pod, PodError, Section, SectionLoc};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::{Disk, LaunchConfig};
-use crate::control::{EXIT_INIT_PANIC, EXIT_NO_STATUS, EXIT_TIMEOUT};
-
-pub use supervise::Timing;
+use crate::supervisor::Outcome;
+use crate::timing::Marks;
 
 /// The QEMU binary looked up on `PATH`.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-/// Exit code when the guest outlived `--grace` after a forwarded stop signal and was killed.
-pub const EXIT_KILLED: i32 = 128 + libc::SIGKILL;
-/// I/O port of the exit device (`isa-debug-exit`).
-pub const EXIT_PORT: u16 = 0xf4;
-/// I/O port and IRQ of the control channel's serial port (ttyS1).
-pub const CONTROL_PORT: (u16, u8) = (0x2f8, 3);
-/// I/O port and IRQ of the console's serial port (ttyS0).
-pub const CONSOLE_PORT: (u16, u8) = (0x3f8, 4);
+/// QEMU's seccomp sandbox: no obsolete system calls, no privilege changes, no new processes, no
+/// resource-control calls.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Why the QEMU engine could not run the pod (the launcher exits with 125).
 #[derive(Debug, Error)]
@@ -72,17 +64,13 @@ pub enum QemuError {
     #[error("copy the {0} out of the pod")]
     Extract(&'static str, #[source] io::Error),
     #[error("build the overrides archive")]
-    Overrides(#[source] CpioError),
-    #[error("serialise the overrides")]
-    OverridesJson(#[source] serde_json::Error),
+    Overrides(#[source] pod::cpio::CpioError),
     #[error("extra disk {0}: not found")]
     DiskMissing(PathBuf),
-    #[error("control channel socketpair")]
-    Socket(#[source] io::Error),
+    #[error("socketpair for the {0}")]
+    Socket(&'static str, #[source] io::Error),
     #[error("start {QEMU_BINARY}")]
     Spawn(#[source] io::Error),
-    #[error("{QEMU_BINARY} failed to start: {0}")]
-    Failed(String),
     #[error("supervise {QEMU_BINARY}")]
     Supervise(#[source] io::Error),
 }
@@ -114,6 +102,8 @@ pub struct QemuPlan {
     pub disks: Vec<Disk>,
     /// QEMU's descriptor of its end of the control socketpair.
     pub control_fd: RawFd,
+    /// QEMU's descriptor of its end of the stdio socketpair.
+    pub stdio_fd: RawFd,
 }
 
 /// Doubles commas, QEMU's escape inside `key=value,...` option strings.
@@ -166,19 +156,21 @@ pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
     for s in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         push(s);
     }
+    push("-sandbox");
+    push(SANDBOX);
     push("-chardev");
     push("stdio,id=con,signal=off");
     push("-device");
     push(&format!(
         "isa-serial,chardev=con,index=0,iobase={:#x},irq={}",
-        CONSOLE_PORT.0, CONSOLE_PORT.1
+        CONSOLE_UART.port, CONSOLE_UART.irq
     ));
     push("-chardev");
     push(&format!("socket,id=ctl,fd={}", plan.control_fd));
     push("-device");
     push(&format!(
         "isa-serial,chardev=ctl,index=1,iobase={:#x},irq={}",
-        CONTROL_PORT.0, CONTROL_PORT.1
+        CONTROL_UART.port, CONTROL_UART.irq
     ));
     push("-device");
     push(&format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x01"));
@@ -224,6 +216,18 @@ pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive={id}").into());
     }
+    // The app's stdio: one virtio console port (max_ports=1: no multiport, so the guest sees
+    // /dev/hvc0 exactly as the KVM engine's device gives it).
+    for arg in [
+        "-chardev".to_string(),
+        format!("socket,id=stdio,fd={}", plan.stdio_fd),
+        "-device".into(),
+        "virtio-serial-device,max_ports=1".into(),
+        "-device".into(),
+        "virtconsole,chardev=stdio".into(),
+    ] {
+        a.push(arg.into());
+    }
     a
 }
 
@@ -248,139 +252,6 @@ pub fn find_qemu(path_var: Option<&OsStr>) -> Result<PathBuf, QemuError> {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
         .ok_or(QemuError::NotFound)
-}
-
-/// A signal name or number as images give it (`SIGTERM`, `TERM`, `15`, `SIGRTMIN+3`) to its
-/// number; `None` when unknown. An empty name is SIGTERM.
-pub fn signal_number(name: &str) -> Option<i32> {
-    const NAMES: &[(&str, i32)] = &[
-        ("HUP", libc::SIGHUP),
-        ("INT", libc::SIGINT),
-        ("QUIT", libc::SIGQUIT),
-        ("ILL", libc::SIGILL),
-        ("TRAP", libc::SIGTRAP),
-        ("ABRT", libc::SIGABRT),
-        ("IOT", libc::SIGIOT),
-        ("BUS", libc::SIGBUS),
-        ("FPE", libc::SIGFPE),
-        ("KILL", libc::SIGKILL),
-        ("USR1", libc::SIGUSR1),
-        ("SEGV", libc::SIGSEGV),
-        ("USR2", libc::SIGUSR2),
-        ("PIPE", libc::SIGPIPE),
-        ("ALRM", libc::SIGALRM),
-        ("TERM", libc::SIGTERM),
-        ("STKFLT", libc::SIGSTKFLT),
-        ("CHLD", libc::SIGCHLD),
-        ("CONT", libc::SIGCONT),
-        ("STOP", libc::SIGSTOP),
-        ("TSTP", libc::SIGTSTP),
-        ("TTIN", libc::SIGTTIN),
-        ("TTOU", libc::SIGTTOU),
-        ("URG", libc::SIGURG),
-        ("XCPU", libc::SIGXCPU),
-        ("XFSZ", libc::SIGXFSZ),
-        ("VTALRM", libc::SIGVTALRM),
-        ("PROF", libc::SIGPROF),
-        ("WINCH", libc::SIGWINCH),
-        ("IO", libc::SIGIO),
-        ("POLL", libc::SIGPOLL),
-        ("PWR", libc::SIGPWR),
-        ("SYS", libc::SIGSYS),
-    ];
-    // Linux's SIGRTMIN/SIGRTMAX as the kernel sees them (glibc reserves the first two).
-    const RTMIN: i32 = 34;
-    const RTMAX: i32 = 64;
-    let s = name.trim();
-    if s.is_empty() {
-        return Some(libc::SIGTERM);
-    }
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=RTMAX).contains(&n).then_some(n);
-    }
-    let upper = s.to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if let Some(&(_, n)) = NAMES.iter().find(|(n, _)| *n == bare) {
-        return Some(n);
-    }
-    let rt = |rest: &str, base: i32, sign: i32| -> Option<i32> {
-        let off = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix(if sign > 0 { '+' } else { '-' })?
-                .parse::<i32>()
-                .ok()?
-        };
-        let n = base + sign * off;
-        (RTMIN..=RTMAX).contains(&n).then_some(n)
-    };
-    if let Some(rest) = bare.strip_prefix("RTMIN") {
-        return rt(rest, RTMIN, 1);
-    }
-    if let Some(rest) = bare.strip_prefix("RTMAX") {
-        return rt(rest, RTMAX, -1);
-    }
-    None
-}
-
-/// How a QEMU run ended, as seen by the launcher.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ending {
-    /// The status from an `X` line.
-    pub status: Option<u8>,
-    /// The message of a `P` line.
-    pub panic: Option<String>,
-    /// `--timeout` expired and QEMU was killed.
-    pub timed_out: bool,
-    /// `--grace` expired after a forwarded stop signal and QEMU was killed.
-    pub killed: bool,
-    /// Whether the guest ever wrote to the console or the control channel.
-    pub guest_seen: bool,
-    /// QEMU's own exit status (`None` when killed by a signal).
-    pub qemu_code: Option<i32>,
-    /// The last lines QEMU wrote on stderr.
-    pub qemu_stderr: String,
-}
-
-/// The launcher's exit code for `e`, or the error when QEMU never ran the guest. Pure.
-pub fn exit_code(e: &Ending) -> Result<i32, QemuError> {
-    if let Some(code) = e.status {
-        return Ok(i32::from(code));
-    }
-    if e.panic.is_some() {
-        return Ok(EXIT_INIT_PANIC);
-    }
-    if e.timed_out {
-        return Ok(EXIT_TIMEOUT);
-    }
-    if e.killed {
-        return Ok(EXIT_KILLED);
-    }
-    if !e.guest_seen && e.qemu_code != Some(0) {
-        let msg = e.qemu_stderr.trim();
-        return Err(QemuError::Failed(if msg.is_empty() {
-            match e.qemu_code {
-                Some(c) => format!("exit status {c}"),
-                None => "killed by a signal".to_string(),
-            }
-        } else {
-            msg.lines().last().unwrap_or(msg).to_string()
-        }));
-    }
-    Ok(EXIT_NO_STATUS)
-}
-
-/// The one-line explanation printed on stderr for an exit code the guest did not choose.
-pub fn ending_message(e: &Ending, code: i32) -> Option<String> {
-    if e.status.is_some() {
-        return None;
-    }
-    Some(match code {
-        EXIT_INIT_PANIC => format!("init panicked: {}", e.panic.as_deref().unwrap_or_default()),
-        EXIT_TIMEOUT => "timeout expired: the VM was stopped".to_string(),
-        EXIT_KILLED => "the pod did not stop within the grace period: the VM was killed".into(),
-        _ => "the guest ended without reporting a status (kernel panic, reset or crash)".into(),
-    })
 }
 
 /// An anonymous in-memory file that QEMU opens as `/proc/self/fd/N` (the descriptor is
@@ -439,27 +310,9 @@ fn copy_section(pod: &Pod, pod_path: &Path, s: Section, out: &File) -> Result<u6
     Ok(done)
 }
 
-/// The newc archive holding `/hyperpod/overrides.json`, or `None` when nothing is overridden.
-pub fn overrides_archive(o: &Overrides, mtime: u32) -> Result<Option<Vec<u8>>, QemuError> {
-    if o.is_empty() {
-        return Ok(None);
-    }
-    let json = serde_json::to_vec(o).map_err(QemuError::OverridesJson)?;
-    let path = OVERRIDES_PATH.trim_start_matches('/');
-    let mut w = CpioWriter::new(Vec::new(), mtime);
-    if let Some((dir, _)) = path.rsplit_once('/') {
-        w.dir(dir, 0o755).map_err(QemuError::Overrides)?;
-    }
-    w.file(path, 0o644, &json).map_err(QemuError::Overrides)?;
-    w.finish().map(Some).map_err(QemuError::Overrides)
-}
-
-/// Boots the pod described by `cfg` under QEMU and returns the launcher's exit code.
-/// `Err` means the launcher failed (exit 125); the error says why in one line.
-pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
-    let started = Instant::now();
-    // First, so a Ctrl-C or SIGTERM during the setup is forwarded, not fatal.
-    let signals = supervise::SignalPipe::install().map_err(QemuError::Supervise)?;
+/// Boots the pod described by `cfg` under QEMU and returns how the run ended, recording its
+/// marks. `Err` means the launcher failed before the guest ran (exit 125).
+pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> {
     let pod_err = |source| QemuError::Pod {
         path: cfg.pod.display().to_string(),
         source,
@@ -481,8 +334,9 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
     let initrd =
         MemFile::new("hyperpod-initramfs").map_err(|e| QemuError::Extract("initramfs", e))?;
     let len = copy_section(&pod, &cfg.pod, Section::Initramfs, &initrd.file)?;
-    let mtime = u32::try_from(manifest.created_unix()).unwrap_or(0);
-    if let Some(archive) = overrides_archive(&cfg.overrides, mtime)? {
+    if let Some(archive) =
+        pod::protocol::overrides_archive(&cfg.overrides).map_err(QemuError::Overrides)?
+    {
         // Linux unpacks concatenated archives; each starts 4-byte aligned (zeros in between
         // are skipped).
         let at = len.next_multiple_of(4);
@@ -491,13 +345,20 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
             .write_all_at(&archive, at)
             .map_err(|e| QemuError::Extract("initramfs", e))?;
     }
-    let pod_opened = started.elapsed();
+    marks.pod_opened = Some(Instant::now());
 
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(QemuError::Socket)?;
+    let pair =
+        |what| std::os::unix::net::UnixStream::pair().map_err(|e| QemuError::Socket(what, e));
+    let (ctl_ours, ctl_theirs) = pair("control channel")?;
+    let (io_ours, io_theirs) = pair("stdio stream")?;
     let accel = if crate::doctor::kvm_runs_guest_natively() {
         Accel::Kvm
     } else {
         Accel::Tcg
+    };
+    marks.engine = match accel {
+        Accel::Kvm => "qemu/kvm",
+        Accel::Tcg => "qemu/tcg",
     };
     let plan = QemuPlan {
         binary,
@@ -512,51 +373,39 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
         pod: inherited_path(pod.file()),
         rootfs: pod.section(Section::Rootfs),
         disks: cfg.disks.clone(),
-        control_fd: theirs.as_raw_fd(),
+        control_fd: ctl_theirs.as_raw_fd(),
+        stdio_fd: io_theirs.as_raw_fd(),
     };
-    let stop_signal = signal_number(&manifest.run.stop_signal).unwrap_or_else(|| {
-        eprintln!(
-            "hyperlaunch: unknown stop signal {:?} in the pod, using SIGTERM",
-            manifest.run.stop_signal
-        );
-        libc::SIGTERM
-    });
     let inherit = [
-        theirs.as_raw_fd(),
+        ctl_theirs.as_raw_fd(),
+        io_theirs.as_raw_fd(),
         kernel.file.as_raw_fd(),
         initrd.file.as_raw_fd(),
         pod.file().as_raw_fd(),
     ];
-    let (ending, timing) = supervise::supervise(
-        &signals,
+    let opts = crate::supervisor::Options {
+        timeout: cfg.timeout,
+        grace: cfg.grace,
+        stop_signal: crate::config::stop_signal(&manifest.run.stop_signal),
+        tty: cfg.tty,
+    };
+    let report = machine::run(
         &plan,
         &inherit,
-        ours,
-        theirs,
-        supervise::Options {
-            timeout: cfg.timeout,
-            grace: cfg.grace,
-            interactive: cfg.interactive,
-            tty: cfg.tty,
-            stop_signal,
-            started,
+        machine::Channels {
+            control: ctl_ours,
+            stdio: io_ours,
+            theirs: vec![ctl_theirs, io_theirs],
         },
+        cfg.interactive,
+        &opts,
+        marks,
     )?;
     // QEMU has exited: the memfds can go.
     drop(kernel);
     drop(initrd);
-    let code = exit_code(&ending)?;
-    if let Some(msg) = ending_message(&ending, code) {
-        eprintln!("hyperlaunch: {msg}");
-    }
-    if cfg.timing {
-        let _ = writeln!(
-            io::stderr(),
-            "{}",
-            timing.report(pod_opened, accel, started.elapsed())
-        );
-    }
-    Ok(code)
+    marks.add_report(&report);
+    Ok(report.outcome())
 }
 
 #[cfg(test)]

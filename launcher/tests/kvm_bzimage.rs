@@ -31,7 +31,7 @@ fn seal(dir: &Path, name: &str, kernel: &[u8], initramfs: &[u8]) -> PathBuf {
 
 /// The value after `prefix` on the first stdout line that starts with it.
 fn line<'a>(r: &'a Run, prefix: &str) -> &'a str {
-    r.stdout
+    r.console
         .lines()
         .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("the probe printed no {prefix:?} line"))
@@ -51,10 +51,10 @@ fn boot_and_check(dir: &Path, load: u64, exit_code: u8, memory_mib: u64) {
     let r = hyperlaunch(dir, &pod, &["--memory", &memory_mib.to_string()]);
 
     assert!(
-        !r.stdout.contains("startup_32"),
+        !r.console.contains("startup_32"),
         "the launcher entered at the load address, not at +0x200"
     );
-    assert!(!r.stdout.contains("BZ FAIL"), "a handover check failed");
+    assert!(!r.console.contains("BZ FAIL"), "a handover check failed");
     assert_eq!(r.code, i32::from(exit_code), "the probe's X code");
     assert_eq!(
         line(&r, "BZ: startup_64 at "),
@@ -87,7 +87,7 @@ fn boot_and_check(dir: &Path, load: u64, exit_code: u8, memory_mib: u64) {
     assert!(rd.starts_with("3000 at 0x"), "{rd}");
     let fnv = format!(" fnv {:08x}", probes::fnv1a(&initramfs));
     assert!(rd.ends_with(&fnv), "{rd}\nwant {fnv}");
-    assert!(r.stdout.contains("BZ: all checks passed"));
+    assert!(r.console.contains("BZ: all checks passed"));
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn kvm_bzimage_that_is_not_loaded_high_is_refused() {
     let r = hyperlaunch(dir.path(), &pod, &[]);
     assert_eq!(r.code, 125, "a zImage-style kernel is not booted");
     assert!(r.stderr.contains("cannot load the kernel"), "{}", r.stderr);
-    assert!(!r.stdout.contains("BZ:"));
+    assert!(!r.console.contains("BZ:"));
 }
 
 /// Without `XLF_KERNEL_64` the image does not promise a 64-bit entry at +0x200 (a 32-bit
@@ -143,7 +143,7 @@ fn kvm_bzimage_without_a_64bit_entry_is_refused() {
     let pod = seal(dir.path(), "no64", &probes::bzimage(&p.code, &h), b"x");
     let r = hyperlaunch(dir.path(), &pod, &[]);
     assert!(
-        !r.stdout.contains("BZ:"),
+        !r.console.contains("BZ:"),
         "the launcher jumped to a 64-bit entry the header does not offer"
     );
     assert_eq!(r.code, 125);
@@ -176,14 +176,14 @@ fn kvm_bzimage_initramfs_stays_out_of_the_init_size_window() {
 
     // 64 MiB: the initramfs fits above the window.
     let r = hyperlaunch(dir.path(), &pod, &["--memory", "64"]);
-    assert!(!r.stdout.contains("BZ FAIL"));
+    assert!(!r.console.contains("BZ FAIL"));
     assert_eq!(r.code, 39);
     assert!(line(&r, "INITRAMFS: ").starts_with(&format!("{} at ", 8 << 20)));
 
     // 48 MiB: 8 MiB do not fit between the window's end and the end of RAM.
     let r = hyperlaunch(dir.path(), &pod, &["--memory", "48"]);
     assert!(
-        !r.stdout
+        !r.console
             .contains("initramfs inside the kernel memory window"),
         "the launcher put the initramfs where the kernel decompresses itself"
     );
@@ -199,7 +199,7 @@ fn kvm_bzimage_initramfs_stays_out_of_the_init_size_window() {
     );
     let r = hyperlaunch(dir.path(), &pod, &["--memory", "32"]);
     assert!(
-        !r.stdout.contains("BZ:"),
+        !r.console.contains("BZ:"),
         "the launcher started a kernel whose init_size window is beyond RAM"
     );
     assert_eq!(r.code, 125);

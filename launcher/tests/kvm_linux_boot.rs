@@ -95,7 +95,7 @@ fn early_boot(use_pvh: bool) {
         console: Box::new(console.clone()),
         use_pvh,
     };
-    let mut marks = Marks::new(Instant::now());
+    let mut marks = Marks::new(Instant::now(), "kvm");
     let vm = build_vm(inputs, &mut marks).unwrap();
     let runner = vm.runner;
     let stop = runner.events_tx.clone();

@@ -51,7 +51,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     );
     let r = hyperlaunch(dir.path(), &pod, &["--memory", "48", "--timing"]);
     assert_eq!(r.code, 42, "the launcher exits with the guest's X code");
-    assert!(r.stdout.contains("hello from probe"));
+    assert!(r.console.contains("hello from probe"));
     let cmdline = r
         .stdout
         .lines()
@@ -63,9 +63,9 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
         cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"),
         "{cmdline}"
     );
-    assert!(r.stdout.contains(&format!("RAMTOP: {}", 48u64 << 20)));
-    assert!(r.stdout.contains("INITRAMFS: 3000\n"));
-    assert!(!r.stdout.contains("OVERRIDES"));
+    assert!(r.console.contains(&format!("RAMTOP: {}", 48u64 << 20)));
+    assert!(r.console.contains("INITRAMFS: 3000\n"));
+    assert!(!r.console.contains("OVERRIDES"));
     for phase in [
         "pod-opened",
         "vm-created",
@@ -81,7 +81,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     // Overrides travel as a second archive appended to the initramfs.
     let r = launch(dir.path(), &pod, &["-e", "A=1"], &["x"]);
     assert_eq!(r.code, 42);
-    assert!(r.stdout.contains("OVERRIDES: present"));
+    assert!(r.console.contains("OVERRIDES: present"));
     let size: u64 = r
         .stdout
         .lines()
@@ -94,7 +94,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     // Two vCPUs: the MP table describes both; the application processor waits for SIPI.
     let r = hyperlaunch(dir.path(), &pod, &["--vcpus", "2", "--memory", "64"]);
     assert_eq!(r.code, 42);
-    assert!(r.stdout.contains(&format!("RAMTOP: {}", 64u64 << 20)));
+    assert!(r.console.contains(&format!("RAMTOP: {}", 64u64 << 20)));
 }
 
 #[test]
@@ -166,13 +166,13 @@ fn kvm_block_probe_reads_the_rootfs_window() {
     );
     let r = hyperlaunch(dir.path(), &pod, &[]);
     assert_eq!(r.code, 0);
-    assert!(r.stdout.contains("CAPACITY: 200\n"));
+    assert!(r.console.contains("CAPACITY: 200\n"));
     let mut bytes = Vec::new();
     for s in chosen {
         bytes.extend_from_slice(&disk[s * 512..(s + 1) * 512]);
     }
     let want = format!("SUM {:08x}", probes::fnv1a(&bytes));
-    assert!(r.stdout.contains(&want), "want {want}");
+    assert!(r.console.contains(&want), "want {want}");
 }
 
 #[test]
@@ -191,7 +191,10 @@ fn kvm_block_probe_write_to_read_only_rootfs_gets_ioerr() {
     );
     let before = std::fs::read(&pod).unwrap();
     let r = hyperlaunch(dir.path(), &pod, &[]);
-    assert!(r.stdout.contains("WRITE STATUS: 1\n"), "VIRTIO_BLK_S_IOERR");
+    assert!(
+        r.console.contains("WRITE STATUS: 1\n"),
+        "VIRTIO_BLK_S_IOERR"
+    );
     assert_eq!(r.code, 41);
     assert_eq!(std::fs::read(&pod).unwrap(), before, "the pod is untouched");
 }
@@ -204,8 +207,8 @@ fn kvm_triple_fault_is_reported_with_code_122() {
     let dir = tempfile::tempdir().unwrap();
     let pod = probe_pod(dir.path(), "triple", &[], b"x", &rootfs(8));
     let r = hyperlaunch(dir.path(), &pod, &[]);
-    assert!(r.stdout.contains("about to triple-fault"));
-    assert!(!r.stdout.contains("still alive"));
+    assert!(r.console.contains("about to triple-fault"));
+    assert!(!r.console.contains("still alive"));
     assert_eq!(r.code, 122);
     assert!(r.stderr.contains("triple-fault"), "{}", r.stderr);
 }
@@ -219,7 +222,7 @@ fn kvm_guest_that_never_exits_times_out_with_124() {
     let pod = probe_pod(dir.path(), "spin", &[], b"x", &rootfs(8));
     let start = std::time::Instant::now();
     let r = hyperlaunch(dir.path(), &pod, &["--timeout", "0.5"]);
-    assert!(r.stdout.contains("spinning"));
+    assert!(r.console.contains("spinning"));
     assert_eq!(r.code, 124);
     assert!(r.stderr.contains("timed out"), "{}", r.stderr);
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
@@ -243,7 +246,7 @@ fn kvm_extra_disk_is_writable_unless_ro() {
     std::fs::write(&extra, vec![0u8; 8192]).unwrap();
     let spec = format!("{}:ro", extra.display());
     let r = hyperlaunch(dir.path(), &pod, &["--disk", &spec]);
-    assert!(r.stdout.contains("CAPACITY: 16\n"));
+    assert!(r.console.contains("CAPACITY: 16\n"));
     assert_eq!(r.code, 41, "read-only --disk refuses the write");
     assert!(std::fs::read(&extra).unwrap().iter().all(|&b| b == 0));
     let r = hyperlaunch(dir.path(), &pod, &["--disk", extra.to_str().unwrap()]);
@@ -254,13 +257,13 @@ fn kvm_extra_disk_is_writable_unless_ro() {
 
     let hello = probe_pod(dir.path(), "hello", &["EXIT_CODE=0"], b"x", &rootfs(8));
     let r = hyperlaunch(dir.path(), &hello, &["--disk", &spec]);
-    assert!(r.stdout.contains("virtio_mmio.device=4K@0xd0001000:6"));
+    assert!(r.console.contains("virtio_mmio.device=4K@0xd0001000:6"));
     let r = hyperlaunch(dir.path(), &hello, &["--disk", "/nonexistent/disk.img"]);
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("/nonexistent/disk.img"));
 }
 
-/// A running hyperlaunch whose stdout is collected in the background.
+/// A running hyperlaunch whose stderr (the probe's console) is collected in the background.
 struct Live {
     child: std::process::Child,
     out: std::sync::Arc<std::sync::Mutex<String>>,
@@ -279,12 +282,12 @@ impl Live {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
+        let mut console = child.stderr.take().unwrap();
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = out.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 256];
-            while let Ok(n) = stdout.read(&mut buf) {
+            while let Ok(n) = console.read(&mut buf) {
                 if n == 0 {
                     return;
                 }
@@ -296,7 +299,7 @@ impl Live {
         Live { child, out }
     }
 
-    /// Waits (up to 20 s) until stdout contains `marker`.
+    /// Waits (up to 20 s) until the console contains `marker`.
     fn wait_for(&self, marker: &str) {
         let start = std::time::Instant::now();
         while !self.out.lock().unwrap().contains(marker) {
@@ -314,44 +317,29 @@ impl Live {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
-    /// Waits for the exit: (code, stdout, stderr).
-    fn finish(self) -> (i32, String, String) {
+    /// Waits for the exit: (code, console and the launcher's own lines: all of stderr).
+    fn finish(self) -> (i32, String) {
         let out = self.child.wait_with_output().unwrap();
         // Let the reader thread drain the last bytes.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let stdout = self.out.lock().unwrap().clone();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!(
-            "--- exit {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
-            out.status
-        );
-        (out.status.code().unwrap(), stdout, stderr)
+        let stderr = self.out.lock().unwrap().clone();
+        eprintln!("--- exit {:?}\n--- stderr\n{stderr}", out.status);
+        (out.status.code().unwrap(), stderr)
     }
 }
 
 #[test]
-fn kvm_sigterm_reaches_the_guest_as_an_s_line_and_stdin_reaches_the_console() {
+fn kvm_sigterm_reaches_the_guest_as_an_s_line() {
     if !probes::kvm_available("kvm_signals") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pod = probe_pod(dir.path(), "io", &["READ_CONSOLE=1"], b"x", &rootfs(8));
-    let mut live = Live::start(dir.path(), &pod, &["-i"]);
-    live.wait_for("ready");
-    {
-        use std::io::Write;
-        live.child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"ping\n")
-            .unwrap();
-    }
+    let pod = probe_pod(dir.path(), "io", &[], b"x", &rootfs(8));
+    let live = Live::start(dir.path(), &pod, &["-i"]);
     live.wait_for("waiting for a signal");
     live.signal(libc::SIGTERM);
-    let (code, stdout, _) = live.finish();
-    assert!(stdout.contains("GOT ping"));
-    assert!(stdout.contains("CONTROL: S 15"));
+    let (code, console) = live.finish();
+    assert!(console.contains("CONTROL: S 15"));
     assert_eq!(
         code, 15,
         "SIGTERM is forwarded as the pod's stop signal (default SIGTERM)"
@@ -368,8 +356,8 @@ fn kvm_ctrl_c_arrives_as_sigint_and_grace_expiry_stops_the_vm() {
     let live = Live::start(dir.path(), &pod, &[]);
     live.wait_for("waiting for a signal");
     live.signal(libc::SIGINT);
-    let (code, stdout, _) = live.finish();
-    assert!(stdout.contains("CONTROL: S 2"));
+    let (code, console) = live.finish();
+    assert!(console.contains("CONTROL: S 2"));
     assert_eq!(code, 2);
 
     let pod = probe_pod(dir.path(), "spin", &[], b"x", &rootfs(8));
@@ -377,14 +365,14 @@ fn kvm_ctrl_c_arrives_as_sigint_and_grace_expiry_stops_the_vm() {
     live.wait_for("spinning");
     let start = std::time::Instant::now();
     live.signal(libc::SIGTERM);
-    let (code, _, stderr) = live.finish();
+    let (code, stderr) = live.finish();
     assert_eq!(code, 137, "{stderr}");
     assert!(stderr.contains("did not exit"), "{stderr}");
     assert!(start.elapsed() >= std::time::Duration::from_millis(300));
 }
 
-/// A guest that prints forever to a stdout nobody reads: its vCPU blocks in the console write
-/// while holding the devices. A SIGTERM must still start the grace clock, and its expiry end
+/// A guest that prints forever to a console nobody reads (the launcher's stderr): its vCPU
+/// blocks in the console write while holding the devices. A SIGTERM must still start the grace clock, and its expiry end
 /// the launcher (137), even though the vCPU cannot be kicked out of that write.
 #[test]
 fn kvm_stop_signal_and_grace_work_while_stdout_is_stalled() {
@@ -402,7 +390,7 @@ fn kvm_stop_signal_and_grace_work_while_stdout_is_stalled() {
         .spawn()
         .unwrap();
     // Never read: the pipe fills (64 KiB) and the console write blocks.
-    let _stdout = child.stdout.take().unwrap();
+    let mut console = child.stderr.take().unwrap();
     // By then the guest (a few hundred KB/s of console output here) has filled the pipe.
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: sending a signal to our own child process by pid.
@@ -419,8 +407,9 @@ fn kvm_stop_signal_and_grace_work_while_stdout_is_stalled() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(137), "{err}");
+    std::io::Read::read_to_string(&mut console, &mut err).unwrap();
+    let tail: Vec<&str> = err.lines().rev().take(5).collect();
+    assert_eq!(status.code(), Some(137), "{tail:?}");
     assert!(err.contains("did not exit within"), "{err}");
 }
 
@@ -432,7 +421,7 @@ fn kvm_i8042_reset_ends_the_vm_with_the_reported_status_or_122() {
     let dir = tempfile::tempdir().unwrap();
     let pod = probe_pod(dir.path(), "reset", &[], b"x", &rootfs(8));
     let r = hyperlaunch(dir.path(), &pod, &[]);
-    assert!(r.stdout.contains("resetting"));
+    assert!(r.console.contains("resetting"));
     assert_eq!(r.code, 122);
     assert!(
         r.stderr

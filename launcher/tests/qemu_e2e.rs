@@ -28,17 +28,25 @@ fn prints_the_apps_output_and_exits_with_its_code() {
     );
     let out = launch(&pod, &["--timing"], &[]);
     assert_eq!(out.status.code(), Some(7));
-    let text = stdout(&out);
-    assert!(text.contains("hello from the pod"), "{text}");
-    assert!(text.contains("and its stderr"), "{text}");
+    // stdout and stderr arrive apart, byte for byte, as with `docker run`.
+    assert_eq!(stdout(&out), "hello from the pod\n");
     let err = String::from_utf8_lossy(&out.stderr);
-    let timing = err
-        .lines()
-        .find(|l| l.contains("timing"))
-        .unwrap_or_else(|| panic!("no timing line in {err}"));
-    assert!(timing.contains("init="), "{timing}");
-    assert!(!timing.contains("init=-"), "init mark missing: {timing}");
-    assert!(!timing.contains("exec=-"), "exec mark missing: {timing}");
+    assert!(err.contains("and its stderr\n"), "{err}");
+    assert!(err.contains("hyperlaunch timing: engine qemu/"), "{err}");
+    for phase in [
+        "pod-opened",
+        "qemu-spawned",
+        "init-entered",
+        "app-exec",
+        "status",
+        "exit",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("hyperlaunch timing: ") && l.contains(phase)),
+            "no {phase} mark in {err}"
+        );
+    }
 }
 
 #[test]
@@ -189,7 +197,6 @@ fn stdin_reaches_the_app_with_i() {
         true,
     );
     let mut run = Running::start_with_stdin(&pod, &["-i"], Stdio::piped());
-    // Input sent before the guest opened its console would be dropped with the UART's FIFO.
     run.wait_for("ready", BOOT_LIMIT);
     let mut stdin = run.child.stdin.take().unwrap();
     stdin.write_all(b"hello guest\n").unwrap();
@@ -200,6 +207,176 @@ fn stdin_reaches_the_app_with_i() {
         lines.iter().any(|l| l.contains("got:hello guest")),
         "{lines:?}"
     );
+}
+
+/// Runs the pod with `input` piped to the launcher's stdin (all of it written before the guest
+/// even boots, then closed).
+fn launch_with_input(
+    pod: &std::path::Path,
+    opts: &[&str],
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    let mut child = launch_cmd(pod, opts, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn piped_stdin_arrives_byte_exact_and_ends_with_end_of_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The arguments replace the script run by `sh -c`.
+    let pod = build_pod(dir.path(), &shell_spec("exit 3"), true);
+    // `cat` ends only if end of file reaches it; nothing is echoed or translated.
+    let out = launch_with_input(
+        &pod,
+        &["-i", "--timeout", "80"],
+        &["cat"],
+        b"line1\nline2\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "line1\nline2\n");
+    // Binary bytes (every value but the newline: CR, NUL and the terminal's control characters
+    // among them) pass unchanged; `head -n 2` takes two lines of a longer input.
+    let line: Vec<u8> = (0..=255u8).filter(|&b| b != b'\n').collect();
+    let mut input = line.clone();
+    input.extend_from_slice(b"\nsecond\nthird\n");
+    let out = launch_with_input(&pod, &["-i", "--timeout", "80"], &["head -n 2"], &input);
+    assert_eq!(out.status.code(), Some(0));
+    let mut want = line;
+    want.extend_from_slice(b"\nsecond\n");
+    assert_eq!(out.stdout, want);
+}
+
+#[test]
+fn without_i_and_t_the_app_has_pipes_and_an_empty_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(
+        dir.path(),
+        &shell_spec(
+            "for fd in 0 1 2; do if [ -t $fd ]; then echo \"$fd:tty\"; else echo \"$fd:no-tty\"; fi; done; \
+             cat; echo \"cat:$?\"; ls -l /proc/self/fd/0",
+        ),
+        true,
+    );
+    // The launcher's own stdin has data, but without -i the app must not see it.
+    let out = launch_with_input(&pod, &["--timeout", "80"], &[], b"not for the app\n");
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("0:no-tty\n1:no-tty\n2:no-tty\ncat:0\n"),
+        "{text}"
+    );
+    assert!(text.contains("/dev/null"), "{text}");
+    assert!(!text.contains("not for the app"), "{text}");
+}
+
+#[test]
+fn with_t_the_app_has_a_terminal_with_the_hosts_term_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(
+        dir.path(),
+        &shell_spec("if [ -t 1 ]; then echo tty; fi; echo \"TERM=$TERM\"; stty size; exit 0"),
+        true,
+    );
+    // The launcher on a terminal of 33 rows and 111 columns (util-linux `script` makes one).
+    let inner = format!(
+        "stty rows 33 cols 111; exec {} --engine qemu -t --timeout 80 {}",
+        qemu_fixture::hyperlaunch().display(),
+        pod.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("TERM", "xterm-hyperpod-test")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    // (`script`'s own terminal turns each \n into \r\n once more.)
+    let text = stdout(&out).replace("\r\r\n", "\r\n");
+    assert!(text.contains("tty\r\n"), "{text:?}");
+    assert!(text.contains("TERM=xterm-hyperpod-test\r\n"), "{text:?}");
+    assert!(text.contains("33 111\r\n"), "{text:?}");
+    // Without a TERM on the host, Docker's default; on a pipe, the app's terminal's \r\n
+    // arrives as it is: \n becomes \r\n once (Docker's -t), never twice.
+    let plain = launch_cmd(&pod, &["-t", "--timeout", "80"], &[])
+        .env_remove("TERM")
+        .output()
+        .unwrap();
+    let text = stdout(&plain);
+    assert!(text.contains("TERM=xterm\r\n"), "{text:?}");
+    assert!(!text.contains("\r\r"), "{text:?}");
+}
+
+#[test]
+fn with_t_a_host_window_change_reaches_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(
+        dir.path(),
+        &shell_spec(
+            "trap 'echo \"resized to $(stty size)\"; exit 0' WINCH; echo ready; \
+             while :; do sleep 0.1; done",
+        ),
+        true,
+    );
+    // Starts at 33x111; every second the terminal changes size (40x120, 41x121 in turn: the
+    // kernel signals only a change) and the launcher gets SIGWINCH, until the app (which exits
+    // on its first SIGWINCH once its trap is set) is gone.
+    let inner = format!(
+        "stty rows 33 cols 111; {} --engine qemu -t --timeout 80 {} & pid=$!; \
+         for i in $(seq 1 30); do sleep 1; stty rows 40 cols 120; kill -WINCH $pid 2>/dev/null || break; \
+         sleep 1; stty rows 41 cols 121; kill -WINCH $pid 2>/dev/null || break; done; \
+         wait $pid",
+        qemu_fixture::hyperlaunch().display(),
+        pod.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text:?}");
+    assert!(
+        text.contains("resized to 40 120\r") || text.contains("resized to 41 121\r"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn the_last_output_arrives_before_the_status_with_two_vcpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(
+        dir.path(),
+        &shell_spec(
+            "i=1; while [ $i -le 300 ]; do echo \"line $i\"; i=$((i+1)); done; echo END >&2",
+        ),
+        true,
+    );
+    let want: String = (1..=300).map(|i| format!("line {i}\n")).collect();
+    for run in 0..3 {
+        let out = launch(&pod, &["--vcpus", "2", "--timeout", "80"], &[]);
+        assert_eq!(out.status.code(), Some(0), "run {run}");
+        assert_eq!(stdout(&out), want, "run {run}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("END\n"),
+            "run {run}"
+        );
+    }
 }
 
 #[test]

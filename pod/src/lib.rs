@@ -5,6 +5,8 @@
 //! - [`reader`]: [`Pod::open`], bounded parsing, sections as (offset, length), verification.
 //! - [`writer`]: [`seal`], streaming and atomic; [`begin_seal`] for a rootfs written in place.
 //! - [`spec`]: the run spec and launch-time overrides shared with init and the launcher.
+//! - [`protocol`]: the guest protocol: ports, exit codes, control lines, stop signals, the
+//!   overrides archive and the framed stdio stream.
 
 use std::io::{self, Read};
 
@@ -12,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 pub mod cpio;
 pub mod manifest;
+pub mod protocol;
 pub mod reader;
 pub mod spec;
 pub mod tarfmt;

@@ -52,10 +52,18 @@ pub struct Overrides {
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub hostname: Option<String>,
-    /// The launcher gives the app a terminal (`-t`): init leaves the console in cooked mode.
-    /// Otherwise init puts it in raw mode, so the app's bytes pass through unchanged (no
-    /// `\n` → `\r\n`, no echo), as with `docker run` without `-t`.
+    /// The launcher gives the app a terminal (`-t`): init runs it on a pseudo-terminal whose
+    /// output it relays as the app's stdout. Otherwise the app's stdout and stderr are pipes,
+    /// relayed apart, as with `docker run` without `-t`.
     pub tty: bool,
+    /// The launcher forwards its stdin (`-i`): the app reads it from a pipe (or its terminal),
+    /// ending with end of file. Otherwise the app's stdin is `/dev/null`, as Docker's.
+    pub interactive: bool,
+    /// `TERM` for an app with a terminal when neither the image nor `-e` sets one: the host's
+    /// `TERM`, else `xterm` (Docker's).
+    pub term: Option<String>,
+    /// The host terminal's size at launch as `[rows, cols]`, for an app with a terminal.
+    pub window_size: Option<[u16; 2]>,
 }
 
 impl Overrides {

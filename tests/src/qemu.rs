@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 /// The QEMU binary the tests use.
 pub const QEMU: &str = "qemu-system-x86_64";
-/// I/O port of the exit device (`isa-debug-exit`), as in the guest protocol.
-pub const EXIT_PORT: u16 = 0xf4;
+use pod::protocol::CONTROL_UART;
+/// I/O port of the exit device (`isa-debug-exit`): the guest protocol's.
+pub use pod::protocol::EXIT_PORT;
 
 /// Why a QEMU run did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -168,8 +169,10 @@ impl Microvm {
                     format!("socket,id=ctl,path={},server=on,wait=off", opt_path(p))
                 }
             };
-            cmd.args(["-chardev", &chardev])
-                .args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
+            cmd.args(["-chardev", &chardev]).arg("-device").arg(format!(
+                "isa-serial,chardev=ctl,iobase={:#x},irq={}",
+                CONTROL_UART.port, CONTROL_UART.irq
+            ));
         }
         for (i, d) in self.drives.iter().enumerate() {
             let ro = if d.read_only { ",readonly=on" } else { "" };

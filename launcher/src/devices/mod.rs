@@ -86,6 +86,12 @@ impl Devices {
         v
     }
 
+    /// Hands bytes of the app's stdio stream (frames of `pod::protocol::stdio`) to the guest;
+    /// returns how many it took (0: try again later).
+    pub fn push_stdin(&mut self, _frames: &[u8]) -> usize {
+        0
+    }
+
     fn block_at(&mut self, addr: u64) -> Option<(&mut VirtioBlk, u64)> {
         let rel = addr.checked_sub(layout::VIRTIO_MMIO_BASE)?;
         let i = usize::try_from(rel / layout::VIRTIO_MMIO_SIZE).ok()?;
@@ -174,10 +180,7 @@ mod tests {
         }
         assert!(matches!(
             rx.try_recv(),
-            Ok(serial::ControlReport::Event(
-                _,
-                crate::control::GuestEvent::Exit(5)
-            ))
+            Ok((_, Ok(pod::protocol::GuestLine::Exit(5))))
         ));
         let mut b = [0u8; 1];
         d.pio_read(0x3fd, &mut b); // LSR: transmitter empty

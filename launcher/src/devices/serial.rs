@@ -1,5 +1,6 @@
-//! The two 16550 UARTs (vm-superio): the console (`ttyS0`, wired to the host's stdout/stdin) and
-//! the control channel (`ttyS1`, lines of `docs/guest-protocol.md`).
+//! The two 16550 UARTs (vm-superio): the console (`ttyS0`: kernel messages and init's own
+//! diagnostics, shown on the host's stderr) and the control channel (`ttyS1`, lines of
+//! `docs/guest-protocol.md`).
 
 use std::io::{self, Write};
 use std::time::Instant;
@@ -7,7 +8,7 @@ use std::time::Instant;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::{self, ControlError, GuestEvent};
+use pod::protocol::{GuestLine, LineError, LineSplitter};
 
 /// Raises a UART's interrupt through its irqfd.
 pub struct IrqTrigger(pub EventFd);
@@ -25,18 +26,13 @@ pub type ConsoleSerial = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dy
 /// The control-channel UART.
 pub type ControlSerial = Serial<IrqTrigger, vm_superio::serial::NoEvents, ControlSink>;
 
-/// What the control channel reports to the VM's supervisor.
-#[derive(Debug)]
-pub enum ControlReport {
-    /// A line arrived (at the given host time) and parsed...
-    Event(Instant, GuestEvent),
-    /// ...or did not.
-    Bad(ControlError),
-}
+/// What the control channel reports to the VM's supervisor: a line, the host time it arrived,
+/// parsed or refused.
+pub type ControlReport = (Instant, Result<GuestLine, LineError>);
 
 /// Collects the bytes init writes on `ttyS1` into lines, timestamps and parses each.
 pub struct ControlSink {
-    buf: Vec<u8>,
+    lines: LineSplitter,
     report: Box<dyn FnMut(ControlReport) + Send>,
 }
 
@@ -44,7 +40,7 @@ impl ControlSink {
     /// A sink that hands each line to `report`.
     pub fn new(report: Box<dyn FnMut(ControlReport) + Send>) -> ControlSink {
         ControlSink {
-            buf: Vec::new(),
+            lines: LineSplitter::default(),
             report,
         }
     }
@@ -60,13 +56,8 @@ impl ControlSink {
 impl Write for ControlSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let now = Instant::now();
-        self.buf.extend_from_slice(data);
-        for line in control::take_lines(&mut self.buf) {
-            let report = match control::parse_guest_line(&line) {
-                Ok(ev) => ControlReport::Event(now, ev),
-                Err(e) => ControlReport::Bad(e),
-            };
-            (self.report)(report);
+        for line in self.lines.push(data) {
+            (self.report)((now, GuestLine::parse(&line)));
         }
         Ok(data.len())
     }
@@ -76,19 +67,18 @@ impl Write for ControlSink {
     }
 }
 
-/// Unbuffered writes to the launcher's stdout (every guest byte is shown as it arrives).
-pub struct Stdout;
+/// Writes to the launcher's stderr, where the console goes (stderr is unbuffered: every byte is
+/// shown as it arrives).
+pub struct Stderr;
 
-impl Write for Stdout {
+impl Write for Stderr {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        out.write_all(data)?;
-        out.flush()?;
+        io::stderr().lock().write_all(data)?;
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stdout().flush()
+        Ok(())
     }
 }
 
@@ -106,7 +96,7 @@ pub fn feed<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Mark;
+    use pod::protocol::Mark;
 
     #[test]
     fn control_sink_parses_split_lines() {
@@ -117,13 +107,10 @@ mod tests {
         sink.write_all(b"it\nX 7\nbogus\n").unwrap();
         assert!(matches!(
             rx.try_recv(),
-            Ok(ControlReport::Event(_, GuestEvent::Mark(Mark::Init)))
+            Ok((_, Ok(GuestLine::Mark(Mark::Init))))
         ));
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(ControlReport::Event(_, GuestEvent::Exit(7)))
-        ));
-        assert!(matches!(rx.try_recv(), Ok(ControlReport::Bad(_))));
+        assert!(matches!(rx.try_recv(), Ok((_, Ok(GuestLine::Exit(7))))));
+        assert!(matches!(rx.try_recv(), Ok((_, Err(_)))));
     }
 
     #[test]

@@ -25,6 +25,7 @@ fn plan() -> QemuPlan {
             },
         ],
         control_fd: 5,
+        stdio_fd: 6,
     }
 }
 
@@ -58,9 +59,17 @@ fn command_line_has_the_machine_devices_and_boot_files() {
     assert_eq!(values(&args, "-append"), ["quiet console=ttyS0"]);
     assert_eq!(
         values(&args, "-chardev"),
-        ["stdio,id=con,signal=off", "socket,id=ctl,fd=5"]
+        [
+            "stdio,id=con,signal=off",
+            "socket,id=ctl,fd=5",
+            "socket,id=stdio,fd=6"
+        ]
     );
+    assert_eq!(values(&args, "-sandbox"), [SANDBOX]);
+    assert!(SANDBOX.contains("spawn=deny") && SANDBOX.contains("elevateprivileges=deny"));
     let devices = values(&args, "-device");
+    assert!(devices.contains(&"virtio-serial-device,max_ports=1"));
+    assert!(devices.contains(&"virtconsole,chardev=stdio"));
     assert!(devices.contains(&"isa-serial,chardev=con,index=0,iobase=0x3f8,irq=4"));
     assert!(devices.contains(&"isa-serial,chardev=ctl,index=1,iobase=0x2f8,irq=3"));
     assert!(devices.contains(&"isa-debug-exit,iobase=0xf4,iosize=0x01"));
@@ -127,63 +136,6 @@ fn kernel_command_line_ends_with_the_console() {
 }
 
 #[test]
-fn exit_codes_follow_the_guest_protocol() {
-    let ended = |f: &dyn Fn(&mut Ending)| {
-        let mut e = Ending {
-            guest_seen: true,
-            qemu_code: Some(0),
-            ..Ending::default()
-        };
-        f(&mut e);
-        e
-    };
-    // The X line wins over QEMU's own status and over a later timeout or kill.
-    let e = ended(&|e| {
-        e.status = Some(42);
-        e.qemu_code = Some(85);
-    });
-    assert_eq!(exit_code(&e).unwrap(), 42);
-    assert_eq!(ending_message(&e, 42), None);
-    let e = ended(&|e| {
-        e.status = Some(0);
-        e.killed = true;
-    });
-    assert_eq!(exit_code(&e).unwrap(), 0);
-    let e = ended(&|e| e.panic = Some("no spec".into()));
-    assert_eq!(exit_code(&e).unwrap(), 123);
-    assert!(ending_message(&e, 123).unwrap().contains("no spec"));
-    let e = ended(&|e| {
-        e.timed_out = true;
-        e.qemu_code = None;
-    });
-    assert_eq!(exit_code(&e).unwrap(), 124);
-    let e = ended(&|e| {
-        e.killed = true;
-        e.qemu_code = None;
-    });
-    assert_eq!(exit_code(&e).unwrap(), 137);
-    // A kernel panic under -no-reboot: QEMU exits 0, nothing reported.
-    assert_eq!(exit_code(&ended(&|_| {})).unwrap(), 122);
-    // QEMU died after the guest ran: still the guest's failure.
-    assert_eq!(exit_code(&ended(&|e| e.qemu_code = Some(1))).unwrap(), 122);
-    // QEMU refused to start: a launcher error with QEMU's last line.
-    let e = Ending {
-        qemu_code: Some(1),
-        qemu_stderr: "warning: x\nqemu-system-x86_64: -drive ...: Could not open 'p'".into(),
-        ..Ending::default()
-    };
-    let err = exit_code(&e).unwrap_err().to_string();
-    assert!(err.contains("failed to start"), "{err}");
-    assert!(err.ends_with("Could not open 'p'"), "{err}");
-    // A timeout before the guest printed anything is still a timeout.
-    let e = Ending {
-        timed_out: true,
-        ..Ending::default()
-    };
-    assert_eq!(exit_code(&e).unwrap(), 124);
-}
-
-#[test]
 fn finds_qemu_on_path_or_says_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
@@ -201,52 +153,4 @@ fn finds_qemu_on_path_or_says_how_to_install_it() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(find_qemu(Some(&path)).unwrap(), bin);
-}
-
-#[test]
-fn stop_signals_parse_like_docker() {
-    assert_eq!(signal_number(""), Some(15));
-    assert_eq!(signal_number("SIGTERM"), Some(15));
-    assert_eq!(signal_number("term"), Some(15));
-    assert_eq!(signal_number("SIGQUIT"), Some(3));
-    assert_eq!(signal_number("9"), Some(9));
-    assert_eq!(signal_number("SIGUSR1"), Some(libc::SIGUSR1));
-    assert_eq!(signal_number("SIGRTMIN+3"), Some(37));
-    assert_eq!(signal_number("RTMAX-1"), Some(63));
-    assert_eq!(signal_number("SIGRTMIN-1"), None);
-    assert_eq!(signal_number("SIGWHAT"), None);
-    assert_eq!(signal_number("0"), None);
-    assert_eq!(signal_number("65"), None);
-}
-
-#[test]
-fn overrides_archive_holds_the_json_and_is_absent_when_empty() {
-    assert!(
-        overrides_archive(&Overrides::default(), 0)
-            .unwrap()
-            .is_none()
-    );
-    let o = Overrides {
-        env: vec!["A=1".into()],
-        args: Some(vec!["echo".into(), "hi".into()]),
-        workdir: Some("/tmp".into()),
-        ..Overrides::default()
-    };
-    let bytes = overrides_archive(&o, 1_700_000_000).unwrap().unwrap();
-    assert_eq!(bytes.len() % 4, 0);
-    let entries = pod::cpio::parse(&bytes).unwrap();
-    let file = entries
-        .iter()
-        .find(|e| e.name == b"hyperpod/overrides.json")
-        .expect("overrides.json in the archive");
-    let pod::cpio::EntryKind::File(data) = &file.kind else {
-        panic!("overrides.json is not a regular file");
-    };
-    let back: Overrides = serde_json::from_slice(data).unwrap();
-    assert_eq!(back, o);
-    assert!(
-        entries
-            .iter()
-            .any(|e| e.name == b"hyperpod" && e.kind == pod::cpio::EntryKind::Dir)
-    );
 }

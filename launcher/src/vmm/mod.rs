@@ -8,7 +8,6 @@ pub mod cpuid_cache;
 pub mod exit;
 pub mod memory;
 pub mod mptable;
-pub mod overrides;
 pub mod run;
 pub mod source;
 pub mod term;
@@ -152,8 +151,8 @@ fn create_devices(
     let console: ConsoleSerial = Serial::new(IrqTrigger(console_evt), console_out);
     let control_evt = evt()?;
     register_irq(vm, &control_evt, layout::SERIAL_CONTROL_IRQ)?;
-    let sink = ControlSink::new(Box::new(move |r| {
-        let _ = events.send(Event::Control(r));
+    let sink = ControlSink::new(Box::new(move |(at, line)| {
+        let _ = events.send(Event::Line(at, line));
     }));
     let control: ControlSerial = Serial::new(IrqTrigger(control_evt), sink);
     let mut blocks = Vec::new();
@@ -249,27 +248,6 @@ pub fn build_vm_with_cache(
     })
 }
 
-/// A signal name or number (`SIGTERM`, `TERM`, `15`) as a number; SIGTERM when empty/unknown.
-pub fn parse_signal(s: &str) -> i32 {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return n;
-        }
-    }
-    let name = s.strip_prefix("SIG").unwrap_or(s);
-    match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "WINCH" => libc::SIGWINCH,
-        _ => libc::SIGTERM,
-    }
-}
-
 /// Steps 1–4 for a launch: open the pod, then [`build_vm`] with its kernel, initramfs (+ the
 /// overrides archive), command line, rootfs and `--disk`s.
 pub fn build_vm_for_boot(
@@ -282,7 +260,8 @@ pub fn build_vm_for_boot(
     marks.pod_opened = Some(Instant::now());
     let m = image.manifest();
 
-    let overrides = overrides::archive(&cfg.overrides).map_err(VmmError::Overrides)?;
+    let overrides =
+        pod::protocol::overrides_archive(&cfg.overrides).map_err(VmmError::Overrides)?;
     let mut initramfs = vec![image.initramfs()];
     if let Some(o) = &overrides {
         initramfs.push(o);
@@ -319,7 +298,7 @@ pub fn build_vm_for_boot(
         memory_mib: cfg.memory_mib.unwrap_or(m.resources.memory_mib),
         vcpus: cfg.vcpus.unwrap_or(m.resources.vcpus),
         disks,
-        console: Box::new(crate::devices::serial::Stdout),
+        console: Box::new(crate::devices::serial::Stderr),
         use_pvh: true,
     };
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
@@ -329,46 +308,31 @@ pub fn build_vm_for_boot(
         timeout: cfg.timeout,
         grace: cfg.grace,
         forward_signals: true,
-        stop_signal: parse_signal(&m.run.stop_signal),
+        stop_signal: crate::config::stop_signal(&m.run.stop_signal),
         stdin: cfg.interactive,
+        tty: cfg.tty,
     };
     Ok((vm, opts))
 }
 
-/// A whole launch on the KVM engine: build, run, report. Returns the launcher's exit code.
-pub fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
-    let mut marks = Marks::new(exec);
-    let mut cpuid_note = None;
-    let outcome = match build_vm_for_boot(cfg, &mut marks) {
+/// A whole launch on the KVM engine: build, run. Returns how it ended and, for `--timing`, the
+/// notes on where the digests and the CPUID table came from.
+pub fn launch(cfg: &LaunchConfig, marks: &mut Marks) -> (Outcome, String) {
+    let mut notes = String::new();
+    let outcome = match build_vm_for_boot(cfg, marks) {
         Ok((vm, opts)) => {
             if cfg.timing {
                 let digests = vm.digests.map(source::Trust::note).unwrap_or_default();
-                cpuid_note = Some(format!("{digests}{}", vm.cpuid.note()));
+                notes = format!("{digests}{}", vm.cpuid.note());
             }
-            // Raw mode only with stdin attached (`-it`), as Docker and the QEMU engine do: a raw
-            // terminal turns Ctrl-C into a byte, which must then reach the app's terminal.
-            let _raw = if cfg.tty && cfg.interactive {
-                term::RawTerminal::enter(0)
-            } else {
-                None
-            };
-            run::run(vm.runner, &opts, &mut marks)
+            run::run(vm.runner, &opts, marks)
         }
         Err(e) => Outcome {
-            code: crate::control::EXIT_LAUNCHER,
+            code: pod::protocol::EXIT_LAUNCHER,
             message: Some(error_chain(&e)),
         },
     };
-    if let Some(m) = &outcome.message {
-        eprintln!("hyperlaunch: {m}");
-    }
-    if cfg.timing {
-        eprint!("{}", marks.report());
-        if let Some(n) = cpuid_note {
-            eprint!("{n}");
-        }
-    }
-    outcome.code
+    (outcome, notes)
 }
 
 /// `error: cause: cause` on one line.
@@ -384,18 +348,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_and_number() {
-        assert_eq!(parse_signal(""), libc::SIGTERM);
-        assert_eq!(parse_signal("SIGQUIT"), libc::SIGQUIT);
-        assert_eq!(parse_signal("INT"), libc::SIGINT);
-        assert_eq!(parse_signal("9"), 9);
-        assert_eq!(parse_signal("SIGNOPE"), libc::SIGTERM);
-    }
 }

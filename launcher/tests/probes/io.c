@@ -1,5 +1,4 @@
-/* Echoes one console line ("GOT <line>"), then waits for a host line on the control channel
- * ("S <signo>") and exits with <signo>. */
+/* Waits for a host line on the control channel ("S <signo>") and exits with <signo>. */
 #include "probe.h"
 
 static int getline_from(u16 base, char *buf, int max) {
@@ -17,11 +16,6 @@ static int getline_from(u16 base, char *buf, int max) {
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     char line[64];
-#ifdef READ_CONSOLE
-    puts("ready\n");
-    getline_from(CONSOLE, line, sizeof line);
-    puts("GOT "); puts(line); puts("\n");
-#endif
     puts("waiting for a signal\n");
     getline_from(CONTROL, line, sizeof line);
     puts("CONTROL: "); puts(line); puts("\n");

@@ -319,11 +319,13 @@ pub fn bzimage(payload: &[u8], h: &BzHeader) -> Vec<u8> {
     img
 }
 
-/// What one `hyperlaunch` run gave.
+/// What one `hyperlaunch` run gave. A probe guest prints on the serial console, which the
+/// launcher shows on its stderr (with the launcher's own lines): `console` is that stderr.
 pub struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    pub console: String,
 }
 
 /// Runs `hyperlaunch --engine kvm EXTRA POD -- APP_ARGS` with its cache under `dir`, echoing
@@ -338,10 +340,12 @@ pub fn launch(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run 
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let r = Run {
         code: out.status.code().expect("hyperlaunch killed by a signal"),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        console: stderr.clone(),
+        stderr,
     };
     eprintln!(
         "--- exit {}\n--- stdout\n{}--- stderr\n{}",
