@@ -327,7 +327,15 @@ pub fn supervise(
     if let Err(why) = finished {
         let o = report.outcome();
         let m = o.message.map(|m| format!("{m}; ")).unwrap_or_default();
-        eprintln!("hyperlaunch: {m}{why}; exiting");
+        // The stuck vCPU may be the one writing to a stalled stderr (holding its lock): write
+        // around the lock, without blocking.
+        let line = format!("hyperlaunch: {m}{why}; exiting\n");
+        // SAFETY: fcntl and write on our own standard error; the process ends right after.
+        unsafe {
+            let flags = libc::fcntl(2, libc::F_GETFL);
+            libc::fcntl(2, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            libc::write(2, line.as_ptr().cast(), line.len());
+        }
         crate::vmm::term::restore();
         std::process::exit(o.code);
     }

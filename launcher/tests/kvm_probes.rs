@@ -53,7 +53,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     assert_eq!(r.code, 42, "the launcher exits with the guest's X code");
     assert!(r.console.contains("hello from probe"));
     let cmdline = r
-        .stdout
+        .console
         .lines()
         .find_map(|l| l.strip_prefix("CMDLINE: "))
         .expect("probe printed the command line");
@@ -83,7 +83,7 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     assert_eq!(r.code, 42);
     assert!(r.console.contains("OVERRIDES: present"));
     let size: u64 = r
-        .stdout
+        .console
         .lines()
         .find_map(|l| l.strip_prefix("INITRAMFS: "))
         .unwrap()
@@ -224,7 +224,7 @@ fn kvm_guest_that_never_exits_times_out_with_124() {
     let r = hyperlaunch(dir.path(), &pod, &["--timeout", "0.5"]);
     assert!(r.console.contains("spinning"));
     assert_eq!(r.code, 124);
-    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert!(r.stderr.contains("timeout expired"), "{}", r.stderr);
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }
 
@@ -409,8 +409,9 @@ fn kvm_stop_signal_and_grace_work_while_stdout_is_stalled() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut console, &mut err).unwrap();
     let tail: Vec<&str> = err.lines().rev().take(5).collect();
+    // The console is the launcher's stderr, and it is the stalled pipe: the launcher's own
+    // last line cannot get through it (it is written without blocking), the code does.
     assert_eq!(status.code(), Some(137), "{tail:?}");
-    assert!(err.contains("did not exit within"), "{err}");
 }
 
 #[test]

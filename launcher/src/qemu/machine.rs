@@ -132,6 +132,8 @@ pub fn machine_end(code: Option<i32>, guest_seen: bool, stderr_tail: &str) -> Ma
 struct QemuMachine {
     pid: libc::pid_t,
     control: UnixStream,
+    /// Set once QEMU has exited (its streams may still be draining).
+    exited: Arc<AtomicBool>,
     /// Signalled once QEMU has exited and its streams are drained.
     gone: Receiver<()>,
 }
@@ -162,6 +164,12 @@ impl Machine for QemuMachine {
 
     fn finish(&mut self, stop: bool) -> Result<(), String> {
         if self.gone.try_recv().is_ok() {
+            return Ok(());
+        }
+        if self.exited.load(Ordering::SeqCst) {
+            // QEMU is gone and the app's output is on its way to a reader that is slow, but
+            // reading: every byte of it is passed on, however long that takes.
+            let _ = self.gone.recv();
             return Ok(());
         }
         if stop {
@@ -279,12 +287,14 @@ pub fn run(
     }
     let pid = child.id() as libc::pid_t;
     let (gone_tx, gone) = mpsc::channel();
+    let exited = Arc::new(AtomicBool::new(false));
     let waiter = {
-        let (seen, held) = (guest_seen.clone(), stderr.clone());
+        let (seen, held, exited) = (guest_seen.clone(), stderr.clone(), exited.clone());
         std::thread::Builder::new()
             .name("qemu-wait".into())
             .spawn(move || {
                 let status = child.wait();
+                exited.store(true, Ordering::SeqCst);
                 // Every byte QEMU wrote is taken before the end is told.
                 for r in readers {
                     let _ = r.join();
@@ -306,6 +316,7 @@ pub fn run(
     let mut machine = QemuMachine {
         pid,
         control: channels.control,
+        exited,
         gone,
     };
     let report = supervisor::supervise(opts, &events, &mut machine, &gate);

@@ -16,6 +16,8 @@ static int getline_from(u16 base, char *buf, int max) {
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     char line[64];
+    /* As init does: the launcher sends host lines only after this mark. */
+    uart_puts(CONTROL, "T init\n");
     puts("waiting for a signal\n");
     getline_from(CONTROL, line, sizeof line);
     puts("CONTROL: "); puts(line); puts("\n");
