@@ -283,6 +283,19 @@ fn without_i_and_t_the_app_has_pipes_and_an_empty_stdin() {
     assert!(!text.contains("not for the app"), "{text}");
 }
 
+/// Runs the shell command `inner` on a terminal of its own (util-linux `script`), with `TERM`
+/// set to `term` when given.
+fn in_terminal(inner: &str, term: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", inner, "/dev/null"]).stdin(Stdio::null());
+    if let Some(t) = term {
+        cmd.env("TERM", t);
+    }
+    let out = cmd.output().expect("script (util-linux) runs");
+    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 #[test]
 fn with_t_the_app_has_a_terminal_with_the_hosts_term_and_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,13 +310,7 @@ fn with_t_the_app_has_a_terminal_with_the_hosts_term_and_size() {
         qemu_fixture::hyperlaunch().display(),
         pod.display()
     );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
-        .env("TERM", "xterm-hyperpod-test")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux) runs");
-    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = in_terminal(&inner, Some("xterm-hyperpod-test"));
     assert_eq!(out.status.code(), Some(0));
     // (`script`'s own terminal turns each \n into \r\n once more.)
     let text = stdout(&out).replace("\r\r\n", "\r\n");
@@ -343,12 +350,7 @@ fn with_t_a_host_window_change_reaches_the_app() {
         qemu_fixture::hyperlaunch().display(),
         pod.display()
     );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux) runs");
-    eprintln!("--- stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = in_terminal(&inner, None);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text:?}");
     assert!(
