@@ -12,6 +12,11 @@ fn files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
         let path = entry.path();
         let kind = entry.file_type().expect("file type");
         if kind.is_dir() {
+            // The diagnostic overlay is not part of the pods' kernel (build-kernel.sh keys it
+            // separately, with --diagnostic).
+            if dir == root && entry.file_name() == "diagnostic" {
+                continue;
+            }
             files(root, &path, out);
         } else if kind.is_file() {
             let rel = path

@@ -2,18 +2,21 @@
 # build-kernel.sh: build hyperpod's guest kernel (an ELF vmlinux with a PVH entry) from the config
 # fragments next to this script, and cache it by a hash of those fragments.
 #
-# Usage: build-kernel.sh [--source DIR] [--fragments DIR] [--check-only] [--jobs N]
+# Usage: build-kernel.sh [--source DIR] [--fragments DIR] [--diagnostic] [--check-only] [--jobs N]
 #   --source DIR     any kernel source tree (default: Debian's /usr/src/linux-source-6.12.tar.xz,
 #                    unpacked once into the cache)
 #   --fragments DIR  the fragments directory (default: the directory holding this script)
+#   --diagnostic     the diagnostic variant: <fragments>/diagnostic/*.conf on top (KALLSYMS,
+#                    printk time...) for bench/boot.sh --diagnostic; never the pods' kernel
 #   --check-only     merge the fragments and run the strict check, build nothing, cache nothing
 #   --jobs N         parallel make jobs (default: nproc)
 # On success the last line of stdout is the absolute path of the cached vmlinux (--check-only:
 # the path of a kept copy of the checked .config). Progress and errors go to stderr.
 #
 # The configuration: ARCH=x86_64 `make tinyconfig`, then every option line of
-# <fragments>/common/*.conf and then <fragments>/x86_64/*.conf (each set in LC_ALL=C order)
-# replaces that option in .config, then `make olddefconfig`. Strict check: every option a fragment
+# <fragments>/common/*.conf and then <fragments>/x86_64/*.conf (each set in LC_ALL=C order; with
+# --diagnostic then <fragments>/diagnostic/*.conf) replaces that option in .config, then
+# `make olddefconfig`. Strict check: every option a fragment
 # names must exist in the tree's Kconfig files and end up in the final .config exactly as asked
 # ("# CONFIG_X is not set" is also met by X being absent because its dependencies are off);
 # an option named twice, an option line without a "# why: ..." comment line right above it, or
@@ -21,7 +24,9 @@
 #
 # Cache key (the Rust builder recomputes it to find the kernel; keep the two in step):
 #   Take every regular file under the fragments directory, recursively (symlinks and other
-#   non-regular files are skipped, not followed), this script included. Name each by its path
+#   non-regular files are skipped, not followed), this script included, except those under its
+#   top-level diagnostic/ directory (taken too with --diagnostic, so the diagnostic variant has
+#   its own key and the default key ignores the overlay). Name each by its path
 #   relative to that directory, '/'-separated, with no leading "./" (e.g. "common/base.conf",
 #   "build-kernel.sh"). Sort the names bytewise (LC_ALL=C sort). Feed one SHA-256, for each file
 #   in that order: the relative path's bytes, one NUL byte, the file's bytes, one NUL byte.
@@ -35,7 +40,9 @@
 #   src/<version>/                the unpacked Debian source (default source only)
 #   build/<version>/              out-of-tree build directory, kept so that a fragment change only
 #                                 rebuilds what it touches (--source trees: build/tree-<h>-<version>,
-#                                 h = 12 hex of sha256 of the tree's absolute path); rm -rf any time
+#                                 h = 12 hex of sha256 of the tree's absolute path; --diagnostic:
+#                                 the same name + "-diagnostic", first copied from the default
+#                                 one so that it starts incremental); rm -rf any time
 #   check/                        --check-only scratch directories and the last checked configs
 # If <key16>-<version>/vmlinux exists the script prints its path and exits 0 at once. Builds
 # take a lock (flock) on their build directory, so two concurrent runs build once.
@@ -55,6 +62,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source_dir=""
 fragments_dir="$script_dir"
 check_only=0
+diagnostic=0
 jobs=$(nproc)
 
 while [ $# -gt 0 ]; do
@@ -73,13 +81,17 @@ while [ $# -gt 0 ]; do
 		check_only=1
 		shift
 		;;
+	--diagnostic)
+		diagnostic=1
+		shift
+		;;
 	--jobs)
 		[ $# -ge 2 ] || die "--jobs needs a number"
 		jobs=$2
 		shift 2
 		;;
 	-h | --help)
-		sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*) die "unknown argument: $1" ;;
@@ -90,6 +102,8 @@ done
 fragments_dir=$(cd "$fragments_dir" && pwd)
 [ -d "$fragments_dir/common" ] || die "no common/ in fragments directory $fragments_dir"
 [ -d "$fragments_dir/$ARCH_DIR" ] || die "no $ARCH_DIR/ in fragments directory $fragments_dir"
+[ "$diagnostic" = 0 ] || [ -d "$fragments_dir/diagnostic" ] ||
+	die "no diagnostic/ in fragments directory $fragments_dir"
 case "$jobs" in '' | *[!0-9]*) die "--jobs: not a number: $jobs" ;; esac
 
 cache_root=${HYPERPOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperpod}
@@ -100,7 +114,11 @@ mkdir -p "$kcache"
 fragments_key() {
 	(
 		cd "$fragments_dir"
-		find . -type f -print0 | sed -z 's|^\./||' | LC_ALL=C sort -z |
+		if [ "$diagnostic" = 1 ]; then
+			find . -type f -print0
+		else
+			find . -path ./diagnostic -prune -o -type f -print0
+		fi | sed -z 's|^\./||' | LC_ALL=C sort -z |
 			while IFS= read -r -d '' rel; do
 				printf '%s\0' "$rel"
 				cat -- "$rel"
@@ -158,7 +176,9 @@ fi
 # --- fragments: parse and validate ------------------------------------------------------------
 mapfile -t fragment_files < <(
 	cd "$fragments_dir"
-	for d in common "$ARCH_DIR"; do
+	dirs=(common "$ARCH_DIR")
+	[ "$diagnostic" = 0 ] || dirs+=(diagnostic)
+	for d in "${dirs[@]}"; do
 		find "$d" -maxdepth 1 -type f -name '*.conf' | LC_ALL=C sort
 	done
 )
@@ -209,6 +229,22 @@ else
 		build_name=$version
 	else
 		build_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
+	fi
+	if [ "$diagnostic" = 1 ]; then
+		default_build="$kcache/build/$build_name"
+		build_name="$build_name-diagnostic"
+		# Start from a copy of the default build directory (taken under its lock): the first
+		# diagnostic build then only recompiles what the overlay changes.
+		if [ ! -d "$kcache/build/$build_name" ] && [ -f "$default_build/.config" ]; then
+			mkdir -p "$kcache/build"
+			exec 9>"$kcache/build/.lock-${build_name%-diagnostic}"
+			flock 9
+			copy=$(mktemp -d "$kcache/build/.copy-$build_name.XXXXXX")
+			cp -a "$default_build/." "$copy/"
+			mv -T "$copy" "$kcache/build/$build_name" 2>/dev/null || rm -rf "$copy"
+			flock -u 9
+			exec 9>&-
+		fi
 	fi
 	build_dir="$kcache/build/$build_name"
 	mkdir -p "$build_dir"

@@ -186,3 +186,66 @@ fn kvm_bench_exec_to_first_guest_instruction_and_rss() {
         total - guest
     );
 }
+
+/// The same launcher costs with a real pod (`HYPERPOD_BENCH_POD`, bench/launcher.sh builds the
+/// demo pod): its 15 MB vmlinux and its initramfs go into guest memory before the first KVM_RUN.
+/// This host's KVM cannot run Linux far (see kvm_linux_boot.rs), so each launch ends at
+/// `--timeout`; the marks up to the first KVM_RUN are what is measured.
+#[test]
+#[ignore = "benchmark: run with bench/launcher.sh"]
+fn kvm_bench_real_pod_exec_to_first_kvm_run() {
+    if !probes::kvm_available("kvm_bench_real_pod") {
+        return;
+    }
+    let Some(pod) = std::env::var_os("HYPERPOD_BENCH_POD") else {
+        eprintln!(
+            "SKIPPED: kvm_bench_real_pod: HYPERPOD_BENCH_POD is not set (bench/launcher.sh sets it)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let launch = |timing: bool| {
+        let mut c = hyperlaunch();
+        if timing {
+            c.arg("--timing");
+        }
+        c.args(["--timeout", "0.3"])
+            .arg(&pod)
+            .env("XDG_CACHE_HOME", &cache)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Warm the verified-digest and CPUID caches and the page cache.
+    for _ in 0..3 {
+        launch(false);
+    }
+    let (mut to_main, mut opened, mut created, mut loaded, mut first_run, mut spawn_run) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        let t0 = monotonic_ns();
+        let out = launch(true);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let main_ms = (exec_ns(&err) - t0) as f64 / 1e6;
+        let run = field(&err, "first-kvm-run")
+            .unwrap_or_else(|| panic!("no first-kvm-run mark in:\n{err}"));
+        to_main.push(main_ms);
+        opened.push(field(&err, "pod-opened").unwrap());
+        created.push(field(&err, "vm-created").unwrap());
+        loaded.push(field(&err, "kernel-loaded").unwrap());
+        first_run.push(run);
+        spawn_run.push(main_ms + run);
+    }
+    let size = std::fs::metadata(&pod).unwrap().len();
+    println!(
+        "hyperlaunch KVM engine, real pod ({} MB), {MEMORY_MIB} MiB, 1 vCPU, {RUNS} runs:",
+        size / 1_000_000
+    );
+    summary("real pod: spawn -> main()", to_main);
+    summary("real pod: main() -> pod opened", opened);
+    summary("real pod: main() -> VM created", created);
+    summary("real pod: main() -> kernel loaded", loaded);
+    summary("real pod: main() -> first KVM_RUN", first_run);
+    summary("real pod: spawn -> first KVM_RUN", spawn_run);
+}

@@ -66,7 +66,15 @@ fn kvm_linux_early_boot_via_pvh_sees_cmdline_e820_and_initramfs() {
     if !probes::kvm_available("kvm_linux_early_boot_pvh") {
         return;
     }
-    early_boot(true);
+    early_boot(true, false);
+}
+
+#[test]
+fn kvm_linux_early_boot_with_kernel_and_initramfs_mapped_from_a_file() {
+    if !probes::kvm_available("kvm_linux_early_boot_mapped") {
+        return;
+    }
+    early_boot(true, true);
 }
 
 #[test]
@@ -74,14 +82,29 @@ fn kvm_linux_early_boot_via_64bit_entry_sees_cmdline_e820_and_initramfs() {
     if !probes::kvm_available("kvm_linux_early_boot_64bit") {
         return;
     }
-    early_boot(false);
+    early_boot(false, false);
 }
 
 /// Boots the kernel (via PVH or its 64-bit entry with a zero page) until the early console
-/// lines are there, and checks them.
-fn early_boot(use_pvh: bool) {
+/// lines are there, and checks them. `mapped`: the kernel and initramfs are in one file at
+/// page-aligned offsets, as in a pod, and their pages are mapped from it.
+fn early_boot(use_pvh: bool, mapped: bool) {
     let kernel = std::fs::read(kernel_path()).unwrap();
     let initrd = initramfs();
+    let mut file = tempfile::tempfile().unwrap();
+    let initramfs_offset = (kernel.len() as u64).next_multiple_of(4096);
+    file.write_all(&kernel).unwrap();
+    file.write_all(&vec![
+        0xcc;
+        (initramfs_offset - kernel.len() as u64) as usize
+    ])
+    .unwrap();
+    file.write_all(&initrd).unwrap();
+    let backing = mapped.then_some(launcher::vmm::FileBacking {
+        file: &file,
+        kernel_offset: 0,
+        initramfs_offset,
+    });
     let console = Capture::default();
     // clearcpuid/noxsave steer Linux around instructions this host's kvm_pvm cannot emulate.
     let cmdline = "hyperpod.test=early clearcpuid=popcnt,smap noxsave panic=-1 reboot=k";
@@ -94,6 +117,7 @@ fn early_boot(use_pvh: bool) {
         disks: Vec::new(),
         console: Box::new(console.clone()),
         use_pvh,
+        backing,
     };
     let mut marks = Marks::new(Instant::now(), "kvm");
     let vm = build_vm(inputs, &mut marks).unwrap();

@@ -64,6 +64,8 @@ pub struct Microvm {
     drives: Vec<Drive>,
     exit_device: bool,
     icount: bool,
+    /// With icount, let idle time pass in real time (`sleep=on`) instead of warping.
+    icount_sleep: bool,
     extra: Vec<OsString>,
 }
 
@@ -80,6 +82,7 @@ impl Microvm {
             drives: Vec::new(),
             exit_device: true,
             icount: false,
+            icount_sleep: false,
             extra: Vec::new(),
         }
     }
@@ -126,6 +129,15 @@ impl Microvm {
     /// Deterministic guest time (`-icount shift=0,sleep=off`); about 15 times slower.
     pub fn icount(mut self) -> Self {
         self.icount = true;
+        self
+    }
+
+    /// Instructions counted as with [`Microvm::icount`], but idle time (waits for disk reads)
+    /// passes in real time (`sleep=on`): with `sleep=off` a read that finds the vCPU idle is
+    /// charged up to the guest's next timer.
+    pub fn icount_idle_in_real_time(mut self) -> Self {
+        self.icount = true;
+        self.icount_sleep = true;
         self
     }
 
@@ -187,7 +199,8 @@ impl Microvm {
                 .args(["-device", &format!("virtio-blk-device,drive=vd{i}")]);
         }
         if self.icount {
-            cmd.args(["-icount", "shift=0,sleep=off"]);
+            let sleep = if self.icount_sleep { "on" } else { "off" };
+            cmd.args(["-icount", &format!("shift=0,sleep={sleep}")]);
         }
         cmd.args(&self.extra);
         cmd.stdin(Stdio::null())

@@ -1,7 +1,13 @@
-//! Putting the guest's first software in memory: kernel (ELF with PVH note, ELF 64-bit entry,
-//! or bzImage, via linux-loader), initramfs (+ the overrides archive), command line, and the
-//! boot information (PVH `hvm_start_info` + memory map, or Linux `boot_params` + e820).
+//! Putting the guest's first software in memory: kernel (ELF with PVH note or its 64-bit entry,
+//! parsed by [`super::elf`]; bzImage via linux-loader), initramfs (+ the overrides archive),
+//! command line, and the boot information (PVH `hvm_start_info` + memory map, or Linux
+//! `boot_params` + e820).
+//!
+//! When the kernel and initramfs bytes are known to be a window of a file (a pod), their whole
+//! pages are mapped copy-on-write from that file ([`super::memory::map_file`]) instead of
+//! copied: nothing is read before the guest runs, and the guest touches only the pages it uses.
 
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
 use linux_loader::cmdline::Cmdline;
@@ -11,7 +17,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{BzImage, KernelLoader};
 use thiserror::Error;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
@@ -20,7 +26,8 @@ use vm_memory::{
 };
 
 use super::cpu::EntryMode;
-use super::memory::{E820Entry, e820_map, low_ram_end};
+use super::elf::{self, ElfError};
+use super::memory::{E820Entry, MemoryError, PAGE_SIZE, e820_map, low_ram_end, map_file};
 use crate::layout;
 
 #[derive(Debug, Error)]
@@ -29,6 +36,12 @@ pub enum BootError {
     UnknownKernel,
     #[error("cannot load the kernel")]
     Load(#[source] linux_loader::loader::Error),
+    #[error("cannot load the ELF kernel")]
+    Elf(#[source] ElfError),
+    #[error("cannot place the {0} in guest memory")]
+    Place(&'static str, #[source] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Map(#[from] MemoryError),
     #[error(
         "bzImage has no 64-bit entry point (boot protocol {version:#06x}, xloadflags {xloadflags:#x})"
     )]
@@ -140,26 +153,86 @@ pub struct LoadedKernel {
     pub setup_header: Option<linux_loader::loader::bootparam::setup_header>,
 }
 
+/// Where some bytes also are: `file` from `offset` on (the kernel or initramfs inside a pod).
+#[derive(Clone, Copy, Debug)]
+pub struct FileWindow<'a> {
+    pub file: &'a File,
+    pub offset: u64,
+}
+
+impl<'a> FileWindow<'a> {
+    /// The window moved `by` bytes further into the file.
+    fn at(self, by: u64) -> FileWindow<'a> {
+        FileWindow {
+            file: self.file,
+            offset: self.offset + by,
+        }
+    }
+}
+
+/// Puts `bytes` at guest address `addr`: copied, except the whole pages in the middle when
+/// `window` says where the bytes are in a file at the same offset within a page, which are
+/// mapped from it. Returns how many bytes were mapped.
+fn place(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    bytes: &[u8],
+    window: Option<FileWindow<'_>>,
+    what: &'static str,
+) -> Result<u64, BootError> {
+    let copy = |from: usize, to: usize| {
+        mem.write_slice(&bytes[from..to], GuestAddress(addr + from as u64))
+            .map_err(|e| BootError::Place(what, e))
+    };
+    let len = bytes.len() as u64;
+    let Some(w) = window.filter(|w| w.offset % PAGE_SIZE == addr % PAGE_SIZE) else {
+        copy(0, bytes.len())?;
+        return Ok(0);
+    };
+    let head = ((PAGE_SIZE - addr % PAGE_SIZE) % PAGE_SIZE).min(len);
+    let middle = (len - head) / PAGE_SIZE * PAGE_SIZE;
+    let mapped = middle > 0 && map_file(mem, addr + head, w.file, w.offset + head, middle)?;
+    if mapped {
+        copy(0, head as usize)?;
+        copy((head + middle) as usize, bytes.len())?;
+        Ok(middle)
+    } else {
+        copy(0, bytes.len())?;
+        Ok(0)
+    }
+}
+
 /// Loads `kernel` (ELF vmlinux or bzImage) at 1 MiB. An ELF with a PVH note is entered via PVH
 /// when `use_pvh` (the default everywhere but tests of the 64-bit entry), else at its 64-bit
-/// entry point.
+/// entry point. With `window`, the ELF's segments are mapped from that file where they can be.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     kernel: &[u8],
+    window: Option<FileWindow<'_>>,
     use_pvh: bool,
 ) -> Result<LoadedKernel, BootError> {
     let mut r = SliceReader::new(kernel);
     let highmem = Some(GuestAddress(layout::HIMEM_START));
     if kernel.starts_with(b"\x7fELF") {
-        let res = Elf::load(mem, None, &mut r, highmem).map_err(BootError::Load)?;
-        let (mode, entry) = match res.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(a) if use_pvh => (EntryMode::Pvh, a.0),
-            _ => (EntryMode::Linux64, res.kernel_load.0),
+        let k = elf::parse(kernel, layout::HIMEM_START).map_err(BootError::Elf)?;
+        for s in &k.segments {
+            let bytes = &kernel[s.offset as usize..(s.offset + s.filesz) as usize];
+            place(
+                mem,
+                s.paddr,
+                bytes,
+                window.map(|w| w.at(s.offset)),
+                "kernel",
+            )?;
+        }
+        let (mode, entry) = match k.pvh_entry {
+            Some(a) if use_pvh => (EntryMode::Pvh, a),
+            _ => (EntryMode::Linux64, k.entry),
         };
         Ok(LoadedKernel {
             mode,
             entry,
-            end: res.kernel_end,
+            end: k.end,
             setup_header: None,
         })
     } else if kernel.len() > 0x206 && &kernel[0x202..0x206] == b"HdrS" {
@@ -235,12 +308,14 @@ pub fn initramfs_addr(mem_bytes: u64, size: u64, kernel_end: u64) -> Result<u64,
 }
 
 /// Writes the initramfs parts back to back (each later part 4-byte aligned, as Linux wants
-/// concatenated archives) and returns (address, total length).
+/// concatenated archives) and returns (address, total length). With `window` (where the first
+/// part is in a file), that part's whole pages are mapped from the file.
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
     kernel_end: u64,
     parts: &[&[u8]],
+    window: Option<FileWindow<'_>>,
 ) -> Result<(u64, u64), BootError> {
     let mut total = 0u64;
     for p in parts {
@@ -248,10 +323,10 @@ pub fn load_initramfs(
     }
     let addr = initramfs_addr(mem_bytes, total, kernel_end)?;
     let mut at = 0u64;
-    for p in parts {
+    for (i, p) in parts.iter().enumerate() {
         at = at.next_multiple_of(4);
-        mem.write_slice(p, GuestAddress(addr + at))
-            .map_err(BootError::Memory)?;
+        let w = if i == 0 { window } else { None };
+        place(mem, addr + at, p, w, "initramfs")?;
         at += p.len() as u64;
     }
     Ok((addr, total))
@@ -396,7 +471,8 @@ mod tests {
     #[test]
     fn concatenated_parts_are_4_byte_aligned() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let (addr, len) = load_initramfs(&mem, 16 << 20, 0x20_0000, &[b"abcde", b"xyz"]).unwrap();
+        let (addr, len) =
+            load_initramfs(&mem, 16 << 20, 0x20_0000, &[b"abcde", b"xyz"], None).unwrap();
         assert_eq!(len, 11);
         let mut got = [0u8; 11];
         mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
@@ -404,15 +480,75 @@ mod tests {
     }
 
     #[test]
+    fn mapped_copied_and_linux_loader_kernels_are_the_same_bytes() {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let img = crate::vmm::elf::tests::sample_elf();
+        // The image inside a file at a page-aligned offset, as in a pod, with other bytes
+        // around it that must not show through (bss, the pages beyond the image).
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[0xee; 8192]).unwrap();
+        f.write_all(&img).unwrap();
+        f.write_all(&[0xdd; 8192]).unwrap();
+        let window = FileWindow {
+            file: &f,
+            offset: 8192,
+        };
+        let mem = || GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
+        let (copied, mapped, reference) = (mem(), mem(), mem());
+        let a = load_kernel(&copied, &img, None, true).unwrap();
+        let b = load_kernel(&mapped, &img, Some(window), true).unwrap();
+        let highmem = Some(GuestAddress(layout::HIMEM_START));
+        let r =
+            linux_loader::loader::Elf::load(&reference, None, &mut SliceReader::new(&img), highmem)
+                .unwrap();
+        assert_eq!((a.entry, a.end), (b.entry, b.end));
+        assert_eq!(a.end, r.kernel_end);
+        assert!(matches!(
+            r.pvh_boot_cap,
+            linux_loader::loader::PvhBootCapability::PvhEntryPresent(e) if e.0 == a.entry
+        ));
+        let span = (a.end + 0x2000 - 0x100_0000) as usize;
+        let read = |m: &GuestMemoryMmap| {
+            let mut v = vec![0u8; span];
+            m.read_slice(&mut v, GuestAddress(0x100_0000)).unwrap();
+            v
+        };
+        let want = read(&reference);
+        assert_eq!(read(&copied), want);
+        assert_eq!(read(&mapped), want);
+        // The whole pages really are the file's: a change to the file shows through the page
+        // the guest has not written yet (the launcher maps only pods no one else can write).
+        f.write_all_at(b"FILE", 8192 + 0x1000).unwrap();
+        let mut probe = [0u8; 4];
+        mapped
+            .read_slice(&mut probe, GuestAddress(0x100_0000))
+            .unwrap();
+        assert_eq!(&probe, b"FILE");
+        copied
+            .read_slice(&mut probe, GuestAddress(0x100_0000))
+            .unwrap();
+        assert_ne!(&probe, b"FILE");
+        // An initramfs from the same file: whole pages mapped, the tail and the next part copied.
+        let part = &img[..0x1800];
+        let (addr, len) =
+            load_initramfs(&mapped, 32 << 20, b.end, &[part, b"tail"], Some(window)).unwrap();
+        let mut got = vec![0u8; len as usize];
+        mapped.read_slice(&mut got, GuestAddress(addr)).unwrap();
+        assert_eq!(&got[..0x1800], part);
+        assert_eq!(&got[0x1800..], b"tail");
+    }
+
+    #[test]
     fn garbage_kernels_are_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         assert!(matches!(
-            load_kernel(&mem, b"not a kernel", true),
+            load_kernel(&mem, b"not a kernel", None, true),
             Err(BootError::UnknownKernel)
         ));
         assert!(matches!(
-            load_kernel(&mem, b"\x7fELF\x02\x01\x01", true),
-            Err(BootError::Load(_))
+            load_kernel(&mem, b"\x7fELF\x02\x01\x01", None, true),
+            Err(BootError::Elf(_))
         ));
     }
 

@@ -44,13 +44,22 @@ pub enum EntryMode {
 
 const CPUID_HYPERVISOR: u32 = 1 << 31;
 const CPUID_HTT: u32 = 1 << 28;
+/// Leaf 1 ECX bit 24: the local APIC timer has TSC-deadline mode. `KVM_GET_SUPPORTED_CPUID`
+/// leaves it out (KVM reports it as `KVM_CAP_TSC_DEADLINE_TIMER`; QEMU, Firecracker and Cloud
+/// Hypervisor set it themselves). Without it Linux calibrates the LAPIC timer against the PIT at
+/// boot: `calibrate_APIC_clock` polls for 100 ms, then verifies for another 100 ms: 216 ms of
+/// guest time measured under icount (`docs/BENCHMARKS.md`). With it, that function returns at
+/// its first line and the timer runs in deadline mode, which KVM emulates (hrtimer or the VMX
+/// preemption timer).
+const CPUID_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID leaf 0xb/0x1f level types.
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
 /// Filters KVM's supported CPUID into what vCPU `id` of `count` sees: the hypervisor bit, its
-/// APIC id, one package of `count` cores (leaf 1, 4, 0xb, 0x1f) and no PMU (leaf 0xa).
-pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8) {
+/// APIC id, one package of `count` cores (leaf 1, 4, 0xb, 0x1f), no PMU (leaf 0xa), and the
+/// TSC-deadline timer when KVM emulates it (`tsc_deadline`, [`CPUID_TSC_DEADLINE`]).
+pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8, tsc_deadline: bool) {
     let core_shift = 32 - u32::from(count.max(1) - 1).leading_zeros();
     for e in entries.iter_mut() {
         match e.function {
@@ -58,6 +67,9 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8) {
                 e.ebx =
                     (u32::from(id) << 24) | (u32::from(count) << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= CPUID_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= CPUID_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= CPUID_HTT;
                 } else {
@@ -259,17 +271,24 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), C
     Ok(())
 }
 
-/// Configures vCPU `id` of `count` for `mode` at `entry`.
+/// Whether KVM emulates the LAPIC's TSC-deadline mode (with the in-kernel irqchip every VM of
+/// this launcher has), so the guest may be told so ([`CPUID_TSC_DEADLINE`]).
+pub fn tsc_deadline_supported(kvm: &Kvm) -> bool {
+    kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer)
+}
+
+/// Configures vCPU `id` of `count` for `mode` at `entry`; `tsc_deadline` from
+/// [`tsc_deadline_supported`].
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     cpuid: &CpuId,
-    id: u8,
-    count: u8,
+    (id, count): (u8, u8),
+    tsc_deadline: bool,
     mode: EntryMode,
     entry: u64,
 ) -> Result<(), CpuError> {
     let mut cpuid = cpuid.clone();
-    filter_cpuid(cpuid.as_mut_slice(), id, count);
+    filter_cpuid(cpuid.as_mut_slice(), id, count, tsc_deadline);
     vcpu.set_cpuid2(&cpuid).map_err(CpuError::SetCpuid)?;
 
     let entries: Vec<kvm_msr_entry> = BOOT_MSRS
@@ -331,7 +350,7 @@ mod tests {
             leaf(0xb, 1),
             leaf(0xb, 2),
         ];
-        filter_cpuid(&mut e, 3, 4);
+        filter_cpuid(&mut e, 3, 4, false);
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & CPUID_HYPERVISOR, 0);
@@ -340,10 +359,21 @@ mod tests {
         assert_eq!((e[2].ebx, e[2].ecx, e[2].edx), (1, 1 << 8, 3));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (2, 4, (2 << 8) | 1));
         assert_eq!((e[4].ebx, e[4].ecx), (0, 2));
+        assert_eq!(e[0].ecx & CPUID_TSC_DEADLINE, 0);
         let mut one = vec![leaf(1, 0), leaf(0xb, 1)];
-        filter_cpuid(&mut one, 0, 1);
+        filter_cpuid(&mut one, 0, 1, false);
         assert_eq!(one[0].edx & CPUID_HTT, 0);
         assert_eq!(one[1].eax, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_is_shown_when_kvm_emulates_it() {
+        let mut e = vec![leaf(1, 0)];
+        e[0].ecx = 0;
+        filter_cpuid(&mut e, 0, 1, true);
+        assert_eq!(e[0].ecx, CPUID_TSC_DEADLINE | CPUID_HYPERVISOR);
+        // Bit 24 of leaf 1 ECX, as the SDM and Linux's X86_FEATURE_TSC_DEADLINE_TIMER (1*32+24).
+        assert_eq!(CPUID_TSC_DEADLINE, 0x0100_0000);
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Guest RAM: its regions (split around the 32-bit MMIO hole) and the e820 map describing them.
+//! Guest RAM: its regions (split around the 32-bit MMIO hole) and the e820 map describing them;
+//! file pages mapped copy-on-write into it ([`map_file`]).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
 
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout;
 
@@ -14,7 +18,12 @@ pub enum MemoryError {
     TooSmall(u32),
     #[error("cannot map {0} MiB of guest memory")]
     Map(u32, #[source] vm_memory::mmap::FromRangesError),
+    #[error("cannot map file pages at guest address {0:#x}")]
+    MapFile(u64, #[source] std::io::Error),
 }
+
+/// The host page size file mappings are aligned to.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Kind of an e820 range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +94,62 @@ pub fn create_guest_memory(mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Map(mib, e))
 }
 
+/// Maps `len` bytes of `file` from `file_offset` over guest memory at `addr`, private and
+/// copy-on-write: the guest reads the file's page-cache pages and a guest write copies the page,
+/// as if the bytes had been copied in, but nothing is read or copied now. `addr`, `file_offset`
+/// and `len` must be page-aligned and the range inside one RAM region, else nothing is mapped and
+/// `Ok(false)` says the caller should copy instead.
+///
+/// The file must not shrink while the VM runs (the guest would fault on the missing pages, as a
+/// process does on a truncated mapped executable); the launcher maps only pods that no other user
+/// can write (`source::PodImage::backing`).
+pub fn map_file(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    file: &File,
+    file_offset: u64,
+    len: u64,
+) -> Result<bool, MemoryError> {
+    if len == 0 || (addr | file_offset | len) % PAGE_SIZE != 0 {
+        return Ok(false);
+    }
+    let Some(region) = mem.find_region(GuestAddress(addr)) else {
+        return Ok(false);
+    };
+    let start = region.start_addr().0;
+    let in_region = addr - start;
+    if in_region
+        .checked_add(len)
+        .is_none_or(|end| end > region.len())
+    {
+        return Ok(false);
+    }
+    let (Ok(off), Ok(size)) = (libc::off_t::try_from(file_offset), usize::try_from(len)) else {
+        return Ok(false);
+    };
+    // SAFETY: `region.as_ptr()` is the start of the region's live mapping of `region.len()`
+    // bytes, and `in_region + len` is within it (checked above).
+    let host = unsafe { region.as_ptr().add(in_region as usize) };
+    // SAFETY: MAP_FIXED replaces exactly `size` bytes of the guest-memory mapping that `mem` owns
+    // (checked above to lie inside one region) with a private mapping of the file; no Rust
+    // reference into guest memory exists (vm-memory accesses it through raw pointers), and the
+    // region's own munmap on drop removes this mapping with the rest.
+    let got = unsafe {
+        libc::mmap(
+            host.cast(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(MemoryError::MapFile(addr, std::io::Error::last_os_error()));
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +175,33 @@ mod tests {
         assert_eq!(m.last().unwrap().addr, layout::MMIO_HOLE_END);
         assert_eq!(low_ram_end(bytes), layout::MMIO_HOLE_START);
         assert!(create_guest_memory(4).is_err());
+    }
+
+    #[test]
+    fn file_pages_appear_in_guest_memory_copy_on_write() {
+        use std::io::Write;
+        use vm_memory::Bytes;
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        // Misaligned requests are declined, not half-done.
+        assert!(!map_file(&mem, 0x20_0100, &f, 0, PAGE_SIZE).unwrap());
+        assert!(!map_file(&mem, 0x20_0000, &f, 0x100, PAGE_SIZE).unwrap());
+        assert!(!map_file(&mem, (16 << 20) - PAGE_SIZE, &f, 0, 2 * PAGE_SIZE).unwrap());
+        assert!(map_file(&mem, 0x20_0000, &f, PAGE_SIZE, 2 * PAGE_SIZE).unwrap());
+        let mut got = vec![0u8; 2 * PAGE_SIZE as usize];
+        mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(got, data[PAGE_SIZE as usize..]);
+        // A write lands in guest memory only; the file keeps its bytes.
+        mem.write_slice(b"guest", GuestAddress(0x20_0000)).unwrap();
+        let mut back = [0u8; 5];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut back, PAGE_SIZE).unwrap();
+        assert_eq!(&back[..], &data[PAGE_SIZE as usize..PAGE_SIZE as usize + 5]);
+        // Memory around the mapping is untouched zero.
+        let mut edge = [1u8; 8];
+        mem.read_slice(&mut edge, GuestAddress(0x20_0000 + 2 * PAGE_SIZE))
+            .unwrap();
+        assert_eq!(edge, [0; 8]);
     }
 }

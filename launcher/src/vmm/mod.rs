@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod cpuid_cache;
+pub mod elf;
 pub mod exit;
 pub mod memory;
 pub mod mptable;
@@ -85,6 +86,17 @@ pub struct BootInputs<'a> {
     /// Enter an ELF kernel with a PVH note via PVH (true everywhere but tests of the 64-bit
     /// entry).
     pub use_pvh: bool,
+    /// Where `kernel` and the first initramfs archive are in a file, when they are (a pod): their
+    /// whole pages are then mapped from it copy-on-write instead of copied.
+    pub backing: Option<FileBacking<'a>>,
+}
+
+/// The file holding the kernel and the first initramfs archive, and where.
+#[derive(Clone, Copy, Debug)]
+pub struct FileBacking<'a> {
+    pub file: &'a std::fs::File,
+    pub kernel_offset: u64,
+    pub initramfs_offset: u64,
 }
 
 /// A built VM: KVM handles kept alive for the run.
@@ -197,7 +209,22 @@ pub fn build_vm_with_cache(
     marks.vm_created = Some(Instant::now());
 
     // 3. Kernel, initramfs.
-    let kernel = boot::load_kernel(&mem, inputs.kernel, inputs.use_pvh)?;
+    let window = |offset: fn(&FileBacking<'_>) -> u64| {
+        inputs.backing.as_ref().map(|b| boot::FileWindow {
+            file: b.file,
+            offset: offset(b),
+        })
+    };
+    let kernel = boot::load_kernel(
+        &mem,
+        inputs.kernel,
+        window(|b| b.kernel_offset),
+        inputs.use_pvh,
+    )?;
+    // The window describes the first archive; empty archives are left out, so it applies only
+    // when that one is not empty.
+    let initramfs_window = window(|b| b.initramfs_offset)
+        .filter(|_| inputs.initramfs.first().is_some_and(|p| !p.is_empty()));
     let parts: Vec<&[u8]> = inputs
         .initramfs
         .iter()
@@ -207,7 +234,13 @@ pub fn build_vm_with_cache(
     let initramfs = if parts.is_empty() {
         None
     } else {
-        Some(boot::load_initramfs(&mem, mem_bytes, kernel.end, &parts)?)
+        Some(boot::load_initramfs(
+            &mem,
+            mem_bytes,
+            kernel.end,
+            &parts,
+            initramfs_window,
+        )?)
     };
     marks.kernel_loaded = Some(Instant::now());
 
@@ -230,8 +263,10 @@ pub fn build_vm_with_cache(
         cpuid_cache::supported_cpuid(cpuid_cache, cpuid_cache::host_key, || {
             cpu::supported_cpuid(&kvm)
         })?;
+    let tsc_deadline = cpu::tsc_deadline_supported(&kvm);
     for (i, v) in vcpus.iter().enumerate() {
-        cpu::configure_vcpu(v, &cpuid, i as u8, vcpu_count, kernel.mode, kernel.entry)?;
+        let ids = (i as u8, vcpu_count);
+        cpu::configure_vcpu(v, &cpuid, ids, tsc_deadline, kernel.mode, kernel.entry)?;
     }
     Ok(Vm {
         _kvm: kvm,
@@ -300,6 +335,7 @@ pub fn build_vm_for_boot(
         disks,
         console: Box::new(crate::devices::serial::Stderr),
         use_pvh: true,
+        backing: image.backing(),
     };
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
     let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;

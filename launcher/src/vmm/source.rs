@@ -134,6 +134,8 @@ pub struct PodImage {
     pod: Pod,
     map: Mapping,
     pub trust: Trust,
+    /// Whether no other user can write the file (see [`PodImage::backing`]).
+    ours: bool,
 }
 
 impl PodImage {
@@ -167,14 +169,15 @@ impl PodImage {
             .map_err(|_| SourceError::Map(std::io::ErrorKind::FileTooLarge.into()))?;
         let map = Mapping::new(&file, len).map_err(SourceError::Map)?;
         let pod = Pod::from_file_and_bytes(file, map.bytes()).map_err(open_error)?;
+        // Records are only read or written for a pod no one else can write: another user's
+        // write in flight could otherwise change bytes after the stamps were taken.
+        let recordable = only_we_can_write(&meta);
         let mut image = PodImage {
             pod,
             map,
             trust: Trust::Hashed,
+            ours: recordable,
         };
-        // Records are only read or written for a pod no one else can write: another user's
-        // write in flight could otherwise change bytes after the stamps were taken.
-        let recordable = only_we_can_write(&meta);
         let cache = cache.filter(|_| recordable);
         let manifest = &image.pod.layout().manifest_bytes;
         if cache.is_some_and(|c| c.contains(&stamp, manifest)) {
@@ -228,6 +231,17 @@ impl PodImage {
     /// The initramfs, in place in the mapping.
     pub fn initramfs(&self) -> &[u8] {
         self.section(Section::Initramfs)
+    }
+
+    /// Where the kernel and initramfs are in the pod file, so that guest memory can map their
+    /// pages instead of copying them; `None` for a pod that another user can write (a write
+    /// after the digest check would otherwise reach the guest through the mapping).
+    pub fn backing(&self) -> Option<super::FileBacking<'_>> {
+        self.ours.then(|| super::FileBacking {
+            file: self.pod.file(),
+            kernel_offset: self.pod.section(Section::Kernel).offset,
+            initramfs_offset: self.pod.section(Section::Initramfs).offset,
+        })
     }
 
     /// The rootfs as a read-only disk window of the pod file.

@@ -1,0 +1,120 @@
+# bench/boot-table.awk: the per-step table of bench/boot.sh, from one guest console (the kernel
+# log as `dmesg` printed it, init's `hyperpod.debug` lines, the probe app's lines).
+# Variable `check` (ms, may be empty): exit 1 when the KVM-equivalent time to the app exceeds it.
+#
+# Milestones are the first kernel line matching each pattern; a row is the guest time from the
+# previous milestone found. Timestamps between sched_clock_init() and the late initcall that
+# marks sched_clock stable advance at most one tick (4 ms at HZ=250) between ticks; totals after
+# "sched_clock: Marking stable" are exact again, and initcall_debug's durations (ktime) always are.
+
+function ms(x) { return sprintf("%9.3f", x) }
+
+BEGIN {
+	# Each milestone is a kernel line; its row is the guest time since the previous milestone
+	# (rows sorted by time: the initramfs is unpacked asynchronously, beside the initcalls).
+	n = 0
+	m[++n] = "Linux version";                           l[n] = "kernel clock 0: early setup_arch"
+	m[++n] = "Kernel command line:";                    l[n] = "setup_arch: e820, page tables, memmap, percpu"
+	m[++n] = "Dentry cache hash table";                 l[n] = "parameters parsed, RNG, early caches"
+	m[++n] = "SLUB: HWalign";                           l[n] = "buddy allocator filled (mm_core_init)"
+	m[++n] = "NR_IRQS:";                                l[n] = "RCU, scheduler"
+	m[++n] = "printk: legacy console";                  l[n] = "IRQs, timers, console registered"
+	m[++n] = "Calibrating delay loop";                  l[n] = "IO-APIC, TSC clocksource (late_time_init)"
+	m[++n] = "x86/fpu: Enabled xstate";                 l[n] = "CPU identification, FPU/xsave"
+	m[++n] = "Freeing SMP alternatives memory";         l[n] = "alternatives patching"
+	m[++n] = "Mountpoint-cache hash table entries";     l[n] = "pid, creds, fork, vfs caches"
+	m[++n] = "Calibrating APIC timer";                  l[n] = "rest_init, kernel_init, APIC setup"
+	m[++n] = "smpboot: CPU0";                           l[n] = "APIC timer calibration + verification [TCG-only]"
+	m[++n] = "smp: Brought up";                         l[n] = "secondary CPUs brought up"
+	m[++n] = "devtmpfs: initialized";                   l[n] = "SMP done, devtmpfs"
+	m[++n] = "clocksource: Switched to clocksource";    l[n] = "core/postcore/arch initcalls"
+	m[++n] = "Unpacking initramfs";                     l[n] = "fs initcalls, network stack"
+	m[++n] = "Freeing initrd memory";                   l[n] = "initramfs unpacked (async)"
+	m[++n] = "Serial: 8250/16550 driver";               l[n] = "device initcalls up to the 8250 driver"
+	m[++n] = "sched_clock: Marking stable";             l[n] = "device + late initcalls (8250, virtio, vsock...)"
+	m[++n] = "Freeing unused kernel image \\(initmem\\)"; l[n] = "waiting for async work, freeing init memory"
+	m[++n] = "Run /init as init process";               l[n] = "write-protecting rodata, freeing the gaps"
+	nm = n
+	RUN = nm
+	CAL_START = 10
+	CAL_END = 12
+	ninit = 0
+}
+
+{ sub(/\r$/, "") }
+
+/^\[ *[0-9]+\.[0-9]+\]/ {
+	t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t); t = t * 1000
+	line = $0; sub(/^\[ *[0-9.]+\] /, "", line)
+	for (i = 1; i <= nm; i++) if (!(i in at) && line ~ m[i]) at[i] = t
+	if (line ~ /^\.\.\. APIC ID:/ && dump_start == "") dump_start = t
+	if (dump_start != "" && dump_end == "" && dump_done) dump_end = t
+	if (line ~ /^\.+ done\.$/ && dump_start != "") dump_done = 1
+	if (match(line, /^initcall [^ ]+ returned -?[0-9]+ after [0-9]+ usecs/)) {
+		name = line; sub(/^initcall /, "", name); sub(/\+.*/, "", name); sub(/ returned.*/, "", name)
+		us = line; sub(/.* after /, "", us); sub(/ usecs.*/, "", us)
+		ic_name[++nic] = name; ic_us[nic] = us + 0; ic_total += us
+	}
+	next
+}
+/^hyperpod: steps: / {
+	s = $0; sub(/^hyperpod: steps: /, "", s)
+	k = split(s, parts, " ")
+	for (i = 1; i <= k; i++) {
+		split(parts[i], kv, "="); v = kv[2]; sub(/us$/, "", v)
+		init_name[++ninit] = kv[1]; init_us[ninit] = v + 0; init_sum += v
+	}
+	next
+}
+/^hyperpod: init->exec [0-9]+ us/ { init_exec = $3 + 0; next }
+/^bench-app: now at [0-9]+ nsecs/ { app = $4 / 1e6; next }
+/^bench-cpu: / { cpu = $2; next }
+
+END {
+	printf "\n%-52s %9s %9s\n", "step (guest time, ms)", "took", "at"
+	# Found milestones in time order (a stable insertion sort on their times).
+	k = 0
+	for (i = 1; i <= nm; i++) {
+		if (!(i in at)) continue
+		j = ++k
+		while (j > 1 && at[ord[j - 1]] > at[i]) { ord[j] = ord[j - 1]; j-- }
+		ord[j] = i
+	}
+	prev = 0
+	for (j = 1; j <= k; j++) {
+		i = ord[j]
+		printf "%-52s %s %s\n", l[i], ms(at[i] - prev), ms(at[i])
+		prev = at[i]
+	}
+	run = (RUN in at) ? at[RUN] : prev
+	if (ninit > 0) {
+		printf "%-52s %9s %9s\n", "init (its own clock, from its entry):", "", ""
+		for (i = 1; i <= ninit; i++) printf "  %-50s %s\n", init_name[i], ms(init_us[i] / 1000)
+		if (init_exec > 0) printf "  %-50s %s\n", "spawn: fork, credentials, chdir, execve", ms((init_exec - init_sum) / 1000)
+	}
+	if (init_exec > 0) printf "%-52s %s\n", "init entry -> app execve (init's part)", ms(init_exec / 1000)
+	if (app > 0) {
+		printf "%-52s %s %s\n", "exec of init + of the app, until its first read", ms(app - run - init_exec / 1000), ms(app)
+	}
+	tcg = 0
+	if ((CAL_END in at) && (CAL_START in at)) tcg += at[CAL_END] - at[CAL_START]
+	if (dump_start != "" && dump_end != "") tcg += dump_end - dump_start
+	print ""
+	printf "%-52s %s\n", "kernel clock 0 -> Run /init", ms(run)
+	printf "%-52s %s\n", "kernel clock 0 -> app running (upper bound of execve)", ms(app)
+	printf "%-52s %s\n", "of which TCG-only (APIC timer calibration window)", ms(tcg)
+	kvm = app - tcg
+	printf "%-52s %s\n", "KVM-equivalent: kernel clock 0 -> app running", ms(kvm)
+	printf "guest CPU: %s\n", (cpu == "" ? "(not reported)" : cpu)
+	if (nic > 0) {
+		printf "\ninitcalls (initcall_debug): %d, %.3f ms in all; the slowest:\n", nic, ic_total / 1000
+		for (i = 1; i <= nic; i++) idx[i] = i
+		for (i = 1; i <= nic; i++) for (j = i + 1; j <= nic; j++) if (ic_us[idx[j]] > ic_us[idx[i]]) { x = idx[i]; idx[i] = idx[j]; idx[j] = x }
+		for (i = 1; i <= nic && i <= 20; i++) printf "  %-50s %s\n", ic_name[idx[i]], ms(ic_us[idx[i]] / 1000)
+	}
+	if (app <= 0) { print "no app mark" > "/dev/stderr"; exit 1 }
+	if (check != "" && kvm > check + 0) {
+		printf "boot budget exceeded: %.3f ms > %s ms\n", kvm, check > "/dev/stderr"
+		exit 1
+	}
+}
