@@ -4,6 +4,7 @@
 pub mod blk_request;
 pub mod serial;
 pub mod virtio_blk;
+pub mod virtio_mmio;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
