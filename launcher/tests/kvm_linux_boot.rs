@@ -93,6 +93,7 @@ fn early_boot(use_pvh: bool) {
         vcpus: 1,
         disks: Vec::new(),
         console: Box::new(console.clone()),
+        stdio: Box::new(|_| {}),
         use_pvh,
     };
     let mut marks = Marks::new(Instant::now());

@@ -63,6 +63,10 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
         cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"),
         "{cmdline}"
     );
+    assert!(
+        cmdline.ends_with("virtio_mmio.device=4K@0xd000c000:18"),
+        "the stdio console's window comes last: {cmdline}"
+    );
     assert!(r.stdout.contains(&format!("RAMTOP: {}", 48u64 << 20)));
     assert!(r.stdout.contains("INITRAMFS: 3000\n"));
     assert!(!r.stdout.contains("OVERRIDES"));
