@@ -56,10 +56,7 @@ fuzz_target!(|data: &[u8]| {
         let Some(end) = d.addr.checked_add(u64::from(d.len)) else {
             break Err(ChainError::AddressOverflow(i));
         };
-        if !RAM
-            .iter()
-            .any(|&(s, l)| d.addr >= s && end <= s + l)
-        {
+        if !RAM.iter().any(|&(s, l)| d.addr >= s && end <= s + l) {
             break Err(ChainError::OutsideRam(i));
         }
         total += u64::from(d.len);

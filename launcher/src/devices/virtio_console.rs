@@ -43,7 +43,7 @@ pub enum VirtioConsoleError {
 pub struct VirtioConsole(VirtioMmio<Console>);
 
 /// The console behind the transport.
-pub struct Console {
+struct Console {
     sink: ConsoleSink,
     rx_ready: EventFd,
     /// Guest RAM as `(start, length)` ranges, for the chain checks.
