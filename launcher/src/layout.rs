@@ -77,6 +77,12 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 pub const EXIT_PORT: u16 = pod::protocol::EXIT_PORT;
 /// IRQs of the virtio-mmio devices, in device order (rootfs first, then `--disk`s).
 pub const VIRTIO_IRQS: [u32; 12] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17];
+/// virtio-mmio window of the stdio console (virtio-console, the guest's `hvc0`): the slot after
+/// the last disk's, so disks keep their windows, IRQs and names (`vda` is the rootfs).
+pub const VIRTIO_CONSOLE_ADDR: u64 = virtio_mmio_addr(VIRTIO_IRQS.len());
+/// IRQ of the stdio console: the first after the disks' (the MP table routes ISA IRQ n to IO-APIC
+/// pin n for every pin; 0, 1, 2 and 8 are the PIT, i8042, cascade and RTC).
+pub const VIRTIO_CONSOLE_IRQ: u32 = 18;
 /// IO-APIC pins (GSIs) of the in-kernel irqchip.
 pub const IOAPIC_PINS: u32 = 24;
 
@@ -85,8 +91,9 @@ pub const fn virtio_mmio_addr(i: usize) -> u64 {
     VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE
 }
 
-// The layout checked at compile time: boot structures do not overlap, the virtio windows end
-// below the IO-APIC, and no virtio IRQ collides with a UART's or exceeds the IO-APIC's pins.
+// The layout checked at compile time: boot structures do not overlap, the virtio windows (disks,
+// then the console) end below the IO-APIC, and no virtio IRQ collides with another, a UART's or
+// a legacy one, or exceeds the IO-APIC's pins.
 const _: () = {
     assert!(BOOT_GDT + 48 <= BOOT_IDT && BOOT_IDT + 8 <= PVH_START_INFO);
     assert!(PVH_START_INFO + 56 <= PVH_MODLIST);
@@ -95,12 +102,17 @@ const _: () = {
     assert!(ZERO_PAGE + 4096 <= PML4);
     assert!(CMDLINE + CMDLINE_MAX as u64 <= MPTABLE_CONFIG);
     assert!(MPTABLE_CONFIG < EBDA_START && EBDA_START < LOW_RAM_END);
-    assert!(virtio_mmio_addr(VIRTIO_IRQS.len()) <= IOAPIC_ADDR);
+    assert!(virtio_mmio_addr(VIRTIO_IRQS.len()) <= VIRTIO_CONSOLE_ADDR);
+    assert!(VIRTIO_CONSOLE_ADDR + VIRTIO_MMIO_SIZE <= IOAPIC_ADDR);
+    assert!(VIRTIO_CONSOLE_IRQ < IOAPIC_PINS);
+    assert!(VIRTIO_CONSOLE_IRQ != SERIAL_CONSOLE_IRQ && VIRTIO_CONSOLE_IRQ != SERIAL_CONTROL_IRQ);
+    assert!(!matches!(VIRTIO_CONSOLE_IRQ, 0 | 1 | 2 | 8));
     assert!(KVM_IDENTITY_MAP + 0x1000 == KVM_TSS);
     let mut i = 0;
     while i < VIRTIO_IRQS.len() {
         let irq = VIRTIO_IRQS[i];
         assert!(irq < IOAPIC_PINS && irq != SERIAL_CONSOLE_IRQ && irq != SERIAL_CONTROL_IRQ);
+        assert!(irq != VIRTIO_CONSOLE_IRQ && !matches!(irq, 0 | 1 | 2 | 8));
         i += 1;
     }
 };

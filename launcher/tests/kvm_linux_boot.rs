@@ -116,6 +116,7 @@ fn early_boot(use_pvh: bool, mapped: bool) {
         vcpus: 1,
         disks: Vec::new(),
         console: Box::new(console.clone()),
+        stdio: Box::new(|_| {}),
         use_pvh,
         backing,
     };

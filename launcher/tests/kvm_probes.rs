@@ -63,6 +63,10 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
         cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"),
         "{cmdline}"
     );
+    assert!(
+        cmdline.ends_with("virtio_mmio.device=4K@0xd000c000:18"),
+        "the stdio console's window comes last: {cmdline}"
+    );
     assert!(r.console.contains(&format!("RAMTOP: {}", 48u64 << 20)));
     assert!(r.console.contains("INITRAMFS: 3000\n"));
     assert!(!r.console.contains("OVERRIDES"));
@@ -432,4 +436,37 @@ fn kvm_i8042_reset_ends_the_vm_with_the_reported_status_or_122() {
     );
     let pod = probe_pod(dir.path(), "reset", &["WITH_STATUS=1"], b"x", &rootfs(8));
     assert_eq!(hyperlaunch(dir.path(), &pod, &[]).code, 9);
+}
+
+/// The KVM engine's stdio end to end through the binary: piped stdin reaches the guest as
+/// stdin frames on the virtio console, with the end-of-file frame after the last byte; the
+/// guest's stdout and stderr frames come out on the launcher's stdout and stderr apart.
+#[test]
+fn kvm_stdio_stdin_frames_in_stdout_and_stderr_out_apart() {
+    if !probes::kvm_available("kvm_stdio_stdin_frames_in_stdout_and_stderr_out_apart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
+    let pod = probe_pod(dir.path(), "vcon", &["RELAY=1", &vcon], b"x", &rootfs(8));
+    // Every byte value, and more than one receive buffer's worth (4 × 64 bytes posted).
+    let input: Vec<u8> = (0..=255u8).chain(b"end\n".iter().copied()).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "64", "-i"])
+        .arg(&pod)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.stdout, input, "{stderr}");
+    eprintln!("relayed {} bytes", out.stdout.len());
+    assert!(stderr.contains("stderr of probe"), "{stderr}");
 }

@@ -2,8 +2,11 @@
 //! told about adds its own command-line entry ([`Devices::cmdline_entries`]).
 
 pub mod blk_request;
+pub mod console_chain;
 pub mod serial;
 pub mod virtio_blk;
+pub mod virtio_console;
+pub mod virtio_mmio;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,7 @@ use vm_superio::{I8042Device, Trigger};
 use crate::layout;
 use serial::{ConsoleSerial, ControlSerial};
 use virtio_blk::VirtioBlk;
+use virtio_console::VirtioConsole;
 
 /// A device asked for the VM to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +62,17 @@ pub struct Devices {
     reset: ResetFlag,
     /// virtio-mmio block devices; device `i` is at `layout::virtio_mmio_addr(i)`.
     pub blocks: Vec<VirtioBlk>,
+    /// The stdio console (`hvc0`) at `layout::VIRTIO_CONSOLE_ADDR`.
+    pub stdio: VirtioConsole,
 }
 
 impl Devices {
-    pub fn new(console: ConsoleSerial, control: ControlSerial, blocks: Vec<VirtioBlk>) -> Devices {
+    pub fn new(
+        console: ConsoleSerial,
+        control: ControlSerial,
+        blocks: Vec<VirtioBlk>,
+        stdio: VirtioConsole,
+    ) -> Devices {
         let reset = ResetFlag::default();
         Devices {
             console,
@@ -69,6 +80,7 @@ impl Devices {
             i8042: I8042Device::new(reset.clone()),
             reset,
             blocks,
+            stdio,
         }
     }
 
@@ -83,13 +95,25 @@ impl Devices {
                 layout::VIRTIO_IRQS[i]
             ));
         }
+        v.push(format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            layout::VIRTIO_MMIO_SIZE / 1024,
+            layout::VIRTIO_CONSOLE_ADDR,
+            layout::VIRTIO_CONSOLE_IRQ
+        ));
         v
     }
 
-    /// Hands bytes of the app's stdio stream (frames of `pod::protocol::stdio`) to the guest;
-    /// returns how many it took (0: try again later).
-    pub fn push_stdin(&mut self, _frames: &[u8]) -> usize {
-        0
+    /// Hands bytes of the app's stdio stream (frames of `pod::protocol::stdio`) to the guest
+    /// through the stdio console's receive buffers; returns how many it took (0: none posted,
+    /// wait for [`VirtioConsole::rx_ready_evt`] and try again).
+    pub fn push_stdin(&mut self, frames: &[u8]) -> usize {
+        self.stdio.push_rx(frames)
+    }
+
+    fn stdio_at(&mut self, addr: u64) -> Option<(&mut VirtioConsole, u64)> {
+        let off = addr.checked_sub(layout::VIRTIO_CONSOLE_ADDR)?;
+        (off < layout::VIRTIO_MMIO_SIZE).then_some((&mut self.stdio, off))
     }
 
     fn block_at(&mut self, addr: u64) -> Option<(&mut VirtioBlk, u64)> {
@@ -140,14 +164,19 @@ impl Bus for Devices {
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        match self.block_at(addr) {
-            Some((dev, off)) => dev.read(off, data),
-            None => data.fill(0xff),
+        if let Some((dev, off)) = self.block_at(addr) {
+            dev.read(off, data);
+        } else if let Some((dev, off)) = self.stdio_at(addr) {
+            dev.read(off, data);
+        } else {
+            data.fill(0xff);
         }
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Option<DeviceStop> {
         if let Some((dev, off)) = self.block_at(addr) {
+            dev.write(off, data);
+        } else if let Some((dev, off)) = self.stdio_at(addr) {
             dev.write(off, data);
         }
         None
@@ -166,7 +195,10 @@ mod tests {
         let evt = || IrqTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let console: ConsoleSerial = Serial::new(evt(), Box::new(std::io::sink()));
         let control: ControlSerial = Serial::new(evt(), ControlSink::to_channel(tx));
-        (Devices::new(console, control, Vec::new()), rx)
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)])
+            .unwrap();
+        let stdio = VirtioConsole::new(Box::new(|_| {}), mem).unwrap();
+        (Devices::new(console, control, Vec::new(), stdio), rx)
     }
 
     #[test]
@@ -190,11 +222,28 @@ mod tests {
         let mut m = [0u8; 4];
         d.mmio_read(layout::VIRTIO_MMIO_BASE, &mut m);
         assert_eq!(m, [0xff; 4]); // no device there
+        // The stdio console answers in its window only.
+        d.mmio_read(layout::VIRTIO_CONSOLE_ADDR + 8, &mut m);
+        assert_eq!(u32::from_le_bytes(m), 3);
+        d.mmio_read(
+            layout::VIRTIO_CONSOLE_ADDR + layout::VIRTIO_MMIO_SIZE,
+            &mut m,
+        );
+        assert_eq!(m, [0xff; 4]);
+        assert_eq!(
+            d.mmio_write(layout::VIRTIO_CONSOLE_ADDR + 0x70, &[1, 0, 0, 0]),
+            None
+        );
+        d.mmio_read(layout::VIRTIO_CONSOLE_ADDR + 0x70, &mut m);
+        assert_eq!(m, [1, 0, 0, 0]);
     }
 
     #[test]
     fn command_line_names_each_virtio_window() {
         let (d, _rx) = test_devices();
-        assert_eq!(d.cmdline_entries(), vec!["console=ttyS0"]);
+        assert_eq!(
+            d.cmdline_entries(),
+            vec!["console=ttyS0", "virtio_mmio.device=4K@0xd000c000:18"]
+        );
     }
 }

@@ -13,31 +13,16 @@ use vmm_sys_util::eventfd::EventFd;
 use super::blk_request::{
     self, Desc, HEADER_LEN, ID_LEN, Request, RequestKind, S_IOERR, S_OK, S_UNSUPP, SECTOR_SIZE,
 };
+use super::virtio_mmio::{F_VERSION_1, VirtioDevice, VirtioMmio, VirtioMmioError};
 
-/// "virt" in little-endian.
-const MAGIC: u32 = 0x7472_6976;
-/// virtio-mmio transport version 2 (modern).
-const VERSION: u32 = 2;
 /// virtio device ID of a block device.
 const DEVICE_ID_BLOCK: u32 = 2;
-/// Our vendor ID ("HYPD").
-const VENDOR_ID: u32 = 0x4450_5948;
 /// Largest queue the device offers.
 const QUEUE_MAX: u16 = 256;
 /// `VIRTIO_BLK_F_RO`.
 const F_RO: u64 = 1 << 5;
 /// `VIRTIO_BLK_F_FLUSH`.
 const F_FLUSH: u64 = 1 << 9;
-/// `VIRTIO_F_VERSION_1`.
-const F_VERSION_1: u64 = 1 << 32;
-/// Device status bit `DRIVER_OK`.
-const STATUS_DRIVER_OK: u32 = 4;
-/// Device status bit `FEATURES_OK`.
-const STATUS_FEATURES_OK: u32 = 8;
-/// Interrupt status bit: the used ring was updated.
-const INT_USED_RING: u32 = 1;
-/// Start of the device-specific configuration space.
-const CONFIG_OFFSET: u64 = 0x100;
 /// Largest bounce buffer a request uses: data moves between the file and guest memory in pieces
 /// of at most this many bytes, whatever length the guest's descriptors claim.
 const BOUNCE_MAX: u64 = 64 << 10;
@@ -47,8 +32,8 @@ const BOUNCE_MAX: u64 = 64 << 10;
 pub enum VirtioBlkError {
     #[error("disk size {0} is not a multiple of 512 bytes")]
     NotSectors(u64),
-    #[error("cannot create the interrupt eventfd")]
-    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] VirtioMmioError),
 }
 
 /// Where a disk's bytes live: a window of a host file.
@@ -63,18 +48,13 @@ pub struct DiskBackend {
 }
 
 /// One virtio-mmio block device.
-pub struct VirtioBlk {
+pub struct VirtioBlk(VirtioMmio<Blk>);
+
+/// The block device behind the transport.
+struct Blk {
     backend: DiskBackend,
     id: [u8; ID_LEN as usize],
     mem: GuestMemoryMmap,
-    irq: EventFd,
-    queue: Queue,
-    device_features_sel: u32,
-    driver_features: u64,
-    driver_features_sel: u32,
-    status: u32,
-    interrupt_status: u32,
-    queue_sel: u32,
 }
 
 impl VirtioBlk {
@@ -90,27 +70,36 @@ impl VirtioBlk {
         let mut id_bytes = [0u8; ID_LEN as usize];
         let n = id.len().min(id_bytes.len());
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Ok(VirtioBlk {
+        let blk = Blk {
             backend,
             id: id_bytes,
-            mem,
-            irq: EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioBlkError::EventFd)?,
-            queue: Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a power of two"),
-            device_features_sel: 0,
-            driver_features: 0,
-            driver_features_sel: 0,
-            status: 0,
-            interrupt_status: 0,
-            queue_sel: 0,
-        })
+            mem: mem.clone(),
+        };
+        Ok(VirtioBlk(VirtioMmio::new(blk, mem)?))
     }
 
     /// The eventfd to register as this device's irqfd.
     pub fn irq_evt(&self) -> &EventFd {
-        &self.irq
+        self.0.irq_evt()
     }
 
-    fn device_features(&self) -> u64 {
+    /// A guest read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    /// A guest write at `offset` in the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+impl VirtioDevice for Blk {
+    fn device_id(&self) -> u32 {
+        DEVICE_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
         let rw = if self.backend.read_only {
             F_RO
         } else {
@@ -119,109 +108,26 @@ impl VirtioBlk {
         F_VERSION_1 | rw
     }
 
-    fn reset(&mut self) {
-        self.queue = Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a power of two");
-        self.driver_features = 0;
-        self.status = 0;
-        self.interrupt_status = 0;
-        self.queue_sel = 0;
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_MAX]
     }
 
-    /// A guest read of `data.len()` bytes at `offset` in the window.
-    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= CONFIG_OFFSET {
-            let mut config = [0u8; 8];
-            config.copy_from_slice(&(self.backend.len / SECTOR_SIZE).to_le_bytes());
-            for (i, b) in data.iter_mut().enumerate() {
-                let at = (offset - CONFIG_OFFSET) as usize + i;
-                *b = config.get(at).copied().unwrap_or(0);
-            }
-            return;
-        }
-        let v: u32 = match offset {
-            0x000 => MAGIC,
-            0x004 => VERSION,
-            0x008 => DEVICE_ID_BLOCK,
-            0x00c => VENDOR_ID,
-            0x010 => match self.device_features_sel {
-                0 => self.device_features() as u32,
-                1 => (self.device_features() >> 32) as u32,
-                _ => 0,
-            },
-            0x034 if self.queue_sel_valid() => u32::from(QUEUE_MAX),
-            0x044 => u32::from(self.queue_sel_valid() && self.queue.ready()),
-            0x060 => self.interrupt_status,
-            0x070 => self.status,
-            0x0fc => 0,
-            _ => 0,
-        };
-        let bytes = v.to_le_bytes();
-        let n = data.len().min(4);
-        data[..n].copy_from_slice(&bytes[..n]);
-    }
-
-    fn queue_sel_valid(&self) -> bool {
-        self.queue_sel == 0
-    }
-
-    /// A guest write at `offset` in the window.
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 {
-            return;
-        }
-        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        let q_ok = self.queue_sel_valid() && !self.queue.ready();
-        match offset {
-            0x014 => self.device_features_sel = v,
-            0x020 => {
-                let shift = match self.driver_features_sel {
-                    0 => 0,
-                    1 => 32,
-                    _ => return,
-                };
-                let keep = !(0xffff_ffffu64 << shift);
-                self.driver_features = (self.driver_features & keep)
-                    | (u64::from(v) << shift) & self.device_features();
-            }
-            0x024 => self.driver_features_sel = v,
-            0x030 => self.queue_sel = v,
-            0x038 if q_ok => self.queue.set_size(v as u16),
-            0x044 if self.queue_sel_valid() => self.queue.set_ready(v == 1),
-            0x050 => self.notify(),
-            0x064 => self.interrupt_status &= !v,
-            0x070 => {
-                if v == 0 {
-                    self.reset();
-                } else {
-                    if v & STATUS_FEATURES_OK != 0 && self.driver_features & F_VERSION_1 == 0 {
-                        // A legacy driver: refuse FEATURES_OK.
-                        self.status = v & !STATUS_FEATURES_OK;
-                        return;
-                    }
-                    self.status = v;
-                }
-            }
-            0x080 if q_ok => self.queue.set_desc_table_address(Some(v), None),
-            0x084 if q_ok => self.queue.set_desc_table_address(None, Some(v)),
-            0x090 if q_ok => self.queue.set_avail_ring_address(Some(v), None),
-            0x094 if q_ok => self.queue.set_avail_ring_address(None, Some(v)),
-            0x0a0 if q_ok => self.queue.set_used_ring_address(Some(v), None),
-            0x0a4 if q_ok => self.queue.set_used_ring_address(None, Some(v)),
-            _ => {}
+    /// `struct virtio_blk_config`: only `capacity` (in sectors); the rest reads as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = (self.backend.len / SECTOR_SIZE).to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = offset.saturating_add(i as u64);
+            *b = usize::try_from(at)
+                .ok()
+                .and_then(|at| config.get(at).copied())
+                .unwrap_or(0);
         }
     }
 
-    /// The guest kicked the queue: serve every available request.
-    fn notify(&mut self) {
-        if self.status & STATUS_DRIVER_OK == 0 || !self.queue.ready() {
-            return;
-        }
-        let mem = self.mem.clone();
-        if !self.queue.is_valid(&mem) {
-            return;
-        }
+    /// Serves every available request.
+    fn queue_notify(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut served = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let descs: Vec<Desc> = chain
                 .take(blk_request::MAX_DESCRIPTORS + 1)
@@ -232,18 +138,16 @@ impl VirtioBlk {
                 })
                 .collect();
             let used_len = self.serve(&descs);
-            if self.queue.add_used(&mem, head, used_len).is_err() {
+            if queue.add_used(mem, head, used_len).is_err() {
                 break;
             }
             served = true;
         }
-        if served {
-            self.interrupt_status |= INT_USED_RING;
-            // A full eventfd counter still means "interrupt pending": nothing is lost.
-            let _ = self.irq.write(1);
-        }
+        served
     }
+}
 
+impl Blk {
     /// Serves one chain; returns the number of bytes written into guest buffers.
     fn serve(&self, descs: &[Desc]) -> u32 {
         let mut header = [0u8; HEADER_LEN as usize];
@@ -366,6 +270,7 @@ impl VirtioBlk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio_mmio::{INT_USED_RING, MAGIC};
     use std::io::Write;
 
     fn device(read_only: bool) -> (VirtioBlk, GuestMemoryMmap, tempfile::NamedTempFile) {

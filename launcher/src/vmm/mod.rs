@@ -29,6 +29,7 @@ use crate::config::LaunchConfig;
 use crate::devices::Devices;
 use crate::devices::serial::{ConsoleSerial, ControlSerial, ControlSink, IrqTrigger};
 use crate::devices::virtio_blk::{DiskBackend, VirtioBlk, VirtioBlkError};
+use crate::devices::virtio_console::{ConsoleSink, VirtioConsole, VirtioConsoleError};
 use crate::layout;
 use run::{Event, Marks, Outcome, RunOptions, Runner};
 use source::{PodImage, SourceError};
@@ -61,6 +62,8 @@ pub enum VmmError {
     Overrides(#[source] pod::cpio::CpioError),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("stdio console")]
+    Stdio(#[source] VirtioConsoleError),
 }
 
 /// A virtio block device to attach.
@@ -81,8 +84,10 @@ pub struct BootInputs<'a> {
     pub vcpus: u32,
     /// Rootfs first, then extra disks.
     pub disks: Vec<DiskSpec>,
-    /// Where the console's output goes.
+    /// Where the serial console's (`ttyS0`) output goes.
     pub console: Box<dyn Write + Send>,
+    /// Where the stdio console's (virtio-console, `hvc0`) output goes.
+    pub stdio: ConsoleSink,
     /// Enter an ELF kernel with a PVH note via PVH (true everywhere but tests of the 64-bit
     /// entry).
     pub use_pvh: bool,
@@ -152,6 +157,7 @@ fn create_devices(
     mem: &GuestMemoryMmap,
     disks: Vec<DiskSpec>,
     console_out: Box<dyn Write + Send>,
+    stdio_out: ConsoleSink,
     events: mpsc::Sender<Event>,
 ) -> Result<Devices, VmmError> {
     if disks.len() > layout::VIRTIO_IRQS.len() {
@@ -174,7 +180,9 @@ fn create_devices(
         register_irq(vm, dev.irq_evt(), layout::VIRTIO_IRQS[i])?;
         blocks.push(dev);
     }
-    Ok(Devices::new(console, control, blocks))
+    let stdio = VirtioConsole::new(stdio_out, mem.clone()).map_err(VmmError::Stdio)?;
+    register_irq(vm, stdio.irq_evt(), layout::VIRTIO_CONSOLE_IRQ)?;
+    Ok(Devices::new(console, control, blocks, stdio))
 }
 
 /// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way. Reads the CPUID
@@ -246,7 +254,14 @@ pub fn build_vm_with_cache(
 
     // 4. Devices, then the command line and boot information that name them.
     let (events_tx, events) = mpsc::channel();
-    let devices = create_devices(&vm, &mem, inputs.disks, inputs.console, events_tx.clone())?;
+    let devices = create_devices(
+        &vm,
+        &mem,
+        inputs.disks,
+        inputs.console,
+        inputs.stdio,
+        events_tx.clone(),
+    )?;
     let cmdline = boot::build_cmdline(&inputs.cmdline, &devices.cmdline_entries())?;
     boot::write_boot_info(
         &mem,
@@ -334,6 +349,12 @@ pub fn build_vm_for_boot(
         vcpus: cfg.vcpus.unwrap_or(m.resources.vcpus),
         disks,
         console: Box::new(crate::devices::serial::Stderr),
+        stdio: {
+            // hvc0 carries the app's stdout and stderr as frames; the demultiplexer writes
+            // each to the launcher's own (on the vCPU thread that served the kick).
+            let mut demux = crate::stdio::OutputDemux::default();
+            Box::new(move |b: &[u8]| demux.write(b))
+        },
         use_pvh: true,
         backing: image.backing(),
     };

@@ -300,12 +300,22 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     report.outcome()
 }
 
-/// Feeds the launcher's stdin to the app through the stdio device, until the VM stops.
+/// Feeds the launcher's stdin to the app through the stdio device, until the VM stops. When
+/// the guest has no receive buffer posted, waits for it to post some (the device's eventfd),
+/// checking the stop flag every 50 ms.
 fn forward_stdin(
     gate: Arc<supervisor::StdinGate>,
     devices: Arc<Mutex<Devices>>,
     stop: Arc<AtomicBool>,
 ) {
+    let ready = {
+        let d = devices.lock().unwrap_or_else(|e| e.into_inner());
+        d.stdio.rx_ready_evt().try_clone()
+    };
+    let Ok(ready) = ready else {
+        eprintln!("hyperlaunch: stdin is not forwarded: cannot watch the stdio device");
+        return;
+    };
     crate::stdio::forward_stdin(gate, move |mut frames| {
         while !frames.is_empty() {
             if stop.load(Ordering::SeqCst) {
@@ -317,11 +327,27 @@ fn forward_stdin(
             };
             frames = &frames[fed..];
             if fed == 0 {
-                std::thread::sleep(Duration::from_millis(2));
+                wait_readable(&ready, Duration::from_millis(50));
             }
         }
         true
     });
+}
+
+/// Waits up to `limit` for `evt` to be signalled and clears it.
+fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+    if n > 0 {
+        let _ = evt.read();
+    }
 }
 
 /// Stops every vCPU: sets the flag, then kicks each thread out of `KVM_RUN` until its loop has

@@ -1,0 +1,306 @@
+/* Drives the stdio console (virtio-console v2 at VCON: receiveq 0, transmitq 1) itself.
+ * default: sends a known text on the transmitq in chains of several shapes.
+ * ECHO=n: posts NRX receive buffers of RXLEN bytes, collects n bytes from the host (reposting each
+ *   buffer once read), then sends them all back on the transmitq.
+ * HOSTILE: malformed chains on both queues, a queue reconfigured after DRIVER_OK, a reset and a
+ *   second set-up; well-formed markers between them on the transmitq.
+ * BENCH_MIB=n: sends n MiB in 4 KiB chains, BATCH chains per kick.
+ * RELAY: plays init's part of the stdio protocol: "T init" and "T exec" on the control port,
+ *   collects stdin frames until the end-of-file frame, then sends their payload back as one
+ *   stdout frame and a fixed line as a stderr frame.
+ * Exits 0 when the device behaved; otherwise prints "PROBE FAIL: why" and exits 98. */
+#include "probe.h"
+
+#define QSZ 16
+#define RXQ 0x300000u
+#define TXQ 0x304000u
+#define RXBUF 0x310000u /* receive buffers, 4 KiB apart */
+#define TXBUF 0x330000u /* transmit data, 4 KiB per chain */
+#define STORE 0x400000u /* bytes received */
+#define F_NEXT 1
+#define F_WRITE 2
+#define F_INDIRECT 4
+#ifndef NRX
+#define NRX 4
+#endif
+#ifndef RXLEN
+#define RXLEN 64
+#endif
+#ifndef BATCH
+#define BATCH 1
+#endif
+
+struct desc { u64 addr; u32 len; u16 flags, next; };
+struct avail { u16 flags, idx, ring[QSZ]; };
+struct used { u16 flags, idx; struct { u32 id, len; } ring[QSZ]; };
+struct vq { u32 base, sel; u16 avail, used; };
+
+static struct vq rxq = { RXQ, 0, 0, 0 }, txq = { TXQ, 1, 0, 0 };
+
+static volatile u32 *reg(u32 off) { return (volatile u32 *)(VCON + off); }
+static volatile struct desc *D(struct vq *q) { return (volatile struct desc *)q->base; }
+static volatile struct avail *A(struct vq *q) { return (volatile struct avail *)(q->base + 0x1000); }
+static volatile struct used *U(struct vq *q) { return (volatile struct used *)(q->base + 0x2000); }
+
+static void fail(const char *why) { puts("PROBE FAIL: "); puts(why); puts("\n"); probe_exit(98); }
+
+static void set_desc(struct vq *q, u16 i, u64 addr, u32 len, u16 flags, u16 next) {
+    volatile struct desc *d = D(q) + i;
+    d->addr = addr; d->len = len; d->flags = flags; d->next = next;
+}
+
+static void copy(u32 to, const void *from, u32 n) {
+    for (u32 i = 0; i < n; i++) ((volatile u8 *)to)[i] = ((const u8 *)from)[i];
+}
+
+static u32 len_of(const char *s) { u32 n = 0; while (s[n]) n++; return n; }
+
+static void queue_setup(struct vq *q) {
+    for (u32 i = 0; i < 0x3000; i++) ((volatile u8 *)q->base)[i] = 0;
+    q->avail = q->used = 0;
+    *reg(0x030) = q->sel;
+    if (*reg(0x034) < QSZ) fail("queue too small");
+    if (*reg(0x044) != 0) fail("queue ready before set-up");
+    *reg(0x038) = QSZ;
+    *reg(0x080) = q->base; *reg(0x084) = 0;
+    *reg(0x090) = q->base + 0x1000; *reg(0x094) = 0;
+    *reg(0x0a0) = q->base + 0x2000; *reg(0x0a4) = 0;
+    *reg(0x044) = 1;
+}
+
+static void setup(void) {
+    if (*reg(0x000) != 0x74726976 || *reg(0x004) != 2 || *reg(0x008) != 3) fail("no virtio console v2");
+    *reg(0x070) = 0;
+    *reg(0x070) = 1;
+    *reg(0x070) = 3;
+    *reg(0x014) = 0; if (*reg(0x010) != 0) fail("features beyond VERSION_1");
+    *reg(0x014) = 1; if (*reg(0x010) != 1) fail("no VERSION_1");
+    *reg(0x024) = 1; *reg(0x020) = 1;
+    *reg(0x024) = 0; *reg(0x020) = 0;
+    *reg(0x070) = 3 | 8;
+    if (!(*reg(0x070) & 8)) fail("FEATURES_OK refused");
+    queue_setup(&rxq);
+    queue_setup(&txq);
+    *reg(0x070) = 1 | 2 | 4 | 8;
+}
+
+/* Makes the chains at `heads` available in one step and kicks the queue. */
+static void offer(struct vq *q, const u16 *heads, u32 n) {
+    for (u32 i = 0; i < n; i++) A(q)->ring[(u16)(q->avail + i) % QSZ] = heads[i];
+    barrier();
+    q->avail = (u16)(q->avail + n);
+    A(q)->idx = q->avail;
+    barrier();
+    *reg(0x050) = q->sel;
+}
+
+/* Waits for the next used element; returns its length and stores its id. */
+static u32 wait_used(struct vq *q, u32 *id) {
+    while (U(q)->idx == q->used) barrier();
+    *id = U(q)->ring[q->used % QSZ].id;
+    u32 len = U(q)->ring[q->used % QSZ].len;
+    q->used++;
+    return len;
+}
+
+static u32 next_used(struct vq *q, u16 head) {
+    u32 id, len = wait_used(q, &id);
+    if (id != head) fail("used element is not the chain's head");
+    return len;
+}
+
+/* Sends `n` bytes at `at` as one single-buffer chain (descriptor 0). */
+static void send_at(u32 at, u32 n) {
+    u16 h = 0;
+    set_desc(&txq, 0, at, n, 0, 0);
+    offer(&txq, &h, 1);
+    if (next_used(&txq, 0) != 0) fail("transmit used length is not 0");
+}
+
+static void send(const char *s) {
+    copy(TXBUF, s, len_of(s));
+    send_at(TXBUF, len_of(s));
+}
+
+#if defined(ECHO)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    u16 heads[NRX];
+    for (u16 i = 0; i < NRX; i++) {
+        set_desc(&rxq, i, RXBUF + 0x1000u * i, RXLEN, F_WRITE, 0);
+        heads[i] = i;
+    }
+    offer(&rxq, heads, NRX);
+    u32 got = 0;
+    while (got < ECHO) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX || len == 0 || len > RXLEN) fail("bad receive element");
+        for (u32 i = 0; i < len && got < ECHO; i++, got++)
+            ((volatile u8 *)STORE)[got] = ((volatile u8 *)(RXBUF + 0x1000u * id))[i];
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+    }
+    for (u32 off = 0; off < ECHO; off += 1000) send_at(STORE + off, ECHO - off < 1000 ? ECHO - off : 1000);
+    probe_exit(0);
+}
+#elif defined(RELAY)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    uart_puts(CONTROL, "T init\n");
+    uart_puts(CONTROL, "T exec\n");
+    u16 heads[NRX];
+    for (u16 i = 0; i < NRX; i++) {
+        set_desc(&rxq, i, RXBUF + 0x1000u * i, RXLEN, F_WRITE, 0);
+        heads[i] = i;
+    }
+    offer(&rxq, heads, NRX);
+    volatile u8 *in = (volatile u8 *)STORE, *out = (volatile u8 *)TXBUF;
+    u32 got = 0, pos = 0, n = 3;
+    for (;;) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX || len > RXLEN || got + len > 0x8000) fail("bad receive element");
+        for (u32 i = 0; i < len; i++) in[got++] = ((volatile u8 *)(RXBUF + 0x1000u * id))[i];
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+        while (pos + 3 <= got) {
+            u32 kind = in[pos], flen = in[pos + 1] | (u32)in[pos + 2] << 8;
+            if (pos + 3 + flen > got) break;
+            if (kind == 4) {
+                out[0] = 1; out[1] = (u8)(n - 3); out[2] = (u8)((n - 3) >> 8);
+                send_at(TXBUF, n);
+                copy(TXBUF, "\x02\x0f\x00stderr of probe", 18);
+                send_at(TXBUF, 18);
+                probe_exit(0);
+            }
+            if (kind != 3) fail("not a stdin frame");
+            if (n + flen > 0xf00) fail("too much stdin");
+            for (u32 i = 0; i < flen; i++) out[n++] = in[pos + 3 + i];
+            pos += 3 + flen;
+        }
+    }
+}
+#elif defined(HOSTILE)
+/* Offers the malformed transmit chain at descriptor 0: it must come back with length 0. */
+static void refused_tx(void) {
+    u16 h = 0;
+    offer(&txq, &h, 1);
+    if (next_used(&txq, 0) != 0) fail("malformed chain used length is not 0");
+}
+
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    for (u32 i = 0; i < 0x1000; i++) ((volatile u8 *)TXBUF)[0x1000 + i] = 'X';
+    u32 bad = TXBUF + 0x1000;
+    send("M1");
+    /* transmitq */
+    set_desc(&txq, 0, bad, 4, F_NEXT, 0); refused_tx();                 /* a loop */
+    set_desc(&txq, 0, bad, 4, F_NEXT, 1); set_desc(&txq, 1, bad, 4, F_NEXT, 0); refused_tx();
+    set_desc(&txq, 0, bad, 4, F_NEXT, QSZ + 3); refused_tx();           /* next outside the queue */
+    set_desc(&txq, 0, 0xe0000000ull, 16, 0, 0); refused_tx();           /* MMIO hole, not RAM */
+    set_desc(&txq, 0, 0x3fffff0ull, 0x100, 0, 0); refused_tx();         /* across RAM's end */
+    set_desc(&txq, 0, 0xfffffffffffffff0ull, 0x100, 0, 0); refused_tx(); /* address overflow */
+    set_desc(&txq, 0, bad, 0, 0, 0); refused_tx();                      /* empty */
+    set_desc(&txq, 0, bad, 4, F_WRITE, 0); refused_tx();                /* writable on the transmitq */
+    set_desc(&txq, 0, bad, 16, F_INDIRECT, 0); refused_tx();            /* indirect, not negotiated */
+    set_desc(&txq, 0, 0x1000000, 3u << 20, F_NEXT, 1);                  /* 6 MiB in one chain */
+    set_desc(&txq, 1, 0x1400000, 3u << 20, 0, 0); refused_tx();
+    /* A head outside the queue is never returned; the good chain after it is. */
+    copy(TXBUF, "M2", 2);
+    set_desc(&txq, 0, TXBUF, 2, 0, 0);
+    u16 two[2] = { 999, 0 };
+    offer(&txq, two, 2);
+    if (next_used(&txq, 0) != 0) fail("M2 used length");
+
+    /* receiveq: readable, empty, outside RAM, a loop, overflowing, then one good buffer. */
+    for (u32 i = 0; i < 64; i++) ((volatile u8 *)RXBUF)[i] = 0;
+    set_desc(&rxq, 0, RXBUF, 16, 0, 0);
+    set_desc(&rxq, 1, RXBUF, 0, F_WRITE, 0);
+    set_desc(&rxq, 2, 0xe0000000ull, 16, F_WRITE, 0);
+    set_desc(&rxq, 3, RXBUF, 16, F_WRITE | F_NEXT, 3);
+    set_desc(&rxq, 4, 0xfffffffffffffff0ull, 0x100, F_WRITE, 0);
+    set_desc(&rxq, 5, RXBUF + 32, 16, F_WRITE, 0);
+    u16 six[6] = { 0, 1, 2, 3, 4, 5 };
+    offer(&rxq, six, 6);
+    send("R?");
+    for (u16 i = 0; i < 5; i++)
+        if (next_used(&rxq, i) != 0) fail("malformed receive buffer was used");
+    if (next_used(&rxq, 5) != 5) fail("good receive buffer did not get 5 bytes");
+    for (u32 i = 0; i < 32; i++)
+        if (((volatile u8 *)RXBUF)[i]) fail("a refused receive buffer was written");
+    const char *hello = "hello";
+    for (u32 i = 0; i < 5; i++)
+        if (((volatile u8 *)RXBUF)[32 + i] != (u8)hello[i]) fail("wrong bytes received");
+    send("M3");
+
+    /* While ready, a queue's size and addresses are fixed. */
+    *reg(0x030) = 1; *reg(0x080) = 0xdead0000u; *reg(0x038) = 2;
+    send("M4");
+    /* Unready, moved outside RAM, ready again: kicks are dropped. */
+    *reg(0x030) = 1; *reg(0x044) = 0; *reg(0x080) = 0xfff00000u; *reg(0x044) = 1;
+    u16 h = 0;
+    set_desc(&txq, 0, bad, 4, 0, 0);
+    offer(&txq, &h, 1);
+    if (U(&txq)->idx != txq.used) fail("a queue outside RAM was served");
+    /* Selectors, sizes and notifications that name nothing. */
+    *reg(0x030) = 7; *reg(0x044) = 1; *reg(0x038) = 1024;
+    *reg(0x050) = 7; *reg(0x050) = 0xffffffffu;
+    *reg(0x030) = 0; *reg(0x044) = 0; *reg(0x038) = 3; *reg(0x038) = 0; *reg(0x044) = 1;
+    *reg(0x050) = 0;
+    /* Reset and set up again: the console works as new. */
+    setup();
+    send("END");
+    probe_exit(0);
+}
+#elif defined(BENCH_MIB)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    u16 heads[BATCH];
+    for (u16 i = 0; i < BATCH; i++) {
+        for (u32 j = 0; j < 4096; j++) ((volatile u8 *)(TXBUF + 4096u * i))[j] = (u8)(i + j);
+        set_desc(&txq, i, TXBUF + 4096u * i, 4096, 0, 0);
+        heads[i] = i;
+    }
+    u32 chains = (u32)BENCH_MIB * 256;
+    for (u32 sent = 0; sent < chains; sent += BATCH) {
+        offer(&txq, heads, BATCH);
+        for (u16 i = 0; i < BATCH; i++) next_used(&txq, i);
+    }
+    probe_exit(0);
+}
+#else
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    send("one chain, one buffer\n");
+    /* Three buffers in one chain, linked out of table order: 5 -> 2 -> 9. */
+    copy(TXBUF + 0x100, "three ", 6);
+    copy(TXBUF + 0x200, "buffers ", 8);
+    copy(TXBUF + 0x300, "in one chain\n", 13);
+    set_desc(&txq, 5, TXBUF + 0x100, 6, F_NEXT, 2);
+    set_desc(&txq, 2, TXBUF + 0x200, 8, F_NEXT, 9);
+    set_desc(&txq, 9, TXBUF + 0x300, 13, 0, 0);
+    u16 h = 5;
+    offer(&txq, &h, 1);
+    if (next_used(&txq, 5) != 0) fail("chain used length");
+    if (!(*reg(0x060) & 1)) fail("no used-ring interrupt status");
+    *reg(0x064) = 1;
+    if (*reg(0x060) & 1) fail("interrupt status not acknowledged");
+    /* Two chains in one kick. */
+    copy(TXBUF + 0x400, "first of two\n", 13);
+    copy(TXBUF + 0x500, "second of two\n", 14);
+    set_desc(&txq, 3, TXBUF + 0x400, 13, 0, 0);
+    set_desc(&txq, 4, TXBUF + 0x500, 14, 0, 0);
+    u16 both[2] = { 3, 4 };
+    offer(&txq, both, 2);
+    next_used(&txq, 3);
+    next_used(&txq, 4);
+    /* A buffer ending at the last byte of RAM (64 MiB). */
+    copy(0x3fffff0u, "top of RAM here\n", 16);
+    send_at(0x3fffff0u, 16);
+    probe_exit(0);
+}
+#endif
