@@ -1,6 +1,6 @@
 //! Starting the app: fork, then in the child its own session with the console as controlling
-//! terminal, the image user's credentials, the working directory, and `execve` with a `PATH`
-//! lookup in the merged environment. A failure in the child comes back over a close-on-exec
+//! terminal, the working directory (entered before the credentials change), the image user's
+//! credentials, and `execve` with a `PATH` lookup in the merged environment. A failure in the child comes back over a close-on-exec
 //! pipe, so init can give Docker's 126/127/125 with a message.
 
 use std::ffi::CString;
@@ -241,6 +241,10 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
         if !l.tty {
             raw_console();
         }
+        // The working directory is entered as root, before the credentials change, as runc
+        // does: a user may run in a directory it cannot enter. If root cannot (a directory only
+        // the user can reach), try again as the user.
+        let entered = libc::chdir(l.workdir.as_ptr()) == 0;
         if libc::setgroups(l.groups.len(), l.groups.as_ptr()) < 0 {
             return (Stage::Groups, errno());
         }
@@ -250,7 +254,7 @@ fn child(l: &Launch, argv: &[*const libc::c_char], envp: &[*const libc::c_char])
         if libc::setuid(l.uid) < 0 {
             return (Stage::Uid, errno());
         }
-        if libc::chdir(l.workdir.as_ptr()) < 0 {
+        if !entered && libc::chdir(l.workdir.as_ptr()) < 0 {
             return (Stage::Chdir, errno());
         }
     }
