@@ -45,4 +45,6 @@ pub struct LaunchConfig {
     pub timing: bool,
     /// Hash the whole rootfs section before booting.
     pub verify: bool,
+    /// No notices from the launcher itself (`-q`); errors are still printed.
+    pub quiet: bool,
 }
