@@ -30,7 +30,9 @@ use crate::kernel::{self, KernelError};
 use crate::tree::{ContentSource, Meta, Tree};
 
 /// The kernel command line every pod starts with (Firecracker-style: no probing, no waiting,
-/// quiet console). The launcher appends its device entries and `console=`.
+/// quiet console). The launcher appends its device entries and `console=`. Every word is one the
+/// kernel knows, `key=value` or `module.param`: the kernel hands any other word to init as an
+/// argument (`nomodule`, meaningless without modules, once showed PID 1 as `/init nomodule`).
 ///
 /// Boot-time words, each measured with `bench/boot.sh` (guest time under icount, demo pod,
 /// 1 vCPU / 128 MiB; docs/BENCHMARKS.md, "Boot budget"):
@@ -118,6 +120,12 @@ pub enum BuildError {
     SourceDateEpoch(String),
     #[error("run spec: {0}")]
     Spec(String),
+    #[error(
+        "--platform {0}: a pod's kernel and init are {os}/{arch}, which cannot run {0} binaries",
+        os = crate::image::config::GUEST_OS,
+        arch = crate::image::config::GUEST_ARCHITECTURE
+    )]
+    Platform(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -128,6 +136,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError 
 /// Builds a pod. The whole pipeline, step by step.
 pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     let started = Instant::now();
+    if !opts.fetch.platform.runs_in_guest() {
+        return Err(BuildError::Platform(opts.fetch.platform.to_string()));
+    }
     let step = |name: &str, detail: &str| {
         if !opts.quiet {
             eprintln!("{name:>10} {detail}");
@@ -182,6 +193,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            config_digest: image.config_digest.to_string(),
         },
         // Sizes now (the rootfs's is an estimate until it is written); the digests are
         // computed while sealing, each section read once.

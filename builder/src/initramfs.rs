@@ -15,7 +15,11 @@ use thiserror::Error;
 pub enum InitramfsError {
     #[error("init binary {path}: {source}")]
     Init { path: PathBuf, source: io::Error },
-    #[error("init binary {0}: not a static x86-64 ELF executable")]
+    #[error(
+        "init binary {0}: not a static x86-64 ELF executable (build one with RUSTFLAGS=\"-C \
+         target-feature=+crt-static\" cargo build --release -p init --target \
+         x86_64-unknown-linux-gnu)"
+    )]
     NotStatic(PathBuf),
     #[error(
         "no init binary found: build it with scripts/setup, or pass --init / set HYPERPOD_INIT"
@@ -51,15 +55,28 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
         return Ok(p);
     }
     let exe = std::env::current_exe().map_err(|_| InitramfsError::NoInit)?;
-    let dir = exe.parent().ok_or(InitramfsError::NoInit)?;
-    let candidates = [
+    locate_init_near(exe.parent().ok_or(InitramfsError::NoInit)?)
+}
+
+/// The init for a `hyperbuild` in `dir`: the first static one of the candidates, else the first
+/// one found (refused later with a hint how to build a static one). A plain `cargo build
+/// --release` leaves a dynamic `hyperpod-init` beside `hyperbuild` in `target/release/`: the
+/// static build in `target/x86_64-unknown-linux-gnu/release/` wins over it.
+fn locate_init_near(dir: &Path) -> Result<PathBuf, InitramfsError> {
+    let found: Vec<PathBuf> = [
         dir.join("hyperpod-init"),
         dir.join("../x86_64-unknown-linux-gnu/release/hyperpod-init"),
         dir.join("../../x86_64-unknown-linux-gnu/release/hyperpod-init"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
+    ]
+    .into_iter()
+    .filter(|p| p.is_file())
+    .collect();
+    let is_static = |p: &PathBuf| File::open(p).is_ok_and(|mut f| check_static(p, &mut f).is_ok());
+    found
+        .iter()
+        .find(|p| is_static(p))
+        .or(found.first())
+        .cloned()
         .ok_or(InitramfsError::NoInit)
 }
 
@@ -166,6 +183,42 @@ mod tests {
         };
         let back: RunSpec = serde_json::from_slice(data).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn a_static_init_wins_over_a_dynamic_one_beside_hyperbuild() {
+        let t = tempfile::tempdir().unwrap();
+        let release = t.path().join("target/release");
+        let cross = t.path().join("target/x86_64-unknown-linux-gnu/release");
+        std::fs::create_dir_all(&release).unwrap();
+        assert!(matches!(
+            locate_init_near(&release),
+            Err(InitramfsError::NoInit)
+        ));
+        // Only the dynamic one (what `cargo build --release` leaves): found, then refused with
+        // the command that builds a static one.
+        std::fs::copy("/bin/sh", release.join("hyperpod-init")).unwrap();
+        let dynamic = locate_init_near(&release).unwrap();
+        assert_eq!(dynamic, release.join("hyperpod-init"));
+        let err = write(&dynamic, &RunSpec::default(), 0, Vec::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cargo build --release -p init --target x86_64-unknown-linux-gnu"),
+            "{err}"
+        );
+        // With the static build present, it is chosen.
+        std::fs::create_dir_all(&cross).unwrap();
+        hyperpod_tests::elf::write_fake_static_elf(
+            &cross.join("hyperpod-init"),
+            hyperpod_tests::elf::HEADERS,
+            0,
+        );
+        let chosen = locate_init_near(&release).unwrap();
+        assert_eq!(
+            chosen,
+            release.join("../x86_64-unknown-linux-gnu/release/hyperpod-init")
+        );
+        write(&chosen, &RunSpec::default(), 0, Vec::new()).unwrap();
     }
 
     #[test]

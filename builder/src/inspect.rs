@@ -23,7 +23,7 @@ pub fn table(path: &Path, pod: &Pod) -> String {
     row("builder", m.builder.clone());
     row("created", m.created.clone());
     row("source", m.source.reference.clone());
-    row("image", m.source.manifest_digest.clone());
+    row("image", image_digest(&m.source));
     row("entrypoint", json!(r.entrypoint).to_string());
     row("cmd", json!(r.cmd).to_string());
     for e in &r.env {
@@ -103,6 +103,16 @@ pub fn verify(path: &Path) -> Result<String, PodError> {
     ))
 }
 
+/// The image's digest as the build line printed it: the manifest digest, or for a `docker save`
+/// archive (which has no manifest digest) the config digest, Docker's image ID.
+pub fn image_digest(source: &pod::manifest::Source) -> String {
+    match (&*source.manifest_digest, &*source.config_digest) {
+        ("", "") => "(unknown)".to_string(),
+        ("", config) => format!("{config} (image ID)"),
+        (manifest, _) => manifest.to_string(),
+    }
+}
+
 fn or_default(s: &str, default: &str) -> String {
     if s.is_empty() {
         default.to_string()
@@ -130,6 +140,22 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_row_falls_back_to_the_image_id() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let mut s = pod::manifest::Source {
+            reference: "docker-archive:x.tar".into(),
+            manifest_digest: String::new(),
+            config_digest: d('c'),
+        };
+        assert_eq!(image_digest(&s), format!("{} (image ID)", d('c')));
+        s.manifest_digest = d('m');
+        assert_eq!(image_digest(&s), d('m'));
+        s.manifest_digest.clear();
+        s.config_digest.clear();
+        assert_eq!(image_digest(&s), "(unknown)");
+    }
 
     #[test]
     fn sizes_read_like_people_write_them() {

@@ -141,7 +141,9 @@ fn build_error_code(e: &BuildError) -> u8 {
         // Writing the initramfs failed (e.g. the disk is full): ours, not a missing part.
         BuildError::Initramfs(InitramfsError::Cpio(pod::cpio::CpioError::Write(_))) => code::IO,
         BuildError::Initramfs(_) | BuildError::Kernel(_) => code::MISSING_PART,
-        BuildError::SourceDateEpoch(_) | BuildError::Spec(_) => code::USAGE,
+        BuildError::SourceDateEpoch(_) | BuildError::Spec(_) | BuildError::Platform(_) => {
+            code::USAGE
+        }
     }
 }
 
@@ -226,14 +228,16 @@ fn run_build(a: BuildArgs) -> ExitCode {
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
         return usage(format!(
-            "--memory {} is outside 16..=1048576 MiB",
-            opts.resources.memory_mib
+            "--memory {} is outside {:?} MiB",
+            opts.resources.memory_mib,
+            pod::manifest::MEMORY_MIB_RANGE
         ));
     }
     if !pod::manifest::VCPUS_RANGE.contains(&opts.resources.vcpus) {
         return usage(format!(
-            "--vcpus {} is outside 1..=254",
-            opts.resources.vcpus
+            "--vcpus {} is outside {:?}",
+            opts.resources.vcpus,
+            pod::manifest::VCPUS_RANGE
         ));
     }
     match build::build(&opts) {

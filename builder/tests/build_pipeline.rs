@@ -330,6 +330,22 @@ fn bad_input_gets_a_one_line_error_and_its_exit_code() {
             "/nonexistent/dir",
         ),
         (vec!["inspect".into(), k.into()], 3, "not a pod"),
+        // A platform the x86-64 guest cannot run is refused, naming both.
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "a.pod".into(),
+                "--platform".into(),
+                "linux/arm64".into(),
+                "--kernel".into(),
+                k.into(),
+                "--init".into(),
+                i.into(),
+            ],
+            2,
+            "--platform linux/arm64: a pod's kernel and init are linux/amd64",
+        ),
     ];
     for (args, code, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -427,5 +443,76 @@ fn a_full_disk_is_an_io_error_and_leaves_nothing() {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+/// The digest printed on the `built ...` line is the one `inspect` shows as `image`, also for a
+/// `docker save` archive (which has no manifest digest: its config digest, the image ID).
+#[test]
+fn inspect_shows_the_image_digest_the_build_printed_for_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = fake_elf(dir.path(), "vmlinux", 0x31);
+    let init = fake_elf(dir.path(), "init", 0x32);
+    let archive = dir.path().join("demo.tar");
+    let layout = demo_image().trim_start_matches("oci:");
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet"])
+        .arg(format!("oci:{layout}"))
+        .arg(format!("docker-archive:{}:demo:latest", archive.display()))
+        .output()
+        .expect("run skopeo (install the skopeo package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive_ref = format!("docker-archive:{}", archive.display());
+    for (image, name) in [
+        (demo_image(), "oci.pod"),
+        (archive_ref.as_str(), "archive.pod"),
+    ] {
+        let args = [
+            image,
+            "-o",
+            name,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "-q",
+        ];
+        let out = hyperbuild(&args, None, dir.path());
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = summary
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("no digest in {summary}"))
+            .to_string();
+        let out = hyperbuild(&["inspect", name], None, dir.path());
+        assert!(out.status.success());
+        let table = String::from_utf8_lossy(&out.stdout);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("image "))
+            .unwrap_or_else(|| panic!("no image row:\n{table}"));
+        let shown = row.split_whitespace().nth(1).unwrap_or_default();
+        assert_eq!(shown, printed, "{image}: {row}");
+        let manifest = pod::Pod::open(&dir.path().join(name))
+            .unwrap()
+            .manifest()
+            .clone();
+        assert!(manifest.source.config_digest.starts_with("sha256:"));
+        if image == archive_ref {
+            assert_eq!(manifest.source.manifest_digest, "");
+            assert_eq!(manifest.source.config_digest, printed);
+            assert!(row.ends_with("(image ID)"), "{row}");
+        } else {
+            assert_eq!(manifest.source.manifest_digest, printed);
+        }
     }
 }

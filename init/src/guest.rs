@@ -76,6 +76,12 @@ fn write_if_missing(path: &str, contents: &str) -> Result<(), GuestError> {
     if std::fs::symlink_metadata(path).is_ok() {
         return Ok(());
     }
+    replace(path, contents)
+}
+
+/// Writes `contents` to `path` (temp file + rename), replacing what the image has there: the new
+/// file lives in the writable layer.
+fn replace(path: &str, contents: &str) -> Result<(), GuestError> {
     let err = |source| GuestError::Write {
         path: path.into(),
         source,
@@ -91,9 +97,12 @@ fn write_if_missing(path: &str, contents: &str) -> Result<(), GuestError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// `/etc/hosts` and `/etc/resolv.conf` when the image lacks them (written in the overlay).
+/// `/etc/hosts` and `/etc/hostname` naming the guest, always (Docker supplies both over the
+/// image's, so the hostname resolves whatever the image ships), and `/etc/resolv.conf` when the
+/// image lacks one. All are written in the overlay's upper layer.
 pub fn etc_files(hostname: &str) -> Result<(), GuestError> {
-    write_if_missing("/etc/hosts", &hosts_file(hostname))?;
+    replace("/etc/hosts", &hosts_file(hostname))?;
+    replace("/etc/hostname", &format!("{hostname}\n"))?;
     write_if_missing("/etc/resolv.conf", RESOLV_CONF)
 }
 

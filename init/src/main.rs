@@ -38,7 +38,7 @@ fn run(t0: u64) -> Result<u8, InitError> {
     steps.mark("spec");
 
     // 3. Root: the image read-only under a writable overlay.
-    mounts::switch_to_image(opts.upper.as_deref())?;
+    mounts::switch_to_image(opts.upper.as_deref(), &plan.writable_size)?;
     steps.mark("root");
 
     // 4. Guest setup.

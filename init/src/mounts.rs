@@ -59,20 +59,16 @@ pub const EARLY: &[Mount<'static>] = &[
         data: "mode=1777",
     },
     Mount {
-        source: "run",
-        target: "/run",
-        fstype: "tmpfs",
-        flags: NOSUID_NODEV,
-        data: "mode=0755",
-    },
-    Mount {
-        source: "tmp",
-        target: "/tmp",
-        fstype: "tmpfs",
-        flags: NOSUID_NODEV,
-        data: "mode=1777",
+        source: "mqueue",
+        target: "/dev/mqueue",
+        fstype: "mqueue",
+        flags: NOSUID_NODEV | libc::MS_NOEXEC,
+        data: "",
     },
 ];
+// No tmpfs on /tmp or /run: Docker mounts neither, so what the image ships there (Debian's
+// /run/lock, files in /tmp) stays visible and writes go to the writable layer (the overlay's
+// upper).
 
 /// The root image's block device.
 pub const ROOT_DEV: &str = "/dev/vda";
@@ -81,7 +77,8 @@ const LOWER: &str = "/mnt/lower";
 const RW: &str = "/mnt/rw";
 const NEW_ROOT: &str = "/mnt/root";
 
-/// `/dev` symlinks programs expect (Docker creates the same).
+/// `/dev` symlinks programs expect (Docker creates the same). devtmpfs has a `ptmx` node of
+/// its own, which opens the initial devpts instance rather than ours: it is replaced.
 const DEV_LINKS: &[(&str, &str)] = &[
     ("/proc/self/fd", "/dev/fd"),
     ("/proc/self/fd/0", "/dev/stdin"),
@@ -201,23 +198,32 @@ pub fn early() -> Result<(), MountError> {
         mount(m)?;
     }
     for (target, link) in DEV_LINKS {
-        match symlink(target, link) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(MountError::Create {
-                    path: (*link).into(),
-                    source,
-                });
-            }
-        }
+        dev_link(target, link)?;
     }
     Ok(())
 }
 
-/// Step 3: mounts the image read-only with a writable overlay on top (a tmpfs, or the ext4
-/// disk `upper` when given), moves the early mounts in and makes it the root.
-pub fn switch_to_image(upper: Option<&str>) -> Result<(), MountError> {
+/// Makes `link` a symlink to `target`, replacing whatever devtmpfs put there (the `ptmx` node)
+/// unless it already is that symlink.
+fn dev_link(target: &str, link: &str) -> Result<(), MountError> {
+    let err = |source| MountError::Create {
+        path: link.into(),
+        source,
+    };
+    match std::fs::read_link(link) {
+        Ok(t) if t.as_os_str() == target => return Ok(()),
+        Ok(_) => std::fs::remove_file(link).map_err(err)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Not a symlink: a device node or a file.
+        Err(_) => std::fs::remove_file(link).map_err(err)?,
+    }
+    symlink(target, link).map_err(err)
+}
+
+/// Step 3: mounts the image read-only with a writable overlay on top (a tmpfs of `tmpfs_size`,
+/// a tmpfs `size=` value, or the ext4 disk `upper` when given), moves the early mounts in and
+/// makes it the root. `statfs("/")` then reports the writable layer's size and free space.
+pub fn switch_to_image(upper: Option<&str>, tmpfs_size: &str) -> Result<(), MountError> {
     for dir in [LOWER, RW, NEW_ROOT] {
         ensure_dir(dir, 0o755)?;
     }
@@ -241,7 +247,7 @@ pub fn switch_to_image(upper: Option<&str>) -> Result<(), MountError> {
             target: RW,
             fstype: "tmpfs",
             flags: 0,
-            data: "mode=0755",
+            data: &format!("mode=0755,size={tmpfs_size}"),
         })?,
     }
     ensure_dir("/mnt/rw/upper", 0o755)?;
@@ -282,7 +288,12 @@ mod tests {
     #[test]
     fn early_table_is_ordered_and_moves_top_level_mounts() {
         let moved: Vec<&str> = top_level(EARLY).map(|m| m.target).collect();
-        assert_eq!(moved, ["/dev", "/proc", "/sys", "/run", "/tmp"]);
+        assert_eq!(moved, ["/dev", "/proc", "/sys"]);
+        assert!(
+            !EARLY
+                .iter()
+                .any(|m| m.target == "/tmp" || m.target == "/run")
+        );
         // Every nested target comes after its parent's mount.
         for (i, m) in EARLY.iter().enumerate() {
             let parent = &m.target[..m.target.rfind('/').unwrap()];

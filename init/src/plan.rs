@@ -1,7 +1,7 @@
 //! Docker's run rules, as pure functions: which argv to run, with which environment, as whom and
 //! where, from the image's [`RunSpec`] and the launch-time [`Overrides`].
 
-use pod::spec::{Overrides, RunSpec};
+use pod::spec::{DEFAULT_WRITABLE_SIZE, MIN_WRITABLE_SIZE, Overrides, RunSpec};
 use thiserror::Error;
 
 /// `PATH` when neither the image nor the overrides set one (Docker's default).
@@ -25,6 +25,8 @@ pub struct Plan {
     pub hostname: String,
     /// The launcher gave the app a terminal (`-t`): keep the console cooked; otherwise raw.
     pub tty: bool,
+    /// The tmpfs `size=` of the writable layer: bytes, or the default share of memory.
+    pub writable_size: String,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum PlanError {
     RelativeWorkdir(String),
     #[error("hostname {0:?} is invalid")]
     BadHostname(String),
+    #[error("writable layer size {0} is below {min} bytes", min = MIN_WRITABLE_SIZE)]
+    SmallWritable(u64),
 }
 
 /// The argv: entrypoint + cmd; `args` replaces cmd; an entrypoint override resets cmd.
@@ -145,6 +149,11 @@ pub fn plan(spec: &RunSpec, ov: &Overrides) -> Result<Plan, PlanError> {
     {
         return Err(PlanError::BadHostname(hostname));
     }
+    let writable_size = match ov.writable_size {
+        None => DEFAULT_WRITABLE_SIZE.to_string(),
+        Some(n) if n < MIN_WRITABLE_SIZE => return Err(PlanError::SmallWritable(n)),
+        Some(n) => n.to_string(),
+    };
     Ok(Plan {
         argv,
         env,
@@ -152,6 +161,7 @@ pub fn plan(spec: &RunSpec, ov: &Overrides) -> Result<Plan, PlanError> {
         workdir,
         hostname,
         tty: ov.tty,
+        writable_size,
     })
 }
 
@@ -284,6 +294,17 @@ mod tests {
         assert_eq!(defaults.hostname, DEFAULT_HOSTNAME);
         assert_eq!(defaults.user, "");
         assert!(!defaults.tty);
+        assert_eq!(defaults.writable_size, "50%");
+        let sized = Overrides {
+            writable_size: Some(64 << 20),
+            ..Overrides::default()
+        };
+        assert_eq!(plan(&s, &sized).unwrap().writable_size, "67108864");
+        let tiny = Overrides {
+            writable_size: Some(4096),
+            ..Overrides::default()
+        };
+        assert_eq!(plan(&s, &tiny), Err(PlanError::SmallWritable(4096)));
         let tty = Overrides {
             tty: true,
             ..Overrides::default()

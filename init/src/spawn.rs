@@ -1,7 +1,8 @@
 //! Starting the app: fork, then in the child its own session with its stdio
-//! ([`crate::stdio::ChildStdio`]: pipes, a pseudo-terminal, or the console), the image user's
-//! credentials, the working directory, and `execve` with a `PATH` lookup in the merged
-//! environment. A failure in the child comes back over a close-on-exec
+//! ([`crate::stdio::ChildStdio`]: pipes, a pseudo-terminal, or the console), the working
+//! directory (entered before the credentials change), the image user's credentials, and
+//! `execve` with a `PATH` lookup in the merged environment. A failure in the child comes back
+//! over a close-on-exec
 //! pipe, so init can give Docker's 126/127/125 with a message.
 
 use std::ffi::CString;
@@ -276,6 +277,10 @@ fn child(
                 }
             }
         }
+        // The working directory is entered as root, before the credentials change, as runc
+        // does: a user may run in a directory it cannot enter. If root cannot (a directory only
+        // the user can reach), try again as the user.
+        let entered = libc::chdir(l.workdir.as_ptr()) == 0;
         if libc::setgroups(l.groups.len(), l.groups.as_ptr()) < 0 {
             return (Stage::Groups, errno());
         }
@@ -285,7 +290,7 @@ fn child(
         if libc::setuid(l.uid) < 0 {
             return (Stage::Uid, errno());
         }
-        if libc::chdir(l.workdir.as_ptr()) < 0 {
+        if !entered && libc::chdir(l.workdir.as_ptr()) < 0 {
             return (Stage::Chdir, errno());
         }
     }

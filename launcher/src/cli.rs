@@ -34,6 +34,12 @@ pub enum CliError {
     NotUtf8(String),
     #[error("--env {0:?}: the variable name is empty")]
     EmptyEnvName(String),
+    /// Below it the guest kernel panics or hangs (measured, see docs/launcher.md).
+    #[error(
+        "--memory {0:?}: below {min} MiB, the least the guest kernel boots in",
+        min = pod::manifest::MEMORY_MIB_RANGE.start()
+    )]
+    TooLittleMemory(String),
     #[error("--disk {0:?}: no file name")]
     EmptyDisk(String),
 }
@@ -61,14 +67,18 @@ Arguments:
   ARGS...             Arguments replacing the image's CMD
 
 Options:
-      --memory MIB      Guest memory in MiB (default: the pod's)
-      --vcpus N         Number of vCPUs (default: the pod's)
+  -m, --memory SIZE     Guest memory: MiB, or with a unit b, k, m, g (512m, 1g); at least
+                        32 MiB (default: the pod's)
+      --vcpus N         Number of vCPUs, 1 to 254 (default: the pod's)
   -e, --env K=V         Set an environment variable (K=V), or pass the host's K
       --entrypoint CMD  Replace the image's entrypoint (an empty string clears it)
   -w, --workdir DIR     Working directory of the app
   -u, --user USER       User of the app: uid, uid:gid, name or name:group
       --hostname NAME   Guest hostname
       --disk FILE[:ro]  Attach a disk (/dev/vdb, ...); `:ro` makes it read-only
+      --storage-opt size=SIZE
+                        Size of the writable layer (bytes, or with a unit b, k, m, g)
+                        [default: half the guest memory]
       --timeout SECS    Stop the VM after SECS seconds (exit 124)
       --grace SECS      After forwarding a stop signal, wait SECS seconds before stopping
                         the VM [default: 10]
@@ -77,6 +87,7 @@ Options:
       --timing          Print boot phase timestamps on stderr at exit
       --verify          Hash the whole rootfs against the manifest before booting
       --engine ENGINE   Which machine runs the pod: auto, kvm or qemu [default: auto]
+  -q, --quiet           No notices from the launcher itself (errors are still printed)
   -h, --help            Print help
   -V, --version         Print version
 ";
@@ -103,6 +114,7 @@ enum Opt {
     User,
     Hostname,
     Disk,
+    Storage,
     Timeout,
     Grace,
     Tty,
@@ -110,6 +122,7 @@ enum Opt {
     Timing,
     Verify,
     Engine,
+    Quiet,
     Help,
     Version,
 }
@@ -125,6 +138,7 @@ impl Opt {
             "user" => Opt::User,
             "hostname" => Opt::Hostname,
             "disk" => Opt::Disk,
+            "storage-opt" => Opt::Storage,
             "timeout" => Opt::Timeout,
             "grace" => Opt::Grace,
             "tty" => Opt::Tty,
@@ -132,6 +146,7 @@ impl Opt {
             "timing" => Opt::Timing,
             "verify" => Opt::Verify,
             "engine" => Opt::Engine,
+            "quiet" => Opt::Quiet,
             "help" => Opt::Help,
             "version" => Opt::Version,
             _ => return None,
@@ -141,6 +156,8 @@ impl Opt {
     fn short(c: char) -> Option<Opt> {
         Some(match c {
             'e' => Opt::Env,
+            'm' => Opt::Memory,
+            'q' => Opt::Quiet,
             'w' => Opt::Workdir,
             'u' => Opt::User,
             't' => Opt::Tty,
@@ -154,7 +171,13 @@ impl Opt {
     fn takes_value(self) -> bool {
         !matches!(
             self,
-            Opt::Tty | Opt::Interactive | Opt::Timing | Opt::Verify | Opt::Help | Opt::Version
+            Opt::Tty
+                | Opt::Interactive
+                | Opt::Timing
+                | Opt::Verify
+                | Opt::Quiet
+                | Opt::Help
+                | Opt::Version
         )
     }
 }
@@ -172,12 +195,14 @@ struct Raw {
     user: Option<String>,
     hostname: Option<String>,
     disks: Vec<Disk>,
+    writable_size: Option<u64>,
     timeout: Option<Duration>,
     grace: Option<Duration>,
     tty: bool,
     interactive: bool,
     timing: bool,
     verify: bool,
+    quiet: bool,
     engine: Option<Engine>,
 }
 
@@ -190,6 +215,62 @@ fn utf8(name: &str, v: &OsStr) -> Result<String, CliError> {
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, CliError> {
     v.parse()
         .map_err(|_| CliError::BadValue(name.into(), v.into(), "not a whole number"))
+}
+
+/// `N[b|k|m|g]` (Docker's units, case-insensitive, an optional `b`/`ib` after k, m, g; powers
+/// of 1024) in bytes; a bare number counts `bare_unit` bytes. Pure.
+pub fn parse_size(v: &str, bare_unit: u64) -> Option<u64> {
+    let lower = v.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let (unit, suffix) = match &lower[digits.len()..] {
+        "" => (bare_unit, ""),
+        "b" => (1, "b"),
+        u => {
+            let scale = match u.as_bytes()[0] {
+                b'k' => 1u64 << 10,
+                b'm' => 1 << 20,
+                b'g' => 1 << 30,
+                _ => return None,
+            };
+            (scale, &u[1..])
+        }
+    };
+    if !matches!(suffix, "" | "b" | "ib") || digits.is_empty() {
+        return None;
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// `--memory`: a size (a bare number is MiB) as a whole number of MiB within the range the
+/// guest kernel boots in.
+fn memory_mib(name: &str, v: &str) -> Result<u32, CliError> {
+    let range = pod::manifest::MEMORY_MIB_RANGE;
+    let bad = |why| CliError::BadValue(name.into(), v.into(), why);
+    let bytes = parse_size(v, 1 << 20).ok_or(bad("not a size like 512, 512m or 1g"))?;
+    if bytes % (1 << 20) != 0 {
+        return Err(bad("not a whole number of MiB"));
+    }
+    match u32::try_from(bytes >> 20) {
+        Ok(mib) if mib < *range.start() => Err(CliError::TooLittleMemory(v.into())),
+        Ok(mib) if range.contains(&mib) => Ok(mib),
+        _ => Err(bad("more than 1 TiB")),
+    }
+}
+
+/// `--storage-opt size=SIZE` (Docker's only storage option here; a bare number is bytes).
+fn storage_opt(name: &str, v: &str) -> Result<u64, CliError> {
+    let bad = |why| CliError::BadValue(name.into(), v.into(), why);
+    let size = v
+        .strip_prefix("size=")
+        .ok_or(bad("the only storage option is size=SIZE"))?;
+    let bytes = parse_size(size, 1).ok_or(bad("not a size like 512m or 2g"))?;
+    if bytes < pod::spec::MIN_WRITABLE_SIZE {
+        return Err(bad("the writable layer needs at least 1 MiB"));
+    }
+    Ok(bytes)
 }
 
 /// The longest `--timeout`/`--grace` taken (~31 years): any deadline stays representable.
@@ -240,14 +321,22 @@ impl Raw {
     fn set(&mut self, opt: Opt, name: &str, value: Option<&OsStr>) -> Result<(), CliError> {
         let text = || utf8(name, value.unwrap_or_default());
         match opt {
-            Opt::Memory => self.memory = Some(number(name, &text()?)?),
-            Opt::Vcpus => self.vcpus = Some(number(name, &text()?)?),
+            Opt::Memory => self.memory = Some(memory_mib(name, &text()?)?),
+            Opt::Vcpus => {
+                let v = text()?;
+                let n: u32 = number(name, &v)?;
+                if !pod::manifest::VCPUS_RANGE.contains(&n) {
+                    return Err(CliError::BadValue(name.into(), v, "not from 1 to 254"));
+                }
+                self.vcpus = Some(n);
+            }
             Opt::Env => self.env.extend(env_entry(&text()?)?),
             Opt::Entrypoint => self.entrypoint = Some(text()?),
             Opt::Workdir => self.workdir = Some(text()?),
             Opt::User => self.user = Some(text()?),
             Opt::Hostname => self.hostname = Some(text()?),
             Opt::Disk => self.disks.push(disk(value.unwrap_or_default())?),
+            Opt::Storage => self.writable_size = Some(storage_opt(name, &text()?)?),
             Opt::Timeout => self.timeout = Some(seconds(name, &text()?)?),
             Opt::Grace => self.grace = Some(seconds(name, &text()?)?),
             Opt::Engine => {
@@ -263,6 +352,7 @@ impl Raw {
             Opt::Interactive => self.interactive = true,
             Opt::Timing => self.timing = true,
             Opt::Verify => self.verify = true,
+            Opt::Quiet => self.quiet = true,
             // Answered by the caller before any other option is applied.
             Opt::Help | Opt::Version => {}
         }
@@ -285,6 +375,7 @@ impl Raw {
             // The host terminal's TERM and size are filled in at launch (`config::host_terminal`).
             term: None,
             window_size: None,
+            writable_size: self.writable_size,
         };
         Ok(LaunchConfig {
             pod,
@@ -299,6 +390,7 @@ impl Raw {
             interactive: self.interactive,
             timing: self.timing,
             verify: self.verify,
+            quiet: self.quiet,
         })
     }
 }

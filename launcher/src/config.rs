@@ -45,6 +45,8 @@ pub struct LaunchConfig {
     pub timing: bool,
     /// Hash the whole rootfs section before booting.
     pub verify: bool,
+    /// No notices from the launcher itself (`-q`); errors are still printed.
+    pub quiet: bool,
 }
 
 /// The pod's stop signal as a number; SIGTERM, with a notice, when the pod names none the

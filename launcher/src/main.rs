@@ -23,9 +23,11 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,
         Engine::Auto => {
-            eprintln!(
-                "hyperlaunch: this host's KVM does not run guest code natively (see `hyperlaunch doctor`); using QEMU"
-            );
+            if !cfg.quiet {
+                eprintln!(
+                    "hyperlaunch: this host's KVM does not run guest code natively (see `hyperlaunch doctor`); using QEMU"
+                );
+            }
             Engine::Qemu
         }
         e => e,

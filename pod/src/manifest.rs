@@ -10,8 +10,9 @@ use crate::time;
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest manifest accepted, in bytes (checked before it is read).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
-/// Guest memory bounds, MiB.
-pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 16..=1 << 20;
+/// Guest memory bounds, MiB. The lower bound is the least our guest kernel boots a pod in
+/// (measured under QEMU TCG: below it the kernel panics or hangs; see docs/launcher.md).
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 32..=1 << 20;
 /// vCPU count bounds.
 pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=254;
 
@@ -29,9 +30,9 @@ pub enum ManifestError {
     },
     #[error("created {0:?} is not a UTC time like 2024-01-02T03:04:05Z")]
     Created(String),
-    #[error("memory {0} MiB is outside 16..=1048576")]
+    #[error("memory {0} MiB is outside {MEMORY_MIB_RANGE:?}")]
     Memory(u32),
-    #[error("vcpus {0} is outside 1..=254")]
+    #[error("vcpus {0} is outside {VCPUS_RANGE:?}")]
     Vcpus(u32),
     #[error("kernel command line has {0} bytes, more than 2048")]
     Cmdline(usize),
@@ -61,8 +62,13 @@ pub struct Sections {
 pub struct Source {
     /// The reference as resolved (e.g. `docker.io/library/busybox:latest`, `oci:/path:tag`).
     pub reference: String,
-    /// `sha256:...` of the image manifest that was built.
+    /// `sha256:...` of the image manifest that was built; empty for a `docker save` archive,
+    /// which has none.
     pub manifest_digest: String,
+    /// `sha256:...` of the image config: the image ID, what `docker images` shows. Absent in
+    /// pods from before the field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_digest: String,
 }
 
 /// Default guest resources.
@@ -187,6 +193,7 @@ pub(crate) mod tests {
             source: Source {
                 reference: "docker.io/library/busybox:latest".into(),
                 manifest_digest: format!("sha256:{}", "1".repeat(64)),
+                config_digest: format!("sha256:{}", "2".repeat(64)),
             },
             sections: Sections::default(),
             run: RunSpec {

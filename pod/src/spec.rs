@@ -64,7 +64,20 @@ pub struct Overrides {
     pub term: Option<String>,
     /// The host terminal's size at launch as `[rows, cols]`, for an app with a terminal.
     pub window_size: Option<[u16; 2]>,
+    /// Size of the writable layer (the overlay's tmpfs upper) in bytes (`hyperlaunch
+    /// --storage-opt size=`); `None` leaves init's default, [`DEFAULT_WRITABLE_SIZE`]. Left out
+    /// of the JSON when unset, so a pod whose init predates the field still boots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writable_size: Option<u64>,
 }
+
+/// The writable layer's size when the launch does not choose one: half the guest's memory, as a
+/// tmpfs `size=` value (what tmpfs takes by default, said explicitly so `statfs` on `/` reports
+/// it as the root's size and free space).
+pub const DEFAULT_WRITABLE_SIZE: &str = "50%";
+/// The smallest writable layer a launch may ask for: init writes `/etc/hosts` and
+/// `/etc/hostname` there before the app starts.
+pub const MIN_WRITABLE_SIZE: u64 = 1 << 20;
 
 impl Overrides {
     /// Whether nothing is overridden.
@@ -92,5 +105,10 @@ mod tests {
         assert!(Overrides::default().is_empty());
         let o: Overrides = serde_json::from_str(r#"{"entrypoint":[]}"#).unwrap();
         assert_eq!(o.entrypoint, Some(vec![]));
+        // An unset writable size is not written (older inits refuse unknown fields).
+        let json = serde_json::to_string(&Overrides::default()).unwrap();
+        assert!(!json.contains("writable_size"), "{json}");
+        let o: Overrides = serde_json::from_str(r#"{"writable_size":1048576}"#).unwrap();
+        assert_eq!(o.writable_size, Some(MIN_WRITABLE_SIZE));
     }
 }

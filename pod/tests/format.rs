@@ -35,6 +35,7 @@ fn sample() -> Sample {
         source: Source {
             reference: "docker.io/library/busybox:latest".into(),
             manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+            ..Source::default()
         },
         sections: Sections {
             kernel: SectionInfo::of_bytes(&kernel),

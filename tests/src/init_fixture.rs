@@ -83,12 +83,14 @@ pub const GROUP: &str =
     "root:x:0:\nwheel:x:10:root,app\naudio:x:29:app\napp:x:1000:\nstaff:x:50:\n";
 
 /// Builds a rootfs directory (busybox-static with every applet linked in /bin, passwd, group,
-/// `/home/app` owned by app) plus `files`, and makes `<dir>/../rootfs.ext4` from it.
+/// `/home/app` owned by app, `/tmp`) plus `files`, and makes `<dir>/../rootfs.ext4` from it.
 pub fn rootfs(work: &Path, files: &[ImageFile<'_>]) -> PathBuf {
     let dir = work.join("rootfs");
-    for d in ["bin", "etc", "root", "home/app", "apps"] {
+    for d in ["bin", "etc", "root", "home/app", "apps", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
+    // Like any image's /tmp: init no longer mounts a tmpfs there (Docker does not either).
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static installed");
     let list = run(Command::new("/bin/busybox").arg("--list"));
     for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {

@@ -47,7 +47,19 @@ impl Default for Platform {
     }
 }
 
+/// The platform of the guest every pod boots: the kernel (`kernel-fragments/x86_64`) and the
+/// static init are x86-64 Linux builds, so only images for it can run in a pod.
+pub const GUEST_OS: &str = "linux";
+/// See [`GUEST_OS`].
+pub const GUEST_ARCHITECTURE: &str = "amd64";
+
 impl Platform {
+    /// Whether the pod's guest (x86-64 Linux kernel and init) runs this platform's binaries;
+    /// any `amd64` variant (microarchitecture level) is left to the CPU.
+    pub fn runs_in_guest(&self) -> bool {
+        self.os == GUEST_OS && self.architecture == GUEST_ARCHITECTURE
+    }
+
     /// Parses `OS/ARCH[/VARIANT]`.
     pub fn parse(s: &str) -> Result<Platform, ConfigError> {
         let parts: Vec<&str> = s.split('/').collect();
@@ -266,6 +278,20 @@ mod tests {
         );
         c.check_platform("c", &Platform::parse("linux/arm64").unwrap())
             .unwrap();
+    }
+
+    #[test]
+    fn only_the_guests_platform_runs_in_a_pod() {
+        assert!(Platform::default().runs_in_guest());
+        assert!(Platform::parse("linux/amd64/v3").unwrap().runs_in_guest());
+        for other in [
+            "linux/arm64",
+            "linux/arm64/v8",
+            "linux/386",
+            "windows/amd64",
+        ] {
+            assert!(!Platform::parse(other).unwrap().runs_in_guest(), "{other}");
+        }
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn bad_command_lines_are_refused_by_name() {
         CliError::UnwantedValue("--timing".into())
     );
     assert!(
-        matches!(err(&["--memory", "1G", "p"]), CliError::BadValue(n, v, _) if n == "--memory" && v == "1G")
+        matches!(err(&["--memory", "1T", "p"]), CliError::BadValue(n, v, _) if n == "--memory" && v == "1T")
     );
     assert!(matches!(err(&["--vcpus=-1", "p"]), CliError::BadValue(..)));
     assert!(matches!(
@@ -292,5 +292,133 @@ fn random_command_lines_never_panic() {
             .map(|_| OsString::from(pieces[(next() % pieces.len() as u64) as usize]))
             .collect();
         let _ = parse(&args);
+    }
+}
+
+#[test]
+fn memory_takes_dockers_units_and_refuses_what_cannot_boot() {
+    let mib = |v: &str| launch(&["--memory", v, "p"]).memory_mib.unwrap();
+    // A bare number stays MiB; b, k, m, g as Docker takes them, any case, with b/ib.
+    assert_eq!(mib("256"), 256);
+    assert_eq!(mib("512M"), 512);
+    assert_eq!(mib("512m"), 512);
+    assert_eq!(mib("1G"), 1024);
+    assert_eq!(mib("2gb"), 2048);
+    assert_eq!(mib("1GiB"), 1024);
+    assert_eq!(mib("65536k"), 64);
+    assert_eq!(mib("67108864b"), 64);
+    assert_eq!(launch(&["-m", "1g", "p"]).memory_mib, Some(1024));
+    let min = *pod::manifest::MEMORY_MIB_RANGE.start();
+    assert_eq!(mib(&min.to_string()), min);
+    assert_eq!(min, 32, "the help text and docs say 32 MiB");
+    assert!(HELP.contains("at least\n                        32 MiB"));
+    // Below the minimum: one line naming the value and the minimum.
+    for small in ["8", "31", "8m", "31M", "0"] {
+        let e = err(&["--memory", small, "p"]);
+        assert!(
+            matches!(&e, CliError::TooLittleMemory(v) if v == small),
+            "{small}: {e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("--memory \"{small}\": below 32 MiB, the least the guest kernel boots in")
+        );
+    }
+    for bad in [
+        "1.5g",
+        "1k",
+        "100000000",
+        "2t",
+        "-1",
+        "m",
+        "12q",
+        "1 g",
+        "1gg",
+        "",
+    ] {
+        assert!(
+            matches!(
+                err(&["--memory", bad, "p"]),
+                CliError::BadValue(..) | CliError::TooLittleMemory(_)
+            ),
+            "{bad}"
+        );
+    }
+    assert!(
+        matches!(err(&["--memory", "1k", "p"]), CliError::BadValue(_, _, why) if why.contains("whole number of MiB"))
+    );
+}
+
+#[test]
+fn vcpus_are_checked_for_every_engine() {
+    for engine in ["kvm", "qemu", "auto"] {
+        assert_eq!(
+            launch(&["--engine", engine, "--vcpus", "254", "p"]).vcpus,
+            Some(254)
+        );
+        assert_eq!(
+            launch(&["--engine", engine, "--vcpus", "1", "p"]).vcpus,
+            Some(1)
+        );
+        for bad in ["0", "255", "1000", "4294967296"] {
+            assert!(
+                matches!(err(&["--engine", engine, "--vcpus", bad, "p"]), CliError::BadValue(n, v, _) if n == "--vcpus" && v == bad),
+                "{engine} {bad}"
+            );
+        }
+    }
+}
+
+#[test]
+fn storage_opt_sizes_the_writable_layer() {
+    assert_eq!(launch(&["p"]).overrides.writable_size, None);
+    let size = |v: &str| {
+        launch(&["--storage-opt", v, "p"])
+            .overrides
+            .writable_size
+            .unwrap()
+    };
+    assert_eq!(size("size=1g"), 1 << 30);
+    assert_eq!(size("size=512M"), 512 << 20);
+    // A bare number is bytes, as in Docker's --storage-opt size=.
+    assert_eq!(size("size=1048576"), 1 << 20);
+    for bad in ["1g", "size=", "size=1k", "size=x", "quota=1g", "size=1t"] {
+        assert!(
+            matches!(err(&["--storage-opt", bad, "p"]), CliError::BadValue(n, v, _) if n == "--storage-opt" && v == bad),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn quiet_is_a_flag() {
+    assert!(!launch(&["p"]).quiet);
+    assert!(launch(&["-q", "p"]).quiet);
+    assert!(launch(&["p", "--quiet"]).quiet);
+    let c = launch(&["-qit", "p"]);
+    assert!(c.quiet && c.interactive && c.tty);
+}
+
+#[test]
+fn sizes_parse_like_dockers_units() {
+    assert_eq!(parse_size("10", 1), Some(10));
+    assert_eq!(parse_size("10", 1 << 20), Some(10 << 20));
+    assert_eq!(parse_size("10b", 1 << 20), Some(10));
+    assert_eq!(parse_size("3K", 1), Some(3 << 10));
+    assert_eq!(parse_size("3kb", 1), Some(3 << 10));
+    assert_eq!(parse_size("3kib", 1), Some(3 << 10));
+    assert_eq!(parse_size("5G", 1), Some(5 << 30));
+    for bad in [
+        "",
+        "g",
+        "1x",
+        "1bb",
+        "1ibb",
+        "+1",
+        "1.0",
+        "18446744073709551615k",
+        "1 m",
+    ] {
+        assert_eq!(parse_size(bad, 1), None, "{bad}");
     }
 }

@@ -187,6 +187,7 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
         source: Source {
             reference: "test:busybox".into(),
             manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            ..Source::default()
         },
         sections: Sections {
             kernel: SectionInfo::of_file(kernel).unwrap(),
