@@ -5,3 +5,4 @@ pub mod init_fixture;
 pub mod kernel;
 pub mod qemu;
 pub mod registry;
+pub mod skip;

@@ -165,7 +165,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
     .unwrap();
 }
 
-/// `true` when /dev/kvm can be opened; otherwise prints the loud skip line.
+/// `true` when /dev/kvm can be opened; otherwise reports the test as skipped.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -174,7 +174,10 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIPPED: {test}: /dev/kvm cannot be opened ({e}); this test needs KVM");
+            hyperpod_tests::skip::skipped(
+                test,
+                &format!("/dev/kvm cannot be opened ({e}); this test needs KVM"),
+            );
             false
         }
     }
