@@ -10,6 +10,7 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
+pub mod atomic;
 pub mod cpio;
 pub mod manifest;
 pub mod reader;
