@@ -582,7 +582,10 @@ fn two_hundred_sigkills_leave_no_partial_pod_temp_file_or_cache_entry() {
         "sigkills: {completed} of {KILLS} builds completed before their kill; {:?} in all",
         started.elapsed()
     );
-    assert!(completed < KILLS * 3 / 4, "a quarter of the kills must land mid-build");
+    assert!(
+        completed < KILLS * 3 / 4,
+        "a quarter of the kills must land mid-build"
+    );
 
     // Whatever the kills left in the cache is re-verified: corrupt all of it.
     let blobs = cache.path().join("blobs/sha256");
