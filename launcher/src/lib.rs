@@ -7,5 +7,6 @@ pub mod devices;
 pub mod doctor;
 pub mod layout;
 pub mod qemu;
+pub mod sandbox;
 pub mod verdict;
 pub mod vmm;

@@ -17,6 +17,7 @@ use crate::control::{
 };
 use crate::devices::Devices;
 use crate::devices::serial::{self, ControlReport};
+use crate::sandbox::{self, ThreadKind};
 
 /// How often the supervisor retries handing a signal line to busy devices.
 const SIGNAL_RETRY: Duration = Duration::from_millis(5);
@@ -284,6 +285,8 @@ fn forward_signals(tx: Sender<Event>) {
         set
     };
     std::thread::spawn(move || {
+        // Seccomp (sandbox.rs): this thread's filter, first thing.
+        sandbox::enter(ThreadKind::SignalForwarder);
         loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
@@ -299,6 +302,8 @@ fn forward_signals(tx: Sender<Event>) {
 
 fn forward_stdin(devices: Arc<Mutex<Devices>>, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
+        // Seccomp (sandbox.rs): this thread's filter, first thing.
+        sandbox::enter(ThreadKind::StdinForwarder);
         let mut buf = [0u8; 64];
         let mut stdin = std::io::stdin().lock();
         while let Ok(n) = stdin.read(&mut buf) {
@@ -365,6 +370,14 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events,
         events_tx,
     } = runner;
+    // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
+    // its own first thing, and vCPU 0 runs only once all have.
+    if let Err(e) = sandbox::prepare_run(vcpus.len(), opts.forward_signals, opts.stdin) {
+        return Outcome {
+            code: EXIT_LAUNCHER,
+            message: Some(e.to_string()),
+        };
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut vcpus = vcpus.into_iter();
     let Some(vcpu0) = vcpus.next() else {
@@ -390,6 +403,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // Seccomp (sandbox.rs): this thread's filter, first thing.
+                sandbox::enter(ThreadKind::Vcpu);
                 block_stop_signals();
                 vcpu_loop(vcpu, id, d, s, tx, fr, fe);
                 finished.store(true, Ordering::SeqCst);
@@ -436,6 +451,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         };
     };
     let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
+    // Seccomp (sandbox.rs): the main thread's filter; returns once every run thread has its own.
+    sandbox::enter_and_wait(ThreadKind::Main);
     vcpu_loop(vcpu0, 0, devices, stop, events_tx, fr, fe);
     done0.store(true, Ordering::SeqCst);
     let Ok(sup) = supervisor.join() else {
@@ -470,6 +487,8 @@ fn supervise(
     if opts.stdin {
         forward_stdin(devices.clone(), stop.clone());
     }
+    // Seccomp (sandbox.rs): this thread's filter, once the forwarders are started.
+    sandbox::enter(ThreadKind::Supervisor);
     let start = Instant::now();
     // An unrepresentable deadline (the command line caps it first) is no deadline.
     let deadline = opts.timeout.and_then(|t| start.checked_add(t));
