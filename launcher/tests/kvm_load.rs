@@ -4,38 +4,10 @@
 
 mod probes;
 
-use std::process::{Command, Stdio};
-
 const LAUNCHES: usize = 200;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Runs one launch; returns (exit code, peak RSS in KiB).
-fn launch(pod: &std::path::Path, cache: &std::path::Path) -> (i32, i64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
-        .args(["--engine", "kvm", "--memory", "32"])
-        .arg(pod)
-        .env("XDG_CACHE_HOME", cache)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid; wait4 fills it and the status for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out pointers; `pid` is our unwaited child.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    assert!(
-        libc::WIFEXITED(status),
-        "launcher ended by a signal: {status:#x}"
-    );
-    std::mem::forget(child); // already reaped
-    (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
 #[test]
@@ -52,7 +24,7 @@ fn kvm_200_sequential_launches_keep_rss_and_fds_flat() {
     let started = std::time::Instant::now();
     let mut rss = Vec::with_capacity(LAUNCHES);
     for i in 0..LAUNCHES {
-        let (code, kib) = launch(&pod, &cache);
+        let (code, kib) = probes::launch_peak_rss(&pod, &cache);
         assert_eq!(code, 7, "launch {i}");
         rss.push(kib);
     }

@@ -352,3 +352,28 @@ pub fn launch(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run 
     );
     r
 }
+
+/// Runs one launch; returns (exit code, the launcher's peak RSS in KiB). The peak comes from
+/// GNU time (`%M`), which forks the launcher from its own small process: `wait4` here would
+/// report at least this test process's RSS, which an exec after a vfork carries into the
+/// child's `ru_maxrss`.
+pub fn launch_peak_rss(pod: &std::path::Path, cache: &std::path::Path) -> (i32, i64) {
+    let report = cache.with_extension(format!("rss-{}", std::process::id()));
+    let status = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32"])
+        .arg(pod)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run /usr/bin/time (Debian package time, scripts/setup installs it)");
+    let kib = std::fs::read_to_string(&report).unwrap();
+    let kib = kib.lines().last().unwrap().trim().parse().unwrap();
+    (status.code().expect("exit code"), kib)
+}
