@@ -3,12 +3,13 @@
 //! into the pod being sealed) → seal.
 //!
 //! Each layer is decompressed once: flattening sets file contents aside in the spool, and the
-//! ext4 writer reads them from there. The pod is a temp file beside the output until sealed;
-//! the spool is an unnamed file and the initramfs sits in a private temp directory next to the
-//! output (removed on any exit but SIGKILL, and the spool even then).
+//! ext4 writer reads them from there. The pod, the spool and the initramfs are unnamed files
+//! (`O_TMPFILE`) beside the output until the pod is linked in whole: an error, a full disk or a
+//! SIGKILL at any moment leaves nothing behind (`pod::atomic` has the one narrow exception and
+//! the fallback for filesystems without `O_TMPFILE`).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -145,10 +146,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         }
     };
     let out_dir = parent_dir(&opts.output);
-    let work = tempfile::Builder::new()
-        .prefix(".hyperbuild-")
-        .tempdir_in(out_dir)
-        .map_err(io_err(format!("temp directory in {}", out_dir.display())))?;
 
     step("resolve", &opts.image);
     let image = source::resolve_and_fetch(&opts.image, &opts.fetch)?;
@@ -161,8 +158,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     let limits = Limits::default();
     let mut spool = match opts.spool {
         true => Some(
-            Spool::new_in(work.path())
-                .map_err(io_err(format!("spool in {}", work.path().display())))?,
+            Spool::new_in(out_dir).map_err(io_err(format!("spool in {}", out_dir.display())))?,
         ),
         false => None,
     };
@@ -178,8 +174,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     };
 
     step("initramfs", &format!("init {}", init_path.display()));
-    let initramfs_path = work.path().join("initramfs");
-    write_initramfs(&init_path, &spec, created, &initramfs_path)?;
+    let initramfs_what = format!("initramfs temp file in {}", out_dir.display());
+    let mut initramfs_file = tempfile::tempfile_in(out_dir).map_err(io_err(&initramfs_what))?;
+    write_initramfs(&init_path, &spec, created, &initramfs_file, &initramfs_what)?;
+    let initramfs_size = initramfs_file
+        .rewind()
+        .and_then(|()| initramfs_file.metadata())
+        .map_err(io_err(&initramfs_what))?
+        .len();
 
     step("rootfs", "writing ext4 into the pod");
     let manifest = Manifest {
@@ -199,7 +201,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         // computed while sealing, each section read once.
         sections: Sections {
             kernel: sized(&kernel_path)?,
-            initramfs: sized(&initramfs_path)?,
+            initramfs: SectionInfo {
+                size: initramfs_size,
+                sha256: String::new(),
+            },
             // Only the digit count matters (see `pod::begin_seal`); the file bytes are close.
             rootfs: SectionInfo {
                 size: tree.file_bytes(),
@@ -219,7 +224,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         &opts.output,
         &manifest,
         &mut open(&kernel_path)?,
-        &mut open(&initramfs_path)?,
+        &mut initramfs_file,
     )
     .map_err(seal_err)?;
     let rootfs_size = write_rootfs(
@@ -380,13 +385,13 @@ fn write_initramfs(
     init: &Path,
     spec: &RunSpec,
     created: i64,
-    path: &Path,
+    file: &File,
+    what: &str,
 ) -> Result<(), BuildError> {
-    let file = File::create(path).map_err(io_err(path.display().to_string()))?;
     let mut w = BufWriter::new(file);
     let mtime = u32::try_from(created.max(0)).unwrap_or(u32::MAX);
     initramfs::write(init, spec, mtime, &mut w)?;
-    w.flush().map_err(io_err(path.display().to_string()))?;
+    w.flush().map_err(io_err(what))?;
     Ok(())
 }
 

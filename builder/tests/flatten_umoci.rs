@@ -288,7 +288,10 @@ fn describe_fs(root: &Path) -> BTreeMap<String, Entry> {
 fn flatten_matches_umoci_unpack() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: umoci differential needs root (device nodes, ownership, capabilities)");
+        hyperpod_tests::skip::skipped(
+            "flatten_matches_umoci_unpack",
+            "the umoci differential needs root (device nodes, ownership, capabilities)",
+        );
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/flatten-images.sh");

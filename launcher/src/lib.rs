@@ -9,6 +9,7 @@ pub mod devices;
 pub mod doctor;
 pub mod layout;
 pub mod qemu;
+pub mod sandbox;
 pub mod stdio;
 pub mod supervisor;
 pub mod timing;

@@ -47,6 +47,8 @@ pub fn forward_stdin(
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            // Seccomp on the KVM engine (sandbox.rs; a no-op otherwise), first thing.
+            crate::sandbox::enter(crate::sandbox::ThreadKind::StdinForwarder);
             gate.wait();
             let mut buf = vec![0u8; 16 * 1024];
             let mut frames = Vec::with_capacity(buf.len() + stdio::HEADER_LEN);
@@ -118,6 +120,8 @@ pub fn forward_signals(mut send: impl FnMut(i32) -> bool + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            // Seccomp on the KVM engine (sandbox.rs; a no-op otherwise), first thing.
+            crate::sandbox::enter(crate::sandbox::ThreadKind::SignalForwarder);
             loop {
                 let mut sig: libc::c_int = 0;
                 // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.

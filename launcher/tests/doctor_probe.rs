@@ -102,7 +102,10 @@ fn json_report_carries_every_check_and_the_verdict() {
 #[test]
 fn probe_sees_the_emulator_or_native_code() {
     if expected_verdict() == Verdict::Unavailable {
-        eprintln!("SKIPPED: no accessible /dev/kvm on this host; the probe needs one");
+        hyperpod_tests::skip::skipped(
+            "probe_sees_the_emulator_or_native_code",
+            "no accessible /dev/kvm on this host; the probe needs one",
+        );
         return;
     }
     let p = doctor::probe().expect("the probe guest runs");

@@ -12,6 +12,7 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
+pub mod atomic;
 pub mod cpio;
 pub mod manifest;
 pub mod protocol;

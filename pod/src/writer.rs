@@ -1,11 +1,14 @@
 //! Sealing a pod: sections are streamed (never held in memory), checked against the sizes and
 //! digests the manifest records, and the file appears at its path only when complete: it is
-//! written to a temp file in the target directory, fsynced and renamed into place.
+//! written to an unnamed file in the target directory ([`crate::atomic::PendingFile`]: nothing
+//! is left by a SIGKILL), fsynced and linked into place.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::atomic::{PendingFile, parent_of};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -165,24 +168,24 @@ pub fn write_pod<W: Write>(
     write_sections(w, manifest, [kernel, initramfs, rootfs])
 }
 
-/// Writes a pod into a temp file beside `path` with `fill`, fsyncs it and renames it into
-/// place. On any error nothing appears at `path` and the temp file is removed.
+/// Writes a pod into an unnamed file beside `path` with `fill`, fsyncs it and links it into
+/// place. On any error (or a kill) nothing appears at `path` and nothing is left beside it.
 fn seal_with(
     path: &Path,
     fill: impl FnOnce(&File) -> Result<(), SealError>,
 ) -> Result<(), SealError> {
     let tmp = temp_beside(path)?;
-    let dir = parent_of(path);
-    fill(tmp.as_file())?;
-    tmp.as_file().sync_all()?;
-    set_mode(tmp.as_file())?;
-    tmp.persist(path).map_err(|e| SealError::Io(e.error))?;
-    File::open(dir)?.sync_all()?;
+    fill(tmp.file())?;
+    tmp.file().sync_all()?;
+    set_mode(tmp.file())?;
+    tmp.persist(path)?;
+    File::open(parent_of(path))?.sync_all()?;
     Ok(())
 }
 
 /// Seals a pod at `path` atomically, checking every section against the manifest's size and
-/// sha256: a temp file in the same directory, fsync, rename, fsync of the directory.
+/// sha256: an unnamed file in the same directory, fsync, link into place, fsync of the
+/// directory.
 pub fn seal(
     path: &Path,
     manifest: &Manifest,
@@ -243,10 +246,10 @@ pub fn layout(manifest: &Manifest) -> Result<PodLayout, SealError> {
 
 /// A pod being sealed whose rootfs the caller writes in place, straight into the pod file at
 /// its final offset (the builder's ext4 writer does), instead of into a temp file that is then
-/// copied. Made by [`begin_seal`]; sealed by [`RootfsSlot::finish`], or dropped (the temp file
-/// goes with it).
+/// copied. Made by [`begin_seal`]; sealed by [`RootfsSlot::finish`], or dropped (the unnamed
+/// file goes with it).
 pub struct RootfsSlot {
-    tmp: tempfile::NamedTempFile,
+    tmp: PendingFile,
     path: PathBuf,
     /// The manifest as written so far: placeholder digests, the estimated rootfs size.
     manifest: Manifest,
@@ -256,7 +259,7 @@ pub struct RootfsSlot {
 
 /// Starts sealing a pod at `path`: writes the manifest (placeholder digests; `manifest`'s
 /// kernel and initramfs sizes must be right, its rootfs size is an estimate) and the kernel and
-/// initramfs sections, hashing them, into a temp file beside `path`. The rootfs goes at
+/// initramfs sections, hashing them, into an unnamed file beside `path`. The rootfs goes at
 /// [`RootfsSlot::offset`]; the file ends there until [`RootfsSlot::finish`].
 pub fn begin_seal(
     path: &Path,
@@ -274,7 +277,7 @@ pub fn begin_seal(
         s.sha256 = "0".repeat(64);
     }
     let layout = layout(&sealed)?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
     let (mut pos, mtime) = write_manifest_entry(&mut w, &sealed)?;
     let mut section = |entry: &'static str, size: u64, reader: &mut dyn Read| {
         write_headers(&mut w, &mut pos, entry, PAD, size, mtime)?;
@@ -291,7 +294,7 @@ pub fn begin_seal(
     drop(w);
     debug_assert_eq!(pos, layout.headers[2]);
     // The rootfs headers are written by `finish`, once its size is known.
-    tmp.as_file().set_len(layout.data[2])?;
+    tmp.file().set_len(layout.data[2])?;
     Ok(RootfsSlot {
         tmp,
         path: path.to_path_buf(),
@@ -304,7 +307,7 @@ pub fn begin_seal(
 impl RootfsSlot {
     /// The pod file being written.
     pub fn file(&self) -> &File {
-        self.tmp.as_file()
+        self.tmp.file()
     }
 
     /// Where the rootfs's first byte goes (4 KiB-aligned).
@@ -315,10 +318,10 @@ impl RootfsSlot {
     /// Seals the pod with a rootfs of `size` bytes at [`offset`](Self::offset): hashes it, moves
     /// the sections if the real size changed the manifest's length enough to shift them
     /// (rare: the digit count of the size changed and crossed a block), writes the headers, the
-    /// final manifest and the end of the archive, fsyncs and renames into place. The bytes equal
+    /// final manifest and the end of the archive, fsyncs and links into place. The bytes equal
     /// those [`seal`] writes for the returned manifest.
     pub fn finish(mut self, size: u64) -> Result<Manifest, SealError> {
-        let file = self.tmp.as_file();
+        let file = self.tmp.file();
         self.manifest.sections.rootfs.size = size;
         let old = self.layout;
         let new = layout(&self.manifest)?;
@@ -358,11 +361,8 @@ impl RootfsSlot {
         file.set_len(new.end)?;
         file.sync_all()?;
         set_mode(file)?;
-        let dir = parent_of(&self.path).to_path_buf();
-        self.tmp
-            .persist(&self.path)
-            .map_err(|e| SealError::Io(e.error))?;
-        File::open(dir)?.sync_all()?;
+        self.tmp.persist(&self.path)?;
+        File::open(parent_of(&self.path))?.sync_all()?;
         Ok(self.manifest)
     }
 }
@@ -413,22 +413,12 @@ fn move_region(file: &File, from: u64, to: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+/// An unnamed file beside `path`.
+fn temp_beside(path: &Path) -> Result<PendingFile, SealError> {
+    if path.file_name().is_none() {
+        return Err(SealError::Path(path.to_path_buf()));
     }
-}
-
-/// A temp file beside `path`, named after it.
-fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, SealError> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| SealError::Path(path.to_path_buf()))?;
-    Ok(tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(parent_of(path))?)
+    Ok(PendingFile::beside(path)?)
 }
 
 fn set_mode(file: &File) -> io::Result<()> {

@@ -7,3 +7,4 @@ pub mod kernel;
 pub mod probe;
 pub mod qemu;
 pub mod registry;
+pub mod skip;

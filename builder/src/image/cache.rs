@@ -3,16 +3,16 @@
 //! resolved to.
 //!
 //! `ROOT` is `$HYPERBUILD_CACHE`, else `$XDG_CACHE_HOME/hyperbuild`, else
-//! `~/.cache/hyperbuild`. Blobs are written to a temporary file in the same directory, checked
-//! (size and sha256), then renamed into place, so two builds can fill the cache at once and a
-//! reader never sees a partial blob. Every use re-verifies an entry; a corrupt one is deleted.
+//! `~/.cache/hyperbuild`. Blobs are written to an unnamed file in the same directory
+//! (`pod::atomic`: a killed build leaves nothing), checked (size and sha256), then linked into
+//! place, so two builds can fill the cache at once and a reader never sees a partial blob. Every use re-verifies an entry; a corrupt one is deleted.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
+use pod::atomic::PendingFile;
 
 use super::digest::{Digest, DigestError, Verifier, digest_reader};
 use super::manifest::MAX_MANIFEST_BYTES;
@@ -182,15 +182,12 @@ impl BlobCache {
     /// A writer for blob `d` of `size` bytes; nothing is visible until [`BlobWriter::commit`]
     /// has verified it.
     pub fn writer(&self, d: &Digest, size: u64) -> Result<BlobWriter, CacheError> {
-        let dir = self.root.join("blobs/sha256");
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .map_err(io_err(&dir))?;
+        let dest = self.blob_path(d);
+        let tmp = PendingFile::beside(&dest).map_err(io_err(&dest))?;
         Ok(BlobWriter {
             tmp,
             verifier: Verifier::new(d.clone(), size),
-            dest: self.blob_path(d),
+            dest,
         })
     }
 
@@ -217,10 +214,11 @@ impl BlobCache {
         let path = self.ref_path(registry, repository, tag);
         let dir = path.parent().expect("ref path has a parent");
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut tmp = NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-        tmp.write_all(format!("{d}\n").as_bytes())
+        let tmp = PendingFile::beside(&path).map_err(io_err(dir))?;
+        tmp.file()
+            .write_all(format!("{d}\n").as_bytes())
             .map_err(io_err(&path))?;
-        tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
+        tmp.persist(&path).map_err(io_err(&path))?;
         Ok(())
     }
 
@@ -244,7 +242,7 @@ impl BlobCache {
 
 /// A blob being written into the cache.
 pub struct BlobWriter {
-    tmp: NamedTempFile,
+    tmp: PendingFile,
     verifier: Verifier,
     dest: PathBuf,
 }
@@ -253,8 +251,7 @@ impl BlobWriter {
     /// Writes bytes, failing as soon as more than the expected size arrives.
     pub fn write_all(&mut self, buf: &[u8]) -> Result<(), CacheError> {
         self.verifier.update(buf)?;
-        let path = self.tmp.path().to_path_buf();
-        self.tmp.as_file_mut().write_all(buf).map_err(io_err(&path))
+        self.tmp.file().write_all(buf).map_err(io_err(&self.dest))
     }
 
     /// Bytes written so far.
@@ -266,11 +263,8 @@ impl BlobWriter {
     /// file is removed and nothing is cached.
     pub fn commit(self) -> Result<PathBuf, CacheError> {
         self.verifier.finish()?;
-        let path = self.tmp.path().to_path_buf();
-        self.tmp.as_file().sync_all().map_err(io_err(&path))?;
-        self.tmp
-            .persist(&self.dest)
-            .map_err(|e| io_err(&self.dest)(e.error))?;
+        self.tmp.file().sync_all().map_err(io_err(&self.dest))?;
+        self.tmp.persist(&self.dest).map_err(io_err(&self.dest))?;
         Ok(self.dest)
     }
 }

@@ -7,9 +7,9 @@
 //! `Content::Spooled { offset }`, and the rootfs writer streams contents back out of the spool
 //! ([`Spool`] is a [`ContentSource`]) instead of decompressing every layer a second time.
 //!
-//! The spool lives in the build's private temp directory (next to the output, so on the same
-//! filesystem) and is unlinked from the start (`O_TMPFILE`): nothing is left behind, even after
-//! a SIGKILL. Files that a later layer replaces or whites out stay in the spool unread.
+//! The spool lives next to the output (so on the same filesystem) and is unnamed from the start
+//! (`O_TMPFILE`; where a filesystem lacks it, `tempfile` creates and at once unlinks a named
+//! file): nothing is left behind, even after a SIGKILL. Files that a later layer replaces or whites out stay in the spool unread.
 
 use std::fs::File;
 use std::io::{self, Read};

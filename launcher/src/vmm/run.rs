@@ -14,6 +14,7 @@ use pod::protocol::{EXIT_LAUNCHER, HostLine};
 use super::exit::{Action, Exit, StopReason, handle_exit};
 use crate::devices::Devices;
 use crate::devices::serial;
+use crate::sandbox::{self, ThreadKind};
 use crate::supervisor::{self, Machine, MachineEnd};
 pub use crate::supervisor::{Event, Outcome};
 pub use crate::timing::Marks;
@@ -200,6 +201,14 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events,
         events_tx,
     } = runner;
+    // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
+    // its own first thing, and vCPU 0 runs only once all have.
+    if let Err(e) = sandbox::prepare_run(vcpus.len(), opts.forward_signals, opts.stdin) {
+        return Outcome {
+            code: EXIT_LAUNCHER,
+            message: Some(e.to_string()),
+        };
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut vcpus = vcpus.into_iter();
     let Some(vcpu0) = vcpus.next() else {
@@ -225,6 +234,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // Seccomp (sandbox.rs): this thread's filter, first thing.
+                sandbox::enter(ThreadKind::Vcpu);
                 block_stop_signals();
                 vcpu_loop(vcpu, id, d, s, tx, fr, fe);
                 finished.store(true, Ordering::SeqCst);
@@ -244,6 +255,15 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         }
     }
     let kicks: Arc<[VcpuThread]> = kicks.into();
+    // The stdin thread waits on the stdio device's receive-ready eventfd (duplicated here,
+    // before any thread is filtered).
+    let stdin = match opts.stdin.then(|| stdin_ready(&devices)).transpose() {
+        Ok(ready) => ready.map(|r| (devices.clone(), r)),
+        Err(e) => {
+            failed.get_or_insert(format!("cannot watch the stdio device: {e}"));
+            None
+        }
+    };
     let supervisor = if failed.is_none() {
         let sup_opts = supervisor::Options {
             timeout: opts.timeout,
@@ -252,7 +272,6 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
             tty: opts.tty,
         };
         let forward = opts.forward_signals.then(|| events_tx.clone());
-        let stdin = opts.stdin.then(|| devices.clone());
         let gate = Arc::new(supervisor::StdinGate::default());
         let mut machine = KvmMachine {
             devices: devices.clone(),
@@ -265,9 +284,11 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
                 if let Some(tx) = forward {
                     crate::stdio::forward_signals(move |sig| tx.send(Event::Signal(sig)).is_ok());
                 }
-                if let Some(devices) = stdin {
-                    forward_stdin(gate.clone(), devices, machine.stop.clone());
+                if let Some((devices, ready)) = stdin {
+                    forward_stdin(gate.clone(), devices, ready, machine.stop.clone());
                 }
+                // Seccomp (sandbox.rs): this thread's filter, once the forwarders are started.
+                sandbox::enter(ThreadKind::Supervisor);
                 supervisor::supervise(&sup_opts, &events, &mut machine, &gate)
             })
             .map_err(|e| failed = Some(format!("cannot start the supervisor thread: {e}")))
@@ -286,6 +307,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         };
     };
     let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
+    // Seccomp (sandbox.rs): the main thread's filter; returns once every run thread has its own.
+    sandbox::enter_and_wait(ThreadKind::Main);
     vcpu_loop(vcpu0, 0, devices, stop, events_tx, fr, fe);
     done0.store(true, Ordering::SeqCst);
     let Ok(report) = supervisor.join() else {
@@ -300,22 +323,21 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     report.outcome()
 }
 
+/// The stdio device's receive-ready eventfd, duplicated for the stdin thread.
+fn stdin_ready(devices: &Mutex<Devices>) -> std::io::Result<vmm_sys_util::eventfd::EventFd> {
+    let d = devices.lock().unwrap_or_else(|e| e.into_inner());
+    d.stdio.rx_ready_evt().try_clone()
+}
+
 /// Feeds the launcher's stdin to the app through the stdio device, until the VM stops. When
-/// the guest has no receive buffer posted, waits for it to post some (the device's eventfd),
-/// checking the stop flag every 50 ms.
+/// the guest has no receive buffer posted, waits for it to post some (`ready`, the device's
+/// eventfd), checking the stop flag every 50 ms.
 fn forward_stdin(
     gate: Arc<supervisor::StdinGate>,
     devices: Arc<Mutex<Devices>>,
+    ready: vmm_sys_util::eventfd::EventFd,
     stop: Arc<AtomicBool>,
 ) {
-    let ready = {
-        let d = devices.lock().unwrap_or_else(|e| e.into_inner());
-        d.stdio.rx_ready_evt().try_clone()
-    };
-    let Ok(ready) = ready else {
-        eprintln!("hyperlaunch: stdin is not forwarded: cannot watch the stdio device");
-        return;
-    };
     crate::stdio::forward_stdin(gate, move |mut frames| {
         while !frames.is_empty() {
             if stop.load(Ordering::SeqCst) {

@@ -165,7 +165,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
     .unwrap();
 }
 
-/// `true` when /dev/kvm can be opened; otherwise prints the loud skip line.
+/// `true` when /dev/kvm can be opened; otherwise reports the test as skipped.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -174,7 +174,10 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIPPED: {test}: /dev/kvm cannot be opened ({e}); this test needs KVM");
+            hyperpod_tests::skip::skipped(
+                test,
+                &format!("/dev/kvm cannot be opened ({e}); this test needs KVM"),
+            );
             false
         }
     }
@@ -352,4 +355,29 @@ pub fn launch(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run 
         r.code, r.stdout, r.stderr
     );
     r
+}
+
+/// Runs one launch; returns (exit code, the launcher's peak RSS in KiB). The peak comes from
+/// GNU time (`%M`), which forks the launcher from its own small process: `wait4` here would
+/// report at least this test process's RSS, which an exec after a vfork carries into the
+/// child's `ru_maxrss`.
+pub fn launch_peak_rss(pod: &std::path::Path, cache: &std::path::Path) -> (i32, i64) {
+    let report = cache.with_extension(format!("rss-{}", std::process::id()));
+    let status = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32"])
+        .arg(pod)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run /usr/bin/time (Debian package time, scripts/setup installs it)");
+    let kib = std::fs::read_to_string(&report).unwrap();
+    let kib = kib.lines().last().unwrap().trim().parse().unwrap();
+    (status.code().expect("exit code"), kib)
 }

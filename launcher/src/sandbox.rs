@@ -1,0 +1,462 @@
+//! Seccomp on the KVM engine's threads: one filter per kind of thread, listing only the system
+//! calls that thread makes once the guest may run (ioctl limited to `KVM_RUN` and the terminal
+//! requests, mmap/mprotect never executable). Built with `seccompiler`.
+//!
+//! Use: [`prepare`] once on the main thread before any run thread is started (compiles every
+//! filter, installs the SIGSYS reporter and expects `threads` other threads); then each thread's
+//! first act is [`enter`] with its kind; the main thread calls [`enter_and_wait`] last, which
+//! returns only when every other thread has its filter, so no guest instruction runs before the
+//! whole process is filtered. Filters are per thread and can only be added to: what a thread
+//! starts after [`enter`] inherits its filter.
+//!
+//! A system call outside a thread's list raises SIGSYS (`SECCOMP_RET_TRAP`); the handler writes
+//! one line naming the call and the thread kind, restores the terminal and ends the process with
+//! [`EXIT_LAUNCHER`]. Failing to install a filter ends the process the same way: the launcher
+//! never runs a guest unfiltered. The lists are documented in `docs/SECURITY.md`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use thiserror::Error;
+
+use pod::protocol::EXIT_LAUNCHER;
+
+/// `_IO(KVMIO, 0x80)`: the only KVM ioctl a running vCPU makes.
+pub const KVM_RUN: u64 = 0xae80;
+/// How long [`enter_and_wait`] waits for the other threads' filters.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// The kinds of thread of a KVM run, each with its own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ThreadKind {
+    /// A spawned vCPU thread: `KVM_RUN` and the device emulation it drives.
+    Vcpu = 1,
+    /// The main thread: vCPU 0, then the end of the run (joins, report, terminal, exit).
+    Main = 2,
+    /// The supervisor: events, deadlines, kicking vCPUs, control lines to the guest.
+    Supervisor = 3,
+    /// The `sigwait` thread forwarding SIGINT/SIGTERM.
+    SignalForwarder = 4,
+    /// The thread copying standard input into the console.
+    StdinForwarder = 5,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 5] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Main,
+        ThreadKind::Supervisor,
+        ThreadKind::SignalForwarder,
+        ThreadKind::StdinForwarder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Main => "main",
+            ThreadKind::Supervisor => "supervisor",
+            ThreadKind::SignalForwarder => "signal forwarder",
+            ThreadKind::StdinForwarder => "stdin forwarder",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<ThreadKind> {
+        ThreadKind::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+}
+
+/// Why the sandbox could not be set up.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("building the {0} seccomp filter: {1}")]
+    Build(&'static str, seccompiler::BackendError),
+    #[error("installing the {0} seccomp filter: {1}")]
+    Install(&'static str, seccompiler::Error),
+    #[error("installing the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+}
+
+/// An argument condition on a system call.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// Argument `n` (its low 32 bits) equals one of these.
+    OneOf(u8, &'static [u64]),
+    /// Argument `n` has none of these bits set.
+    NoBits(u8, u64),
+}
+
+/// One allowed system call: its name (for the docs and the SIGSYS line), number and optional
+/// argument condition.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed {
+    pub name: &'static str,
+    pub nr: i64,
+    pub arg: Option<Arg>,
+}
+
+const fn any(name: &'static str, nr: i64) -> Allowed {
+    Allowed {
+        name,
+        nr,
+        arg: None,
+    }
+}
+
+const fn with(name: &'static str, nr: i64, arg: Arg) -> Allowed {
+    Allowed {
+        name,
+        nr,
+        arg: Some(arg),
+    }
+}
+
+const TERMINAL_IOCTLS: &[u64] = &[
+    libc::TCGETS,
+    libc::TCSETS,
+    libc::TCSETSW,
+    libc::TCSETSF,
+    libc::TIOCGWINSZ,
+];
+const VCPU_IOCTLS: &[u64] = &[KVM_RUN];
+const MAIN_IOCTLS: &[u64] = &[
+    KVM_RUN,
+    libc::TCGETS,
+    libc::TCSETS,
+    libc::TCSETSW,
+    libc::TCSETSF,
+    libc::TIOCGWINSZ,
+];
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+/// `fcntl(fd, F_GETFD)`: std's debug builds check a descriptor is open before closing it.
+const FCNTL_GETFD: &[u64] = &[libc::F_GETFD as u64];
+/// The supervisor's: `F_GETFD`, and `F_GETFL`/`F_SETFL` to make stderr non-blocking for its last
+/// line when a vCPU is stuck (supervisor.rs).
+const FCNTL_SUPERVISOR: &[u64] = &[
+    libc::F_GETFD as u64,
+    libc::F_GETFL as u64,
+    libc::F_SETFL as u64,
+];
+
+/// What every thread of the run needs: memory (never executable), locks, time, sleeping,
+/// signal returns, its own end and the process's, and writing (stderr, eventfds).
+const COMMON: &[Allowed] = &[
+    any("futex", libc::SYS_futex),
+    any("brk", libc::SYS_brk),
+    with("mmap", libc::SYS_mmap, Arg::NoBits(2, PROT_EXEC)),
+    with("mprotect", libc::SYS_mprotect, Arg::NoBits(2, PROT_EXEC)),
+    any("munmap", libc::SYS_munmap),
+    any("mremap", libc::SYS_mremap),
+    any("madvise", libc::SYS_madvise),
+    any("write", libc::SYS_write),
+    any("clock_gettime", libc::SYS_clock_gettime),
+    any("clock_nanosleep", libc::SYS_clock_nanosleep),
+    any("nanosleep", libc::SYS_nanosleep),
+    any("sched_yield", libc::SYS_sched_yield),
+    any("rt_sigreturn", libc::SYS_rt_sigreturn),
+    any("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    any("sigaltstack", libc::SYS_sigaltstack),
+    any("getpid", libc::SYS_getpid),
+    any("gettid", libc::SYS_gettid),
+    // abort() on a panic, pthread_kill for the vCPU kicks.
+    any("tgkill", libc::SYS_tgkill),
+    any("exit", libc::SYS_exit),
+    any("exit_group", libc::SYS_exit_group),
+];
+
+/// A vCPU thread: `KVM_RUN`, virtio-blk reads/writes/flushes on the pod file, console output,
+/// closing its vCPU descriptor when it ends.
+const VCPU: &[Allowed] = &[
+    with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, VCPU_IOCTLS)),
+    any("pread64", libc::SYS_pread64),
+    any("pwrite64", libc::SYS_pwrite64),
+    any("fdatasync", libc::SYS_fdatasync),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
+/// The main thread: what a vCPU does, then tearing the VM down (close), the terminal restored
+/// and the report written.
+const MAIN: &[Allowed] = &[
+    with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, MAIN_IOCTLS)),
+    any("pread64", libc::SYS_pread64),
+    any("pwrite64", libc::SYS_pwrite64),
+    any("fdatasync", libc::SYS_fdatasync),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
+/// The supervisor: waits on its channel, kicks vCPUs (tgkill, in COMMON), feeds control lines
+/// (eventfd writes), and on a stuck vCPU restores the terminal and exits.
+const SUPERVISOR: &[Allowed] = &[
+    with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, TERMINAL_IOCTLS)),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_SUPERVISOR)),
+];
+
+/// The signal forwarder: waits for SIGINT/SIGTERM.
+const SIGNAL_FORWARDER: &[Allowed] = &[any("rt_sigtimedwait", libc::SYS_rt_sigtimedwait)];
+
+/// The stdin forwarder: reads standard input; waits for (poll) and clears (read) the stdio
+/// device's receive-ready eventfd, closing its copy when it ends; hands bytes to the guest
+/// (eventfd writes, in COMMON).
+const STDIN_FORWARDER: &[Allowed] = &[
+    any("read", libc::SYS_read),
+    any("poll", libc::SYS_poll),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
+/// The calls `kind` may make beyond [`COMMON`].
+fn own_list(kind: ThreadKind) -> &'static [Allowed] {
+    match kind {
+        ThreadKind::Vcpu => VCPU,
+        ThreadKind::Main => MAIN,
+        ThreadKind::Supervisor => SUPERVISOR,
+        ThreadKind::SignalForwarder => SIGNAL_FORWARDER,
+        ThreadKind::StdinForwarder => STDIN_FORWARDER,
+    }
+}
+
+/// Every system call `kind` may make, common ones first.
+pub fn allowed(kind: ThreadKind) -> Vec<Allowed> {
+    COMMON.iter().chain(own_list(kind)).copied().collect()
+}
+
+/// The name of call `nr` if any list has it (no allocation: used in the SIGSYS handler).
+fn known_name(nr: i64) -> Option<&'static str> {
+    let mut lists = [COMMON].into_iter().chain(ThreadKind::ALL.map(own_list));
+    lists.find_map(|l| l.iter().find(|a| a.nr == nr).map(|a| a.name))
+}
+
+fn condition(arg: Arg) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    match arg {
+        Arg::OneOf(n, values) => values
+            .iter()
+            .map(|&v| {
+                SeccompRule::new(vec![SeccompCondition::new(
+                    n,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    v,
+                )?])
+            })
+            .collect(),
+        Arg::NoBits(n, bits) => Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+            n,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(bits),
+            0,
+        )?])?]),
+    }
+}
+
+/// The compiled filter of `kind`: listed calls allowed, anything else traps (SIGSYS).
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
+    let err = |e| SandboxError::Build(kind.name(), e);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for a in allowed(kind) {
+        let r = match a.arg {
+            None => Vec::new(),
+            Some(arg) => condition(arg).map_err(err)?,
+        };
+        rules.insert(a.nr, r);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+/// The filters of one process, compiled once, and the count of threads of the current run
+/// still to enter (a process may run several VMs one after another, as tests do).
+struct Sandbox {
+    programs: Vec<(ThreadKind, BpfProgram)>,
+    pending: Mutex<usize>,
+    entered: Condvar,
+}
+
+static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+
+/// Compiles every filter and installs the SIGSYS reporter; `threads` is how many threads other
+/// than the caller will [`enter`] before [`enter_and_wait`] may return.
+pub fn prepare(threads: usize) -> Result<(), SandboxError> {
+    if SANDBOX.get().is_none() {
+        let programs = ThreadKind::ALL
+            .into_iter()
+            .map(|k| Ok((k, compile(k)?)))
+            .collect::<Result<Vec<_>, SandboxError>>()?;
+        let _ = SANDBOX.set(Sandbox {
+            programs,
+            pending: Mutex::new(0),
+            entered: Condvar::new(),
+        });
+    }
+    install_sigsys_reporter()?;
+    let sb = SANDBOX.get().expect("set above");
+    *sb.pending.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+    Ok(())
+}
+
+/// [`prepare`] for a KVM run: `vcpus` vCPUs (vCPU 0 on the calling thread, which enters last),
+/// a supervisor, and the forwarders asked for.
+pub fn prepare_run(vcpus: usize, forward_signals: bool, stdin: bool) -> Result<(), SandboxError> {
+    prepare(vcpus.saturating_sub(1) + 1 + usize::from(forward_signals) + usize::from(stdin))
+}
+
+/// Installs `kind`'s filter on the calling thread (a no-op before [`prepare`], as in unit tests
+/// of the run loop). A failure ends the process: no guest runs unfiltered.
+pub fn enter(kind: ThreadKind) {
+    let Some(sb) = SANDBOX.get() else {
+        return;
+    };
+    if let Err(e) = install(sb, kind) {
+        fatal(&format!("hyperlaunch: sandbox: {e}"));
+    }
+    let mut pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
+    *pending = pending.saturating_sub(1);
+    sb.entered.notify_all();
+}
+
+/// Installs `kind`'s filter on the calling thread, then waits until every thread counted by
+/// [`prepare`] has entered its own.
+pub fn enter_and_wait(kind: ThreadKind) {
+    let Some(sb) = SANDBOX.get() else {
+        return;
+    };
+    if let Err(e) = install(sb, kind) {
+        fatal(&format!("hyperlaunch: sandbox: {e}"));
+    }
+    let pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let (pending, timeout) = sb
+        .entered
+        .wait_timeout_while(pending, WAIT, |p| *p > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    if timeout.timed_out() && *pending > 0 {
+        fatal(&format!(
+            "hyperlaunch: sandbox: {} thread(s) did not install their seccomp filter within {WAIT:?}",
+            *pending
+        ));
+    }
+}
+
+thread_local! {
+    /// The calling thread's kind, for the SIGSYS line (0: none).
+    static KIND: AtomicU8 = const { AtomicU8::new(0) };
+}
+
+fn install(sb: &Sandbox, kind: ThreadKind) -> Result<(), SandboxError> {
+    let (_, prog) = sb
+        .programs
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .expect("every kind is compiled");
+    KIND.with(|k| k.store(kind as u8, Ordering::Relaxed));
+    seccompiler::apply_filter(prog).map_err(|e| SandboxError::Install(kind.name(), e))
+}
+
+/// Installs `prog` on the calling thread with `kind` recorded for the SIGSYS line (tests).
+pub fn install_on_this_thread(kind: ThreadKind, prog: &BpfProgram) -> Result<(), SandboxError> {
+    KIND.with(|k| k.store(kind as u8, Ordering::Relaxed));
+    seccompiler::apply_filter(prog).map_err(|e| SandboxError::Install(kind.name(), e))
+}
+
+fn fatal(line: &str) -> ! {
+    eprintln!("{line}");
+    crate::vmm::term::restore();
+    // SAFETY: _exit ends the process at once; nothing is left half-done that must run.
+    unsafe { libc::_exit(EXIT_LAUNCHER) }
+}
+
+/// Offset of `si_syscall` in x86-64's `siginfo_t` (`_sigsys`: `_call_addr` at 16, then the
+/// call number).
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t; for SIGSYS from seccomp its `_sigsys`
+    // member holds the call number at this offset.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read()
+    };
+    let kind = KIND.with(|k| k.load(Ordering::Relaxed));
+    let mut buf = [0u8; 192];
+    let len = sigsys_line(&mut buf, nr, ThreadKind::from_u8(kind));
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `buf[..len]` is initialised.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+    }
+    crate::vmm::term::restore();
+    // SAFETY: as above.
+    unsafe { libc::_exit(EXIT_LAUNCHER) }
+}
+
+/// Formats the SIGSYS line into `buf` without allocating; returns its length.
+pub fn sigsys_line(buf: &mut [u8], nr: i32, kind: Option<ThreadKind>) -> usize {
+    let mut len = 0;
+    let mut put = |s: &[u8]| {
+        let n = s.len().min(buf.len() - len);
+        buf[len..len + n].copy_from_slice(&s[..n]);
+        len += n;
+    };
+    put(b"hyperlaunch: sandbox: the ");
+    put(kind.map_or("unknown", ThreadKind::name).as_bytes());
+    put(b" thread made system call ");
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let neg = nr < 0;
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        digits[i] = b'-';
+    }
+    put(&digits[i..]);
+    if let Some(name) = known_name(i64::from(nr)) {
+        put(b" (");
+        put(name.as_bytes());
+        put(b")");
+    }
+    put(b", which its seccomp filter forbids; stopping the VM\n");
+    len
+}
+
+/// Installs [`on_sigsys`] for SIGSYS (process-wide).
+pub fn install_sigsys_reporter() -> Result<(), SandboxError> {
+    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler of the right signature is valid;
+    // the handler only does async-signal-safe work.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(SandboxError::Handler(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "sandbox/tests.rs"]
+mod tests;
