@@ -127,7 +127,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     let image = source::resolve_and_fetch(&opts.image, &opts.fetch)?;
     let created = created_time(&image)?;
     let spec = run_spec(&image, &opts.overrides)?;
-    let kernel_path = kernel::locate(opts.kernel.as_deref())?;
+    let kernel = kernel::locate(opts.kernel.as_deref())?;
+    let kernel_info = kernel::identify(&kernel)?;
+    let kernel_path = kernel.path;
     let init_path = initramfs::locate_init(opts.init.as_deref())?;
 
     step("flatten", &format!("{} layer(s)", image.layers.len()));
@@ -181,6 +183,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
         run: spec,
         resources: opts.resources.clone(),
         kernel_cmdline: DEFAULT_CMDLINE.to_string(),
+        kernel: kernel_info,
     };
     let seal_err = |source| BuildError::Seal {
         path: opts.output.clone(),

@@ -41,8 +41,9 @@ const DEVICES: [(&str, u32, u32, u32); 5] = [
     ("dev/ttyS1", 0o600, 4, 65),
 ];
 
-/// Finds the static init: `explicit`, else `$HYPERPOD_INIT`, else next to this executable, else
-/// in the workspace's static-target build directory.
+/// Finds the static init: `explicit`, else `$HYPERPOD_INIT`, else the installed one
+/// (`install::lib_dir()`), else next to this executable, else in the workspace's static-target
+/// build directory.
 pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
     if let Some(p) = explicit
         .map(Path::to_path_buf)
@@ -52,8 +53,10 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
     }
     let exe = std::env::current_exe().map_err(|_| InitramfsError::NoInit)?;
     let dir = exe.parent().ok_or(InitramfsError::NoInit)?;
+    let installed = crate::install::lib_dir().map(|d| d.join(crate::install::INIT));
     let candidates = [
-        dir.join("hyperpod-init"),
+        installed.unwrap_or_default(),
+        dir.join(crate::install::INIT),
         dir.join("../x86_64-unknown-linux-gnu/release/hyperpod-init"),
         dir.join("../../x86_64-unknown-linux-gnu/release/hyperpod-init"),
     ];

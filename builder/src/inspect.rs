@@ -43,6 +43,17 @@ pub fn table(path: &Path, pod: &Pod) -> String {
         "resources",
         format!("{} MiB, {} vCPU", m.resources.memory_mib, m.resources.vcpus),
     );
+    row(
+        "kernel",
+        match &m.kernel {
+            Some(k) => format!(
+                "Linux {}, fragments {}",
+                k.release,
+                k.fragments.as_deref().unwrap_or("unknown")
+            ),
+            None => "(not recorded)".into(),
+        },
+    );
     row("cmdline", m.kernel_cmdline.clone());
     let _ = writeln!(
         out,

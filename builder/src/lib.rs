@@ -8,5 +8,6 @@ pub mod ext4;
 pub mod image;
 pub mod initramfs;
 pub mod inspect;
+pub mod install;
 pub mod kernel;
 pub mod tree;

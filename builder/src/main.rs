@@ -10,7 +10,7 @@ use builder::image::flatten::FlattenError;
 use builder::image::source::{FetchOptions, SourceError};
 use builder::initramfs::InitramfsError;
 use builder::inspect;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use pod::manifest::Resources;
 
 /// Exit codes of `hyperbuild` (documented in docs/cli.md).
@@ -57,7 +57,7 @@ enum Command {
     },
     /// Recompute every section's sha256 and compare with the manifest.
     Verify { pod: PathBuf },
-    /// Print the path of the cached guest kernel for this build's fragments.
+    /// Print the path of the guest kernel a build would use (installed, else cached).
     Kernel,
 }
 
@@ -271,8 +271,45 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// `hyperbuild --version`: the version, the fragments this build expects, and the kernel and
+/// init a build would use now (each found the way a build finds it).
+fn long_version() -> String {
+    let mut text = format!(
+        "{}\nkernel fragments: {}",
+        env!("CARGO_PKG_VERSION"),
+        builder::kernel::FRAGMENTS_KEY
+    );
+    let kernel = builder::kernel::locate(None).and_then(|k| {
+        let release = builder::kernel::read_release(&k.path)?;
+        Ok((k, release))
+    });
+    match kernel {
+        Ok((k, release)) => text.push_str(&format!(
+            "\nkernel: {} ({}, Linux {}, fragments {})",
+            k.path.display(),
+            k.origin.name(),
+            release.as_deref().unwrap_or("unknown"),
+            k.fragments.as_deref().unwrap_or("unknown"),
+        )),
+        Err(e) => text.push_str(&format!("\nkernel: none ({e})")),
+    }
+    match builder::initramfs::locate_init(None) {
+        Ok(p) => text.push_str(&format!("\ninit: {}", p.display())),
+        Err(e) => text.push_str(&format!("\ninit: none ({e})")),
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Only `--version` pays for finding and reading the kernel.
+    if std::env::args_os().any(|a| a == "--version") {
+        command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         None => run_build(cli.build),
         Some(Command::Inspect { pod: path, json }) => match pod::Pod::open(&path) {
@@ -294,8 +331,8 @@ fn main() -> ExitCode {
             Err(e) => fail(&path, &e),
         },
         Some(Command::Kernel) => match builder::kernel::locate(None) {
-            Ok(p) => {
-                println!("{}", p.display());
+            Ok(k) => {
+                println!("{}", k.path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

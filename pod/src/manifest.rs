@@ -35,6 +35,10 @@ pub enum ManifestError {
     Vcpus(u32),
     #[error("kernel command line has {0} bytes, more than 2048")]
     Cmdline(usize),
+    #[error("kernel release {0:?} is not 1 to 64 printable ASCII characters")]
+    KernelRelease(String),
+    #[error("kernel fragments key {0:?} is not 16 lowercase hex digits")]
+    KernelFragments(String),
 }
 
 /// One section's recorded size and digest.
@@ -64,6 +68,20 @@ pub struct Source {
     /// `sha256:...` of the image manifest that was built.
     pub manifest_digest: String,
 }
+
+/// Which guest kernel went into the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelInfo {
+    /// The kernel's release as `uname -r` shows it (e.g. `6.12.117`), read from its banner.
+    pub release: String,
+    /// The cache key (16 hex digits) of the `kernel-fragments/` it was built from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragments: Option<String>,
+}
+
+/// Longest kernel release accepted, in bytes.
+pub const MAX_KERNEL_RELEASE: usize = 64;
 
 /// Default guest resources.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +116,9 @@ pub struct Manifest {
     pub resources: Resources,
     /// Kernel command line; the launcher appends its device entries.
     pub kernel_cmdline: String,
+    /// The kernel's identity; absent in pods built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
 }
 
 impl Manifest {
@@ -150,6 +171,14 @@ impl Manifest {
         if self.kernel_cmdline.len() > 2048 {
             return Err(ManifestError::Cmdline(self.kernel_cmdline.len()));
         }
+        if let Some(k) = &self.kernel {
+            if !is_kernel_release(&k.release) {
+                return Err(ManifestError::KernelRelease(k.release.clone()));
+            }
+            if let Some(f) = k.fragments.as_ref().filter(|f| !is_fragments_key(f)) {
+                return Err(ManifestError::KernelFragments(f.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -175,6 +204,18 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `s` can be a kernel release: 1 to 64 printable ASCII characters, no space.
+pub fn is_kernel_release(s: &str) -> bool {
+    (1..=MAX_KERNEL_RELEASE).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether `s` is a kernel fragments cache key: 16 lowercase hex digits.
+pub fn is_fragments_key(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -195,6 +236,10 @@ pub(crate) mod tests {
             },
             resources: Resources::default(),
             kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+            kernel: Some(KernelInfo {
+                release: "6.12.117".into(),
+                fragments: Some("0123456789abcdef".into()),
+            }),
         }
     }
 
@@ -229,6 +274,18 @@ pub(crate) mod tests {
         let mut bad = m.clone();
         bad.resources.memory_mib = 1;
         assert!(matches!(bad.validate(), Err(ManifestError::Memory(1))));
+        let mut bad = m.clone();
+        bad.kernel.as_mut().unwrap().release = "6.12 x".into();
+        assert!(matches!(
+            bad.validate(),
+            Err(ManifestError::KernelRelease(_))
+        ));
+        let mut bad = m.clone();
+        bad.kernel.as_mut().unwrap().fragments = Some("0123456789ABCDEF".into());
+        assert!(matches!(
+            bad.validate(),
+            Err(ManifestError::KernelFragments(_))
+        ));
 
         let newer = String::from_utf8(json)
             .unwrap()
@@ -241,5 +298,30 @@ pub(crate) mod tests {
             Manifest::from_json(b"{"),
             Err(ManifestError::Json(_))
         ));
+    }
+
+    #[test]
+    fn pods_without_a_kernel_record_still_read_and_write_the_same() {
+        let mut m = sample();
+        for s in [
+            &mut m.sections.kernel,
+            &mut m.sections.initramfs,
+            &mut m.sections.rootfs,
+        ] {
+            s.sha256 = "b".repeat(64);
+        }
+        m.kernel = None;
+        let old = m.to_json().unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&old).unwrap();
+        assert!(value.get("kernel").is_none(), "{value}");
+        assert_eq!(Manifest::from_json(&old).unwrap(), m);
+        m.kernel = Some(KernelInfo {
+            release: "6.12.117".into(),
+            fragments: None,
+        });
+        let json = String::from_utf8(m.to_json().unwrap()).unwrap();
+        assert!(json.contains("\"release\": \"6.12.117\""));
+        assert!(!json.contains("fragments"));
+        assert_eq!(Manifest::from_json(json.as_bytes()).unwrap(), m);
     }
 }

@@ -57,6 +57,7 @@ fn sample() -> Sample {
             vcpus: 2,
         },
         kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        kernel: None,
     };
     Sample {
         kernel,

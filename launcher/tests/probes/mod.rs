@@ -154,6 +154,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
             vcpus: 1,
         },
         kernel_cmdline: cmdline.into(),
+        kernel: None,
     };
     pod::seal(
         path,

@@ -199,6 +199,7 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
             vcpus: 1,
         },
         kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        kernel: None,
     };
     let path = dir.join("app.pod");
     pod::seal(
