@@ -177,10 +177,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
                 size: tree.file_bytes(),
                 sha256: String::new(),
             },
+            verity: None,
         },
         run: spec,
         resources: opts.resources.clone(),
         kernel_cmdline: DEFAULT_CMDLINE.to_string(),
+        verity: None,
     };
     let seal_err = |source| BuildError::Seal {
         path: opts.output.clone(),
