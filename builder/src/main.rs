@@ -248,6 +248,9 @@ struct BuildArgs {
     /// setting file contents aside in a temp spool file: less temp disk space, slower.
     #[arg(long)]
     no_spool: bool,
+    /// Leave out the rootfs's dm-verity hash tree (the guest then reads the rootfs unchecked).
+    #[arg(long)]
+    no_verity: bool,
 }
 
 fn pod_error_code(e: &pod::PodError) -> u8 {
@@ -350,6 +353,7 @@ fn run_build(a: BuildArgs) -> ExitCode {
         rootfs_extra: a.rootfs_extra,
         quiet: a.quiet,
         spool: !a.no_spool,
+        verity: !a.no_verity,
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
         return usage(format!(
