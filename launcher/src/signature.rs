@@ -8,10 +8,10 @@
 //!
 //! There is no way to switch the requirement off once one of them sets it: a unit or script that
 //! forgets the flag still gets the host's requirement, and one that sets another key still
-//! requires a signature. The check reads only the pod's headers and manifest (`pod::Pod::open`)
-//! and its `signature.ed25519` entry; the sections are checked against the signed manifest by
-//! the engines (kernel and initramfs before boot, the rootfs by dm-verity as it is read, or all
-//! of it with `--verify`).
+//! requires a signature. The check reads the pod's headers and manifest (`pod::Pod::open`) and
+//! its `signature.ed25519` entry; the sections are checked against the signed manifest by the
+//! engines (kernel and initramfs before boot) and by dm-verity as the guest reads the rootfs. A
+//! pod without a verity tree has its whole rootfs hashed here, before boot.
 
 use std::path::{Path, PathBuf};
 
@@ -151,7 +151,17 @@ pub fn check(key: &Path, origin: Origin, pod_path: &Path) -> Result<(), Signatur
         key: key.to_path_buf(),
         origin,
         source,
-    })
+    })?;
+    // Without a verity tree nothing checks the rootfs as the guest reads it: check the signed
+    // digest now, so a signature always covers every byte the guest sees.
+    if pod.manifest().verity.is_none() {
+        pod.verify_section(pod::Section::Rootfs)
+            .map_err(|source| SignatureCheckError::Pod {
+                pod: pod_path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

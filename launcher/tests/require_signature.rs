@@ -146,6 +146,22 @@ fn unsigned_wrongly_signed_or_altered_pods_are_refused_before_boot() {
         &["altered.pod", "does not verify"],
     );
 
+    // A flipped rootfs byte in a pod without a verity tree: the signature still verifies, so
+    // the signed rootfs digest is checked before boot.
+    let loc = pod::Pod::open(&pod_path)
+        .unwrap()
+        .section(pod::Section::Rootfs);
+    let mut bad = good.clone();
+    bad[(loc.offset + 100) as usize] ^= 1;
+    std::fs::write(&altered, &bad).unwrap();
+    refused(
+        &launch(
+            &["--require-signature", pubs, altered.to_str().unwrap()],
+            None,
+        ),
+        &["altered.pod", "rootfs.ext4", "sha256"],
+    );
+
     // The right key: past the check, into the engine, which cannot boot a fake kernel.
     for out in [
         launch(
