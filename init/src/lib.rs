@@ -13,6 +13,7 @@ pub mod reap;
 pub mod spawn;
 pub mod spec;
 pub mod user;
+pub mod verity;
 
 use thiserror::Error;
 

@@ -215,14 +215,15 @@ pub fn early() -> Result<(), MountError> {
     Ok(())
 }
 
-/// Step 3: mounts the image read-only with a writable overlay on top (a tmpfs, or the ext4
-/// disk `upper` when given), moves the early mounts in and makes it the root.
-pub fn switch_to_image(upper: Option<&str>) -> Result<(), MountError> {
+/// Step 3: mounts the image (`root`, default [`ROOT_DEV`]) read-only with a writable overlay on
+/// top (a tmpfs, or the ext4 disk `upper` when given), moves the early mounts in and makes it
+/// the root.
+pub fn switch_to_image(root: Option<&str>, upper: Option<&str>) -> Result<(), MountError> {
     for dir in [LOWER, RW, NEW_ROOT] {
         ensure_dir(dir, 0o755)?;
     }
     mount(&Mount {
-        source: ROOT_DEV,
+        source: root.unwrap_or(ROOT_DEV),
         target: LOWER,
         fstype: "ext4",
         flags: libc::MS_RDONLY,

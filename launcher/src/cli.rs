@@ -76,6 +76,9 @@ Options:
   -i, --interactive     Keep stdin attached to the app
       --timing          Print boot phase timestamps on stderr at exit
       --verify          Hash the whole rootfs against the manifest before booting
+      --require-signature PUB
+                        Refuse a pod not signed by this Ed25519 public key (also
+                        $HYPERLAUNCH_REQUIRE_SIGNATURE, /etc/hyperpod/hyperlaunch.conf)
       --engine ENGINE   Which machine runs the pod: auto, kvm or qemu [default: auto]
   -h, --help            Print help
   -V, --version         Print version
@@ -109,6 +112,7 @@ enum Opt {
     Interactive,
     Timing,
     Verify,
+    RequireSignature,
     Engine,
     Help,
     Version,
@@ -131,6 +135,7 @@ impl Opt {
             "interactive" => Opt::Interactive,
             "timing" => Opt::Timing,
             "verify" => Opt::Verify,
+            "require-signature" => Opt::RequireSignature,
             "engine" => Opt::Engine,
             "help" => Opt::Help,
             "version" => Opt::Version,
@@ -178,6 +183,7 @@ struct Raw {
     interactive: bool,
     timing: bool,
     verify: bool,
+    require_signature: Option<PathBuf>,
     engine: Option<Engine>,
 }
 
@@ -263,6 +269,9 @@ impl Raw {
             Opt::Interactive => self.interactive = true,
             Opt::Timing => self.timing = true,
             Opt::Verify => self.verify = true,
+            Opt::RequireSignature => {
+                self.require_signature = Some(PathBuf::from(value.unwrap_or_default()))
+            }
             // Answered by the caller before any other option is applied.
             Opt::Help | Opt::Version => {}
         }
@@ -295,6 +304,7 @@ impl Raw {
             interactive: self.interactive,
             timing: self.timing,
             verify: self.verify,
+            require_signature: self.require_signature,
         })
     }
 }

@@ -45,4 +45,6 @@ pub struct LaunchConfig {
     pub timing: bool,
     /// Hash the whole rootfs section before booting.
     pub verify: bool,
+    /// `--require-signature PUB` (see `signature` for the environment and host config).
+    pub require_signature: Option<PathBuf>,
 }

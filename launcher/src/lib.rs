@@ -7,5 +7,6 @@ pub mod devices;
 pub mod doctor;
 pub mod layout;
 pub mod qemu;
+pub mod signature;
 pub mod verdict;
 pub mod vmm;

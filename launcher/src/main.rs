@@ -15,6 +15,10 @@ use launcher::control::EXIT_LAUNCHER;
 
 #[cfg_attr(test, allow(dead_code))]
 fn launch(cfg: &LaunchConfig, exec: Instant) -> i32 {
+    if let Err(e) = launcher::signature::enforce(cfg.require_signature.as_deref(), &cfg.pod) {
+        eprintln!("hyperlaunch: {e}");
+        return EXIT_LAUNCHER;
+    }
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,
         Engine::Auto => {

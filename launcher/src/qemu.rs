@@ -510,7 +510,7 @@ pub fn run(cfg: &LaunchConfig) -> Result<i32, QemuError> {
         // QEMU reopens the very file we opened and checked, even if the path is replaced
         // meanwhile.
         pod: inherited_path(pod.file()),
-        rootfs: pod.section(Section::Rootfs),
+        rootfs: pod.rootfs_disk(),
         disks: cfg.disks.clone(),
         control_fd: theirs.as_raw_fd(),
     };

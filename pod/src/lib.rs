@@ -5,6 +5,7 @@
 //! - [`reader`]: [`Pod::open`], bounded parsing, sections as (offset, length), verification.
 //! - [`writer`]: [`seal`], streaming and atomic; [`begin_seal`] for a rootfs written in place.
 //! - [`spec`]: the run spec and launch-time overrides shared with init and the launcher.
+//! - [`verity`]: the rootfs's dm-verity hash tree and the kernel arguments that open it.
 
 use std::io::{self, Read};
 
@@ -13,14 +14,18 @@ use sha2::{Digest, Sha256};
 pub mod cpio;
 pub mod manifest;
 pub mod reader;
+pub mod signature;
 pub mod spec;
 pub mod tarfmt;
 pub mod time;
+pub mod verity;
 pub mod writer;
 
 pub use manifest::{Manifest, SectionInfo};
-pub use reader::{Pod, PodError, Section, SectionLoc};
-pub use writer::{PodLayout, RootfsSlot, SealError, begin_seal, layout, seal};
+pub use reader::{Pod, PodError, SIGNATURE_ENTRY, SIGNATURE_LEN, Section, SectionLoc};
+pub use writer::{
+    PodLayout, RootfsSlot, SealError, begin_seal, layout, seal, seal_parts, write_signed,
+};
 
 /// Streams `r` to its end; returns its length and lowercase hex sha256.
 pub fn sha256_reader(r: &mut dyn Read) -> io::Result<(u64, String)> {

@@ -39,6 +39,8 @@ pub enum ManifestError {
     KernelRelease(String),
     #[error("kernel fragments key {0:?} is not 16 lowercase hex digits")]
     KernelFragments(String),
+    #[error("verity: {0}")]
+    Verity(&'static str),
 }
 
 /// One section's recorded size and digest.
@@ -57,6 +59,22 @@ pub struct Sections {
     pub kernel: SectionInfo,
     pub initramfs: SectionInfo,
     pub rootfs: SectionInfo,
+    /// `rootfs.verity`: the dm-verity hash tree of the rootfs (present with [`Manifest::verity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<SectionInfo>,
+}
+
+/// The dm-verity parameters of the rootfs (`docs/pod-format.md`, "rootfs.verity"): format 1,
+/// sha256, 4 KiB data and hash blocks, no superblock, the tree at the start of its section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verity {
+    /// Number of 4 KiB data blocks (the rootfs size / 4096).
+    pub data_blocks: u64,
+    /// Lowercase hex of the 32-byte salt.
+    pub salt: String,
+    /// Lowercase hex sha256 root hash of the tree.
+    pub root_hash: String,
 }
 
 /// Where the pod's image came from.
@@ -119,6 +137,9 @@ pub struct Manifest {
     /// The kernel's identity; absent in pods built before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelInfo>,
+    /// The rootfs's dm-verity tree, when the pod has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
 }
 
 impl Manifest {
@@ -178,6 +199,50 @@ impl Manifest {
             if let Some(f) = k.fragments.as_ref().filter(|f| !is_fragments_key(f)) {
                 return Err(ManifestError::KernelFragments(f.clone()));
             }
+        }
+        self.validate_verity()
+    }
+
+    /// The verity section and parameters come together and agree with the rootfs and the
+    /// kernel command line (which must carry exactly the `dm-mod.create=` they imply).
+    fn validate_verity(&self) -> Result<(), ManifestError> {
+        let (section, v) = match (&self.sections.verity, &self.verity) {
+            (None, None) => return Ok(()),
+            (Some(s), Some(v)) => (s, v),
+            _ => {
+                return Err(ManifestError::Verity(
+                    "sections.verity and verity must both be present or both absent",
+                ));
+            }
+        };
+        if !is_sha256_hex(&section.sha256) {
+            return Err(ManifestError::Digest {
+                section: "rootfs.verity",
+                value: section.sha256.clone(),
+            });
+        }
+        if !is_sha256_hex(&v.salt) || !is_sha256_hex(&v.root_hash) {
+            return Err(ManifestError::Verity(
+                "salt and root_hash must be 64 lowercase hex digits",
+            ));
+        }
+        if v.data_blocks == 0
+            || v.data_blocks.checked_mul(crate::verity::BLOCK) != Some(self.sections.rootfs.size)
+        {
+            return Err(ManifestError::Verity(
+                "data_blocks × 4096 must equal the rootfs size",
+            ));
+        }
+        if section.size != crate::verity::tree_size(v.data_blocks) {
+            return Err(ManifestError::Verity(
+                "the section size does not match the tree for data_blocks",
+            ));
+        }
+        let args = crate::verity::kernel_args(v);
+        if !(self.kernel_cmdline == args || self.kernel_cmdline.ends_with(&format!(" {args}"))) {
+            return Err(ManifestError::Verity(
+                "kernel_cmdline does not end with the dm-mod.create= these parameters imply",
+            ));
         }
         Ok(())
     }
@@ -240,6 +305,7 @@ pub(crate) mod tests {
                 release: "6.12.117".into(),
                 fragments: Some("0123456789abcdef".into()),
             }),
+            verity: None,
         }
     }
 

@@ -40,6 +40,7 @@ fn sample() -> Sample {
             kernel: SectionInfo::of_bytes(&kernel),
             initramfs: SectionInfo::of_bytes(&initramfs),
             rootfs: SectionInfo::of_bytes(&rootfs),
+            verity: None,
         },
         run: RunSpec {
             entrypoint: vec!["/bin/sh".into(), "-c".into()],
@@ -58,6 +59,7 @@ fn sample() -> Sample {
         },
         kernel_cmdline: "reboot=k panic=-1 quiet".into(),
         kernel: None,
+        verity: None,
     };
     Sample {
         kernel,

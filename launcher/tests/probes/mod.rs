@@ -147,6 +147,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
             kernel: SectionInfo::of_bytes(kernel),
             initramfs: SectionInfo::of_bytes(initramfs),
             rootfs: SectionInfo::of_bytes(rootfs),
+            verity: None,
         },
         run: Default::default(),
         resources: Resources {
@@ -155,6 +156,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
         },
         kernel_cmdline: cmdline.into(),
         kernel: None,
+        verity: None,
     };
     pod::seal(
         path,
