@@ -722,7 +722,7 @@ def push_signed_demo(root, registry, ref, demo_oci):
 def hcl_values(obj):
     """python-hcl2 keeps HCL strings quoted ("\"raw_exec\""): unquote keys and values."""
     if isinstance(obj, dict):
-        return {hcl_values(k): hcl_values(v) for k, v in obj.items() if k != "__is_block__"}
+        return {hcl_values(k): hcl_values(v) for k, v in obj.items() if not k.startswith("__")}
     if isinstance(obj, list):
         return [hcl_values(v) for v in obj]
     if isinstance(obj, str) and len(obj) >= 2 and obj[0] == obj[-1] == '"':
@@ -811,7 +811,7 @@ def check_kubernetes(base, deb, scratch, demo_oci, registry):
                 env["POD_REF"] = ref
             argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], a) for a in c["command"] + c.get("args", [])]
             for m in c.get("volumeMounts", []):
-                root.run(f"mkdir -p {m['mountPath']}")
+                root.run(f"[ -e {m['mountPath']} ] || mkdir -p {m['mountPath']}")
             p = root.run(shlex.join(argv), env=env, check=False)
             assert p.returncode == 0, (c["name"], p.returncode, p.stderr)
         assert "hello from a hyperpod micro-VM" in p.stdout
