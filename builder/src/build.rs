@@ -84,6 +84,9 @@ pub struct BuildOptions {
     /// Set file contents aside in a spool while flattening (one decompression per layer);
     /// without it, the rootfs writer decompresses the layers again (no temp copy of contents).
     pub spool: bool,
+    /// Add a dm-verity hash tree of the rootfs (`rootfs.verity`), so the guest checks every
+    /// block it reads.
+    pub verity: bool,
 }
 
 /// What was built.
@@ -151,7 +154,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
     let image = source::resolve_and_fetch(&opts.image, &opts.fetch)?;
     let created = created_time(&image)?;
     let spec = run_spec(&image, &opts.overrides)?;
-    let kernel_path = kernel::locate(opts.kernel.as_deref())?;
+    let kernel = kernel::locate(opts.kernel.as_deref())?;
+    let kernel_info = kernel::identify(&kernel)?;
+    let kernel_path = kernel.path;
     let init_path = initramfs::locate_init(opts.init.as_deref())?;
 
     step("flatten", &format!("{} layer(s)", image.layers.len()));
@@ -210,10 +215,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, BuildError> {
                 size: tree.file_bytes(),
                 sha256: String::new(),
             },
+            verity: None,
         },
         run: spec,
         resources: opts.resources.clone(),
         kernel_cmdline: DEFAULT_CMDLINE.to_string(),
+        kernel: kernel_info,
+        // Filled in by the seal: parameters for the rootfs size, then the root hash.
+        verity: opts.verity.then(pod::manifest::Verity::default),
     };
     let seal_err = |source| BuildError::Seal {
         path: opts.output.clone(),

@@ -45,8 +45,9 @@ const DEVICES: [(&str, u32, u32, u32); 5] = [
     ("dev/ttyS1", 0o600, 4, 65),
 ];
 
-/// Finds the static init: `explicit`, else `$HYPERPOD_INIT`, else next to this executable, else
-/// in the workspace's static-target build directory.
+/// Finds the static init: `explicit`, else `$HYPERPOD_INIT`, else the installed one
+/// (`install::lib_dir()`), else next to this executable, else in the workspace's static-target
+/// build directory.
 pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
     if let Some(p) = explicit
         .map(Path::to_path_buf)
@@ -55,6 +56,12 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
         return Ok(p);
     }
     let exe = std::env::current_exe().map_err(|_| InitramfsError::NoInit)?;
+    let installed = crate::install::lib_dir()
+        .map(|d| d.join(crate::install::INIT))
+        .filter(|p| p.is_file());
+    if let Some(p) = installed {
+        return Ok(p);
+    }
     locate_init_near(exe.parent().ok_or(InitramfsError::NoInit)?)
 }
 
@@ -64,7 +71,7 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
 /// static build in `target/x86_64-unknown-linux-gnu/release/` wins over it.
 fn locate_init_near(dir: &Path) -> Result<PathBuf, InitramfsError> {
     let found: Vec<PathBuf> = [
-        dir.join("hyperpod-init"),
+        dir.join(crate::install::INIT),
         dir.join("../x86_64-unknown-linux-gnu/release/hyperpod-init"),
         dir.join("../../x86_64-unknown-linux-gnu/release/hyperpod-init"),
     ]

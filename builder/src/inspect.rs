@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use pod::{Pod, PodError, Section};
+use pod::{Pod, PodError};
 use serde_json::json;
 
 /// The human-readable table for `hyperbuild inspect`.
@@ -43,6 +43,17 @@ pub fn table(path: &Path, pod: &Pod) -> String {
         "resources",
         format!("{} MiB, {} vCPU", m.resources.memory_mib, m.resources.vcpus),
     );
+    row(
+        "kernel",
+        match &m.kernel {
+            Some(k) => format!(
+                "Linux {}, fragments {}",
+                k.release,
+                k.fragments.as_deref().unwrap_or("unknown")
+            ),
+            None => "(not recorded)".into(),
+        },
+    );
     row("cmdline", m.kernel_cmdline.clone());
     let _ = writeln!(
         out,
@@ -58,7 +69,7 @@ pub fn table(path: &Path, pod: &Pod) -> String {
         loc.len,
         pod.manifest_sha256()
     );
-    for s in Section::ALL {
+    for s in pod.sections() {
         let loc = pod.section(s);
         let _ = writeln!(
             out,
@@ -67,6 +78,22 @@ pub fn table(path: &Path, pod: &Pod) -> String {
             loc.offset,
             loc.len,
             pod.recorded_sha256(s)
+        );
+    }
+    if let Some(v) = &m.verity {
+        let _ = writeln!(
+            out,
+            "
+verity root  {} ({} data blocks)",
+            v.root_hash, v.data_blocks
+        );
+    }
+    if let Some((loc, sig)) = &pod.layout().signature {
+        let _ = writeln!(
+            out,
+            "signature    ed25519 at offset {}: {}",
+            loc.offset,
+            hex::encode(sig)
         );
     }
     out
@@ -81,11 +108,17 @@ pub fn json(pod: &Pod) -> serde_json::Value {
         "manifest.json".into(),
         json!({ "offset": layout.manifest_loc.offset, "size": layout.manifest_loc.len, "sha256": pod.manifest_sha256() }),
     );
-    for s in Section::ALL {
+    for s in pod.sections() {
         let loc = pod.section(s);
         sections.insert(
             s.name().into(),
             json!({ "offset": loc.offset, "size": loc.len, "sha256": pod.recorded_sha256(s) }),
+        );
+    }
+    if let Some((loc, sig)) = &layout.signature {
+        sections.insert(
+            pod::SIGNATURE_ENTRY.into(),
+            json!({ "offset": loc.offset, "size": loc.len, "ed25519": hex::encode(sig) }),
         );
     }
     json!({ "file_size": layout.file_len, "manifest": pod.manifest(), "sections": sections })
@@ -99,7 +132,7 @@ pub fn verify(path: &Path) -> Result<String, PodError> {
         "{}: ok (manifest sha256:{}, {} sections verified)",
         path.display(),
         pod.manifest_sha256(),
-        Section::ALL.len()
+        pod.sections().len()
     ))
 }
 

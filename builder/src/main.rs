@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use builder::build::{self, BuildError, BuildOptions, SpecOverrides};
 use builder::image::config::Platform;
 use builder::image::flatten::FlattenError;
+use builder::image::pod_transfer::{self, TransferError};
 use builder::image::source::{FetchOptions, SourceError};
 use builder::initramfs::InitramfsError;
 use builder::inspect;
-use clap::{Args, Parser, Subcommand};
+use builder::signing::{self, SigningError};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use pod::manifest::Resources;
 
 /// Exit codes of `hyperbuild` (documented in docs/cli.md).
@@ -29,6 +31,8 @@ mod code {
     pub const BAD_IMAGE: u8 = 7;
     /// A build input of ours is missing: the guest kernel or the static init.
     pub const MISSING_PART: u8 = 8;
+    /// A signature is missing or does not verify, or a key is unusable.
+    pub const SIGNATURE: u8 = 9;
 }
 
 #[derive(Parser)]
@@ -55,10 +59,133 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Recompute every section's sha256 and compare with the manifest.
-    Verify { pod: PathBuf },
-    /// Print the path of the cached guest kernel for this build's fragments.
+    /// Recompute every section's sha256 and compare with the manifest; with --pubkey, first
+    /// check the pod's signature.
+    Verify {
+        pod: PathBuf,
+        /// Require a signature by this Ed25519 public key (SPKI PEM).
+        #[arg(long, value_name = "PUB")]
+        pubkey: Option<PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing pods (PKCS#8 PEM private, SPKI PEM public).
+    Keygen {
+        /// Private key file to create (mode 0600).
+        #[arg(long, value_name = "FILE", default_value = "hyperpod.key")]
+        key: PathBuf,
+        /// Public key file to create.
+        #[arg(long, value_name = "FILE", default_value = "hyperpod.pub")]
+        pubkey: PathBuf,
+    },
+    /// Sign a pod in place (its manifest, which binds every section), replacing any signature.
+    Sign {
+        /// Ed25519 private key (PKCS#8 PEM).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        pod: PathBuf,
+    },
+    /// Store a pod in a registry as an OCI artifact: REGISTRY/REPO:TAG.
+    Push {
+        pod: PathBuf,
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch a pod pushed with `push`, verify every digest, write it atomically.
+    Pull {
+        reference: String,
+        /// Where to write the pod.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Use only the local cache; fail if anything is missing.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Print the path of the guest kernel a build would use (installed, else cached).
     Kernel,
+}
+
+/// Registry access options shared by push and pull (the same as image pulls').
+#[derive(Args)]
+struct RegistryArgs {
+    /// Registry credentials USER:PASS.
+    #[arg(long)]
+    creds: Option<String>,
+    /// Docker-style config.json with registry credentials.
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Allow plain HTTP to this registry (HOST:PORT); loopback registries always may.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl RegistryArgs {
+    fn fetch_options(self, offline: bool) -> FetchOptions {
+        FetchOptions {
+            platform: Platform::default(),
+            offline,
+            quiet: self.quiet,
+            creds: self.creds,
+            authfile: self.authfile,
+            insecure_registries: self.insecure_registry,
+            cache_root: None,
+        }
+    }
+}
+
+fn transfer_error_code(e: &TransferError) -> u8 {
+    match e {
+        TransferError::Reference(_)
+        | TransferError::NotRegistry(_)
+        | TransferError::PushDigest(_) => code::USAGE,
+        TransferError::Registry(r) => {
+            use builder::image::digest::DigestError;
+            use builder::image::registry::RegistryError;
+            match r {
+                RegistryError::Verify(
+                    DigestError::SizeMismatch { .. } | DigestError::Mismatch { .. },
+                )
+                | RegistryError::ManifestDigest { .. } => code::DIGEST,
+                _ => code::SOURCE,
+            }
+        }
+        TransferError::Artifact(_) | TransferError::PodManifest { .. } => code::BAD_POD,
+        TransferError::Cache(_) => code::SOURCE,
+        TransferError::Pod { source, .. } => pod_error_code(source),
+        TransferError::Write { source, .. } => match source {
+            pod::SealError::Refused(_)
+            | pod::SealError::Digest { .. }
+            | pod::SealError::Size { .. } => code::DIGEST,
+            _ => code::IO,
+        },
+    }
+}
+
+fn signing_error_code(e: &SigningError) -> u8 {
+    match e {
+        SigningError::Io { .. } | SigningError::Exists(_) | SigningError::Write { .. } => code::IO,
+        SigningError::Random(_) => code::IO,
+        SigningError::Key { .. } | SigningError::Signature { .. } => code::SIGNATURE,
+        SigningError::Pod { source, .. } => pod_error_code(source),
+    }
+}
+
+/// Runs a command that prints one line on success; errors go to stderr with their exit code.
+fn report<E: std::error::Error>(r: Result<String, E>, code_of: impl Fn(&E) -> u8) -> ExitCode {
+    match r {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hyperbuild: {}", with_causes(&e));
+            ExitCode::from(code_of(&e))
+        }
+    }
 }
 
 #[derive(Args)]
@@ -121,6 +248,9 @@ struct BuildArgs {
     /// setting file contents aside in a temp spool file: less temp disk space, slower.
     #[arg(long)]
     no_spool: bool,
+    /// Leave out the rootfs's dm-verity hash tree (the guest then reads the rootfs unchecked).
+    #[arg(long)]
+    no_verity: bool,
 }
 
 fn pod_error_code(e: &pod::PodError) -> u8 {
@@ -225,6 +355,7 @@ fn run_build(a: BuildArgs) -> ExitCode {
         rootfs_extra: a.rootfs_extra,
         quiet: a.quiet,
         spool: !a.no_spool,
+        verity: !a.no_verity,
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
         return usage(format!(
@@ -275,8 +406,45 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// `hyperbuild --version`: the version, the fragments this build expects, and the kernel and
+/// init a build would use now (each found the way a build finds it).
+fn long_version() -> String {
+    let mut text = format!(
+        "{}\nkernel fragments: {}",
+        env!("CARGO_PKG_VERSION"),
+        builder::kernel::FRAGMENTS_KEY
+    );
+    let kernel = builder::kernel::locate(None).and_then(|k| {
+        let release = builder::kernel::read_release(&k.path)?;
+        Ok((k, release))
+    });
+    match kernel {
+        Ok((k, release)) => text.push_str(&format!(
+            "\nkernel: {} ({}, Linux {}, fragments {})",
+            k.path.display(),
+            k.origin.name(),
+            release.as_deref().unwrap_or("unknown"),
+            k.fragments.as_deref().unwrap_or("unknown"),
+        )),
+        Err(e) => text.push_str(&format!("\nkernel: none ({e})")),
+    }
+    match builder::initramfs::locate_init(None) {
+        Ok(p) => text.push_str(&format!("\ninit: {}", p.display())),
+        Err(e) => text.push_str(&format!("\ninit: none ({e})")),
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Only `--version` pays for finding and reading the kernel.
+    if std::env::args_os().any(|a| a == "--version") {
+        command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         None => run_build(cli.build),
         Some(Command::Inspect { pod: path, json }) => match pod::Pod::open(&path) {
@@ -290,7 +458,58 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&path, &e),
         },
-        Some(Command::Verify { pod: path }) => match inspect::verify(&path) {
+        Some(Command::Verify {
+            pod: path,
+            pubkey: Some(pubkey),
+        }) => report(signing::verify(&pubkey, &path), signing_error_code),
+        Some(Command::Keygen { key, pubkey }) => report(
+            signing::keygen(&key, &pubkey).map(|()| {
+                format!(
+                    "wrote {} (private, keep it secret) and {} (public)",
+                    key.display(),
+                    pubkey.display()
+                )
+            }),
+            signing_error_code,
+        ),
+        Some(Command::Sign { key, pod: path }) => {
+            report(signing::sign(&key, &path), signing_error_code)
+        }
+        Some(Command::Push {
+            pod: path,
+            reference,
+            registry,
+        }) => report(
+            pod_transfer::push(&path, &reference, &registry.fetch_options(false)).map(|p| {
+                format!(
+                    "pushed {} ({} blobs uploaded, {} already there)",
+                    p.reference, p.uploaded, p.skipped
+                )
+            }),
+            transfer_error_code,
+        ),
+        Some(Command::Pull {
+            reference,
+            output,
+            offline,
+            registry,
+        }) => report(
+            pod_transfer::pull(&reference, &output, &registry.fetch_options(offline)).map(|p| {
+                format!(
+                    "pulled {}@{} to {} ({}, sha256 {})",
+                    p.reference,
+                    p.manifest_digest,
+                    output.display(),
+                    inspect::human_size(p.bytes),
+                    p.pod_sha256
+                )
+            }),
+            transfer_error_code,
+        ),
+        Some(Command::Verify {
+            pod: path,
+            pubkey: None,
+        }) => match inspect::verify(&path) {
             Ok(line) => {
                 println!("{line}");
                 ExitCode::SUCCESS
@@ -298,8 +517,8 @@ fn main() -> ExitCode {
             Err(e) => fail(&path, &e),
         },
         Some(Command::Kernel) => match builder::kernel::locate(None) {
-            Ok(p) => {
-                println!("{}", p.display());
+            Ok(k) => {
+                println!("{}", k.path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -2,6 +2,9 @@
 //!
 //! * `hyperpod.upper=/dev/vdX`: an ext4 disk to keep the overlay's upper and work dirs on
 //!   (persistent writes); without it writes go to a tmpfs and vanish at exit.
+//! * `hyperpod.root=/dev/dm-0`: the rootfs device to mount instead of `/dev/vda` (the
+//!   dm-verity device the kernel's `dm-mod.create=` made; `pod::verity`). Fails closed: a
+//!   missing device is an error, never a fallback to the unverified disk.
 //! * `hyperpod.debug`: print init's timings on the console.
 
 use thiserror::Error;
@@ -14,6 +17,8 @@ pub const CMDLINE_PATH: &str = "/proc/cmdline";
 pub struct Options {
     /// Block device holding the persistent overlay upper (`hyperpod.upper=`).
     pub upper: Option<String>,
+    /// Block device holding the rootfs, when not `/dev/vda` (`hyperpod.root=`).
+    pub root: Option<String>,
     /// Whether `hyperpod.debug` is present.
     pub debug: bool,
 }
@@ -22,6 +27,14 @@ pub struct Options {
 pub enum CmdlineError {
     #[error("hyperpod.upper={0:?} is not a /dev/ path")]
     BadUpper(String),
+    #[error("hyperpod.root={0:?} is not a /dev/ path")]
+    BadRoot(String),
+}
+
+/// `/dev/NAME` with a plain NAME, or `None`.
+fn dev_path(dev: &str) -> Option<String> {
+    let name = dev.strip_prefix("/dev/").unwrap_or("");
+    (!name.is_empty() && !name.contains("..") && !name.contains('/')).then(|| dev.to_string())
 }
 
 /// Parses a kernel command line. Unknown words are the kernel's business and are ignored.
@@ -31,11 +44,9 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
         if word == "hyperpod.debug" {
             opts.debug = true;
         } else if let Some(dev) = word.strip_prefix("hyperpod.upper=") {
-            let name = dev.strip_prefix("/dev/").unwrap_or("");
-            if name.is_empty() || name.contains("..") || name.contains('/') {
-                return Err(CmdlineError::BadUpper(dev.to_string()));
-            }
-            opts.upper = Some(dev.to_string());
+            opts.upper = Some(dev_path(dev).ok_or_else(|| CmdlineError::BadUpper(dev.into()))?);
+        } else if let Some(dev) = word.strip_prefix("hyperpod.root=") {
+            opts.root = Some(dev_path(dev).ok_or_else(|| CmdlineError::BadRoot(dev.into()))?);
         }
     }
     Ok(opts)
@@ -52,6 +63,12 @@ mod tests {
         assert_eq!(opts.upper.as_deref(), Some("/dev/vdb"));
         assert!(opts.debug);
         assert!(!parse("hyperpod.debugx").unwrap().debug);
+        let opts = parse("dm-mod.create=\"a,,,ro,0 8 verity 1\" hyperpod.root=/dev/dm-0").unwrap();
+        assert_eq!(opts.root.as_deref(), Some("/dev/dm-0"));
+        assert_eq!(
+            parse("hyperpod.root=/dev/../vda"),
+            Err(CmdlineError::BadRoot("/dev/../vda".into()))
+        );
         for bad in ["vdb", "/dev/", "/dev/../etc/x", "/dev/a/b", ""] {
             assert_eq!(
                 parse(&format!("hyperpod.upper={bad}")),

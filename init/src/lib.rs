@@ -14,6 +14,7 @@ pub mod spawn;
 pub mod spec;
 pub mod stdio;
 pub mod user;
+pub mod verity;
 
 use thiserror::Error;
 

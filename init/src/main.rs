@@ -1,7 +1,9 @@
 //! hyperpod-init: PID 1 of the guest. Runs the pod's app with Docker's semantics, then powers
 //! the VM off with the app's status. See `docs/guest-protocol.md`.
 
-use init::{InitError, cmdline, control, error_chain, exit, guest, mounts, plan, reap, spawn};
+use init::{
+    InitError, cmdline, control, error_chain, exit, guest, mounts, plan, reap, spawn, verity,
+};
 use init::{Steps, spec, stdio, user};
 use pod::protocol::{GuestLine, Mark};
 
@@ -38,7 +40,11 @@ fn run(t0: u64) -> Result<u8, InitError> {
     steps.mark("spec");
 
     // 3. Root: the image read-only under a writable overlay.
-    mounts::switch_to_image(opts.upper.as_deref(), &plan.writable_size)?;
+    mounts::switch_to_image(
+        opts.root.as_deref(),
+        opts.upper.as_deref(),
+        &plan.writable_size,
+    )?;
     steps.mark("root");
 
     // 4. Guest setup.
@@ -70,6 +76,9 @@ fn run(t0: u64) -> Result<u8, InitError> {
     reap::end_all();
     if let Some(r) = stdio.relay.as_mut() {
         r.drain();
+    }
+    if opts.root.is_some() {
+        verity::report();
     }
     Ok(exit::status_code(status))
 }

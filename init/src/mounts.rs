@@ -220,15 +220,20 @@ fn dev_link(target: &str, link: &str) -> Result<(), MountError> {
     symlink(target, link).map_err(err)
 }
 
-/// Step 3: mounts the image read-only with a writable overlay on top (a tmpfs of `tmpfs_size`,
-/// a tmpfs `size=` value, or the ext4 disk `upper` when given), moves the early mounts in and
-/// makes it the root. `statfs("/")` then reports the writable layer's size and free space.
-pub fn switch_to_image(upper: Option<&str>, tmpfs_size: &str) -> Result<(), MountError> {
+/// Step 3: mounts the image (`root`, default [`ROOT_DEV`]) read-only with a writable overlay on
+/// top (a tmpfs of `tmpfs_size`, a tmpfs `size=` value, or the ext4 disk `upper` when given),
+/// moves the early mounts in and makes it the root. `statfs("/")` then reports the writable
+/// layer's size and free space.
+pub fn switch_to_image(
+    root: Option<&str>,
+    upper: Option<&str>,
+    tmpfs_size: &str,
+) -> Result<(), MountError> {
     for dir in [LOWER, RW, NEW_ROOT] {
         ensure_dir(dir, 0o755)?;
     }
     mount(&Mount {
-        source: ROOT_DEV,
+        source: root.unwrap_or(ROOT_DEV),
         target: LOWER,
         fstype: "ext4",
         flags: libc::MS_RDONLY,

@@ -86,6 +86,9 @@ Options:
   -i, --interactive     Keep stdin attached to the app
       --timing          Print boot phase timestamps on stderr at exit
       --verify          Hash the whole rootfs against the manifest before booting
+      --require-signature PUB
+                        Refuse a pod not signed by this Ed25519 public key (also
+                        $HYPERLAUNCH_REQUIRE_SIGNATURE, /etc/hyperpod/hyperlaunch.conf)
       --engine ENGINE   Which machine runs the pod: auto, kvm or qemu [default: auto]
   -q, --quiet           No notices from the launcher itself (errors are still printed)
   -h, --help            Print help
@@ -121,6 +124,7 @@ enum Opt {
     Interactive,
     Timing,
     Verify,
+    RequireSignature,
     Engine,
     Quiet,
     Help,
@@ -145,6 +149,7 @@ impl Opt {
             "interactive" => Opt::Interactive,
             "timing" => Opt::Timing,
             "verify" => Opt::Verify,
+            "require-signature" => Opt::RequireSignature,
             "engine" => Opt::Engine,
             "quiet" => Opt::Quiet,
             "help" => Opt::Help,
@@ -203,6 +208,7 @@ struct Raw {
     timing: bool,
     verify: bool,
     quiet: bool,
+    require_signature: Option<PathBuf>,
     engine: Option<Engine>,
 }
 
@@ -353,6 +359,9 @@ impl Raw {
             Opt::Timing => self.timing = true,
             Opt::Verify => self.verify = true,
             Opt::Quiet => self.quiet = true,
+            Opt::RequireSignature => {
+                self.require_signature = Some(PathBuf::from(value.unwrap_or_default()))
+            }
             // Answered by the caller before any other option is applied.
             Opt::Help | Opt::Version => {}
         }
@@ -391,6 +400,7 @@ impl Raw {
             timing: self.timing,
             verify: self.verify,
             quiet: self.quiet,
+            require_signature: self.require_signature,
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct LaunchConfig {
     pub verify: bool,
     /// No notices from the launcher itself (`-q`); errors are still printed.
     pub quiet: bool,
+    /// `--require-signature PUB` (see `signature` for the environment and host config).
+    pub require_signature: Option<PathBuf>,
 }
 
 /// The pod's stop signal as a number; SIGTERM, with a notice, when the pod names none the

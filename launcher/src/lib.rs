@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod layout;
 pub mod qemu;
 pub mod sandbox;
+pub mod signature;
 pub mod stdio;
 pub mod supervisor;
 pub mod timing;

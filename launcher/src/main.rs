@@ -17,7 +17,11 @@ use pod::protocol::EXIT_LAUNCHER;
 
 #[cfg_attr(test, allow(dead_code))]
 fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
-    // First: a Ctrl-C or SIGTERM during the setup is forwarded once the guest runs, not fatal.
+    if let Err(e) = launcher::signature::enforce(cfg.require_signature.as_deref(), &cfg.pod) {
+        eprintln!("hyperlaunch: {e}");
+        return EXIT_LAUNCHER;
+    }
+    // Then: a Ctrl-C or SIGTERM during the setup is forwarded once the guest runs, not fatal.
     launcher::stdio::block_signals();
     let cfg = cfg.with_host_terminal();
     let engine = match cfg.engine {

@@ -371,7 +371,7 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         // QEMU reopens the very file we opened and checked, even if the path is replaced
         // meanwhile.
         pod: inherited_path(pod.file()),
-        rootfs: pod.section(Section::Rootfs),
+        rootfs: pod.rootfs_disk(),
         disks: cfg.disks.clone(),
         control_fd: ctl_theirs.as_raw_fd(),
         stdio_fd: io_theirs.as_raw_fd(),

@@ -7,6 +7,7 @@
 //! - [`spec`]: the run spec and launch-time overrides shared with init and the launcher.
 //! - [`protocol`]: the guest protocol: ports, exit codes, control lines, stop signals, the
 //!   overrides archive and the framed stdio stream.
+//! - [`verity`]: the rootfs's dm-verity hash tree and the kernel arguments that open it.
 
 use std::io::{self, Read};
 
@@ -17,14 +18,18 @@ pub mod cpio;
 pub mod manifest;
 pub mod protocol;
 pub mod reader;
+pub mod signature;
 pub mod spec;
 pub mod tarfmt;
 pub mod time;
+pub mod verity;
 pub mod writer;
 
 pub use manifest::{Manifest, SectionInfo};
-pub use reader::{Pod, PodError, Section, SectionLoc};
-pub use writer::{PodLayout, RootfsSlot, SealError, begin_seal, layout, seal};
+pub use reader::{Pod, PodError, SIGNATURE_ENTRY, SIGNATURE_LEN, Section, SectionLoc};
+pub use writer::{
+    PodLayout, RootfsSlot, SealError, begin_seal, layout, seal, seal_parts, write_signed,
+};
 
 /// Streams `r` to its end; returns its length and lowercase hex sha256.
 pub fn sha256_reader(r: &mut dyn Read) -> io::Result<(u64, String)> {

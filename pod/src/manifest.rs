@@ -36,6 +36,12 @@ pub enum ManifestError {
     Vcpus(u32),
     #[error("kernel command line has {0} bytes, more than 2048")]
     Cmdline(usize),
+    #[error("kernel release {0:?} is not 1 to 64 printable ASCII characters")]
+    KernelRelease(String),
+    #[error("kernel fragments key {0:?} is not 16 lowercase hex digits")]
+    KernelFragments(String),
+    #[error("verity: {0}")]
+    Verity(&'static str),
 }
 
 /// One section's recorded size and digest.
@@ -54,6 +60,22 @@ pub struct Sections {
     pub kernel: SectionInfo,
     pub initramfs: SectionInfo,
     pub rootfs: SectionInfo,
+    /// `rootfs.verity`: the dm-verity hash tree of the rootfs (present with [`Manifest::verity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<SectionInfo>,
+}
+
+/// The dm-verity parameters of the rootfs (`docs/pod-format.md`, "rootfs.verity"): format 1,
+/// sha256, 4 KiB data and hash blocks, no superblock, the tree at the start of its section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verity {
+    /// Number of 4 KiB data blocks (the rootfs size / 4096).
+    pub data_blocks: u64,
+    /// Lowercase hex of the 32-byte salt.
+    pub salt: String,
+    /// Lowercase hex sha256 root hash of the tree.
+    pub root_hash: String,
 }
 
 /// Where the pod's image came from.
@@ -70,6 +92,20 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_digest: String,
 }
+
+/// Which guest kernel went into the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelInfo {
+    /// The kernel's release as `uname -r` shows it (e.g. `6.12.117`), read from its banner.
+    pub release: String,
+    /// The cache key (16 hex digits) of the `kernel-fragments/` it was built from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragments: Option<String>,
+}
+
+/// Longest kernel release accepted, in bytes.
+pub const MAX_KERNEL_RELEASE: usize = 64;
 
 /// Default guest resources.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +140,12 @@ pub struct Manifest {
     pub resources: Resources,
     /// Kernel command line; the launcher appends its device entries.
     pub kernel_cmdline: String,
+    /// The kernel's identity; absent in pods built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
+    /// The rootfs's dm-verity tree, when the pod has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
 }
 
 impl Manifest {
@@ -156,6 +198,58 @@ impl Manifest {
         if self.kernel_cmdline.len() > 2048 {
             return Err(ManifestError::Cmdline(self.kernel_cmdline.len()));
         }
+        if let Some(k) = &self.kernel {
+            if !is_kernel_release(&k.release) {
+                return Err(ManifestError::KernelRelease(k.release.clone()));
+            }
+            if let Some(f) = k.fragments.as_ref().filter(|f| !is_fragments_key(f)) {
+                return Err(ManifestError::KernelFragments(f.clone()));
+            }
+        }
+        self.validate_verity()
+    }
+
+    /// The verity section and parameters come together and agree with the rootfs and the
+    /// kernel command line (which must carry exactly the `dm-mod.create=` they imply).
+    fn validate_verity(&self) -> Result<(), ManifestError> {
+        let (section, v) = match (&self.sections.verity, &self.verity) {
+            (None, None) => return Ok(()),
+            (Some(s), Some(v)) => (s, v),
+            _ => {
+                return Err(ManifestError::Verity(
+                    "sections.verity and verity must both be present or both absent",
+                ));
+            }
+        };
+        if !is_sha256_hex(&section.sha256) {
+            return Err(ManifestError::Digest {
+                section: "rootfs.verity",
+                value: section.sha256.clone(),
+            });
+        }
+        if !is_sha256_hex(&v.salt) || !is_sha256_hex(&v.root_hash) {
+            return Err(ManifestError::Verity(
+                "salt and root_hash must be 64 lowercase hex digits",
+            ));
+        }
+        if v.data_blocks == 0
+            || v.data_blocks.checked_mul(crate::verity::BLOCK) != Some(self.sections.rootfs.size)
+        {
+            return Err(ManifestError::Verity(
+                "data_blocks × 4096 must equal the rootfs size",
+            ));
+        }
+        if section.size != crate::verity::tree_size(v.data_blocks) {
+            return Err(ManifestError::Verity(
+                "the section size does not match the tree for data_blocks",
+            ));
+        }
+        let args = crate::verity::kernel_args(v);
+        if !(self.kernel_cmdline == args || self.kernel_cmdline.ends_with(&format!(" {args}"))) {
+            return Err(ManifestError::Verity(
+                "kernel_cmdline does not end with the dm-mod.create= these parameters imply",
+            ));
+        }
         Ok(())
     }
 
@@ -181,6 +275,18 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `s` can be a kernel release: 1 to 64 printable ASCII characters, no space.
+pub fn is_kernel_release(s: &str) -> bool {
+    (1..=MAX_KERNEL_RELEASE).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether `s` is a kernel fragments cache key: 16 lowercase hex digits.
+pub fn is_fragments_key(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -202,6 +308,11 @@ pub(crate) mod tests {
             },
             resources: Resources::default(),
             kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+            kernel: Some(KernelInfo {
+                release: "6.12.117".into(),
+                fragments: Some("0123456789abcdef".into()),
+            }),
+            verity: None,
         }
     }
 
@@ -236,6 +347,18 @@ pub(crate) mod tests {
         let mut bad = m.clone();
         bad.resources.memory_mib = 1;
         assert!(matches!(bad.validate(), Err(ManifestError::Memory(1))));
+        let mut bad = m.clone();
+        bad.kernel.as_mut().unwrap().release = "6.12 x".into();
+        assert!(matches!(
+            bad.validate(),
+            Err(ManifestError::KernelRelease(_))
+        ));
+        let mut bad = m.clone();
+        bad.kernel.as_mut().unwrap().fragments = Some("0123456789ABCDEF".into());
+        assert!(matches!(
+            bad.validate(),
+            Err(ManifestError::KernelFragments(_))
+        ));
 
         let newer = String::from_utf8(json)
             .unwrap()
@@ -248,5 +371,30 @@ pub(crate) mod tests {
             Manifest::from_json(b"{"),
             Err(ManifestError::Json(_))
         ));
+    }
+
+    #[test]
+    fn pods_without_a_kernel_record_still_read_and_write_the_same() {
+        let mut m = sample();
+        for s in [
+            &mut m.sections.kernel,
+            &mut m.sections.initramfs,
+            &mut m.sections.rootfs,
+        ] {
+            s.sha256 = "b".repeat(64);
+        }
+        m.kernel = None;
+        let old = m.to_json().unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&old).unwrap();
+        assert!(value.get("kernel").is_none(), "{value}");
+        assert_eq!(Manifest::from_json(&old).unwrap(), m);
+        m.kernel = Some(KernelInfo {
+            release: "6.12.117".into(),
+            fragments: None,
+        });
+        let json = String::from_utf8(m.to_json().unwrap()).unwrap();
+        assert!(json.contains("\"release\": \"6.12.117\""));
+        assert!(!json.contains("fragments"));
+        assert_eq!(Manifest::from_json(json.as_bytes()).unwrap(), m);
     }
 }

@@ -20,16 +20,24 @@ use crate::tarfmt::{self, ALIGN, BLOCK, MAGIC, MAX_PAX, PAD, TarError};
 /// The version number this reader understands, as written after [`MAGIC`].
 pub const FORMAT: &str = "1";
 
+/// The entry name of the optional signature section (a 64-byte Ed25519 signature of the
+/// manifest's bytes), the last entry when present.
+pub const SIGNATURE_ENTRY: &str = "signature.ed25519";
+/// Size of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
 /// A payload section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Section {
     Kernel,
     Initramfs,
     Rootfs,
+    /// `rootfs.verity`, present when the manifest has `verity`.
+    Verity,
 }
 
 impl Section {
-    /// All payload sections in file order.
+    /// The payload sections every pod has, in file order.
     pub const ALL: [Section; 3] = [Section::Kernel, Section::Initramfs, Section::Rootfs];
 
     /// The entry name in the tar.
@@ -38,6 +46,7 @@ impl Section {
             Section::Kernel => "kernel",
             Section::Initramfs => "initramfs",
             Section::Rootfs => "rootfs.ext4",
+            Section::Verity => "rootfs.verity",
         }
     }
 
@@ -150,6 +159,12 @@ pub struct Layout {
     pub manifest_loc: SectionLoc,
     /// Kernel, initramfs, rootfs, in that order.
     pub sections: [SectionLoc; 3],
+    /// `rootfs.verity`, when the manifest has `verity`.
+    pub verity: Option<SectionLoc>,
+    /// The signature entry's data and bytes, when the pod is signed.
+    pub signature: Option<(SectionLoc, [u8; SIGNATURE_LEN])>,
+    /// Where the signature entry starts, or would start: the end of the payload entries.
+    pub payload_end: u64,
     pub file_len: u64,
 }
 
@@ -266,24 +281,41 @@ pub fn parse_layout<R: ReadAt + ?Sized>(r: &R) -> Result<Layout, PodError> {
 
     let mut pos = tarfmt::round_up(manifest_loc.offset + manifest_loc.len, BLOCK);
     let mut sections = [SectionLoc { offset: 0, len: 0 }; 3];
-    for (section, (_, info)) in Section::ALL.into_iter().zip(manifest.sections()) {
-        let (comment, loc) = read_entry(r, pos, section.name(), file_len)?;
+    let entry = |pos: &mut u64, name: &'static str, size: u64| {
+        let (comment, loc) = read_entry(r, *pos, name, file_len)?;
         if !comment.starts_with(PAD) {
             return Err(PodError::Header {
-                entry: section.name(),
-                offset: pos,
+                entry: name,
+                offset: *pos,
                 source: TarError::PaxRecord,
             });
         }
-        if loc.len != info.size {
+        if loc.len != size {
             return Err(PodError::SizeMismatch {
-                entry: section.name(),
-                manifest: info.size,
+                entry: name,
+                manifest: size,
                 tar: loc.len,
             });
         }
-        sections[section.index()] = loc;
-        pos = tarfmt::round_up(loc.offset + loc.len, BLOCK);
+        *pos = tarfmt::round_up(loc.offset + loc.len, BLOCK);
+        Ok(loc)
+    };
+    for (section, (_, info)) in Section::ALL.into_iter().zip(manifest.sections()) {
+        sections[section.index()] = entry(&mut pos, section.name(), info.size)?;
+    }
+    let verity = match &manifest.sections.verity {
+        Some(info) => Some(entry(&mut pos, Section::Verity.name(), info.size)?),
+        None => None,
+    };
+    let payload_end = pos;
+    let mut end = [0u8; 1024];
+    read_at(r, &mut end, pos, "the end-of-archive marker")?;
+    let mut signature = None;
+    if end.iter().any(|&b| b != 0) {
+        let loc = entry(&mut pos, SIGNATURE_ENTRY, SIGNATURE_LEN as u64)?;
+        let mut sig = [0u8; SIGNATURE_LEN];
+        read_at(r, &mut sig, loc.offset, SIGNATURE_ENTRY)?;
+        signature = Some((loc, sig));
     }
     let mut end = [0u8; 1024];
     read_at(r, &mut end, pos, "the end-of-archive marker")?;
@@ -299,6 +331,9 @@ pub fn parse_layout<R: ReadAt + ?Sized>(r: &R) -> Result<Layout, PodError> {
         manifest_bytes,
         manifest_loc,
         sections,
+        verity,
+        signature,
+        payload_end,
         file_len,
     })
 }
@@ -337,13 +372,57 @@ impl Pod {
         &self.file
     }
 
+    /// Where section `s` is; a pod without a verity tree has an empty `Verity` at offset 0.
     pub fn section(&self, s: Section) -> SectionLoc {
-        self.layout.sections[s.index()]
+        match s {
+            Section::Verity => self
+                .layout
+                .verity
+                .unwrap_or(SectionLoc { offset: 0, len: 0 }),
+            _ => self.layout.sections[s.index()],
+        }
+    }
+
+    /// The payload sections this pod has, in file order.
+    pub fn sections(&self) -> Vec<Section> {
+        let mut all = Section::ALL.to_vec();
+        if self.layout.verity.is_some() {
+            all.push(Section::Verity);
+        }
+        all
+    }
+
+    /// What the guest's `/dev/vda` serves: the rootfs, or with a verity tree the rootfs through
+    /// the end of `rootfs.verity` (the tree starts [`crate::verity::hash_start_block`] blocks
+    /// in).
+    pub fn rootfs_disk(&self) -> SectionLoc {
+        let rootfs = self.section(Section::Rootfs);
+        match self.layout.verity {
+            Some(v) => SectionLoc {
+                offset: rootfs.offset,
+                len: v.offset + v.len - rootfs.offset,
+            },
+            None => rootfs,
+        }
+    }
+
+    /// The signature's bytes, when the pod is signed.
+    pub fn signature(&self) -> Option<&[u8; SIGNATURE_LEN]> {
+        self.layout.signature.as_ref().map(|(_, s)| s)
     }
 
     /// The manifest's recorded sha256 of `s`.
     pub fn recorded_sha256(&self, s: Section) -> &str {
-        &self.layout.manifest.sections()[s.index()].1.sha256
+        match s {
+            Section::Verity => self
+                .layout
+                .manifest
+                .sections
+                .verity
+                .as_ref()
+                .map_or("", |i| i.sha256.as_str()),
+            _ => &self.layout.manifest.sections()[s.index()].1.sha256,
+        }
     }
 
     /// Reads a whole section into memory, refusing one larger than `limit` bytes.
@@ -383,7 +462,7 @@ impl Pod {
 
     /// Recomputes every section's digest.
     pub fn verify(&self) -> Result<(), PodError> {
-        Section::ALL
+        self.sections()
             .into_iter()
             .try_for_each(|s| self.verify_section(s))
     }

@@ -41,6 +41,7 @@ fn sample() -> Sample {
             kernel: SectionInfo::of_bytes(&kernel),
             initramfs: SectionInfo::of_bytes(&initramfs),
             rootfs: SectionInfo::of_bytes(&rootfs),
+            verity: None,
         },
         run: RunSpec {
             entrypoint: vec!["/bin/sh".into(), "-c".into()],
@@ -58,6 +59,8 @@ fn sample() -> Sample {
             vcpus: 2,
         },
         kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        kernel: None,
+        verity: None,
     };
     Sample {
         kernel,

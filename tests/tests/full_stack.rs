@@ -59,6 +59,23 @@ fn demo_image_builds_boots_and_reports_its_exit_code() {
         String::from_utf8_lossy(&built.stderr)
     );
 
+    // The pod says which kernel went in: its release and the fragments it was built from.
+    let inspect = Command::new(sibling_binary("hyperbuild"))
+        .arg("inspect")
+        .arg(&pod)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&inspect.stdout);
+    let kernel_row = table
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel       Linux 6.12."))
+        .unwrap_or_else(|| panic!("no kernel row: {table}"));
+    let key = kernel_row.rsplit(", fragments ").next().unwrap();
+    assert!(
+        key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{table}"
+    );
+
     // Default run: the image's entrypoint, cmd, env, user and workdir.
     let run = Command::new(sibling_binary("hyperlaunch"))
         .arg("--timeout")

@@ -16,6 +16,7 @@ pub mod flatten;
 pub mod layer_content;
 pub mod manifest;
 pub mod oci_layout;
+pub mod pod_transfer;
 pub mod progress;
 pub mod readahead;
 pub mod reference;

@@ -71,17 +71,38 @@ pub fn fetch(
     cache: &BlobCache,
     opts: &FetchOptions,
 ) -> Result<FetchedImage, RegistryError> {
-    let progress = Progress::new(opts.quiet);
     if opts.offline {
-        let mut p = Puller {
-            r,
-            cache,
-            net: None,
-            progress,
-            quiet: opts.quiet,
-        };
+        let mut p = Puller::offline(r, cache, opts.quiet);
         return run_pull(&mut p, canonical, opts, None);
     }
+    let conn = connect(r, opts)?;
+    conn.rt.block_on(async {
+        let manifests = conn.authorize(r, RegistryOperation::Pull).await?;
+        let mut p = Puller::online(
+            r,
+            cache,
+            &conn.client,
+            &conn.reference,
+            &manifests,
+            opts.quiet,
+        );
+        let top = p.top_manifest_online().await?;
+        run_pull_async(&mut p, canonical, opts, Some(top)).await
+    })
+}
+
+/// A client for one repository: credentials resolved, plain HTTP only where allowed.
+pub(crate) struct Conn {
+    pub rt: tokio::runtime::Runtime,
+    pub client: Client,
+    pub auth: RegistryAuth,
+    pub reference: Reference,
+    pub plain_http: bool,
+}
+
+/// Sets up a client for `r` with the options' credentials and insecure-registry rules.
+/// Pushes go up in one PUT per blob (monolithic), streamed from the file.
+pub(crate) fn connect(r: &RegistryReference, opts: &FetchOptions) -> Result<Conn, RegistryError> {
     let creds = resolve_credentials(&r.registry, opts.creds.as_deref(), opts.authfile.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,6 +118,7 @@ pub fn fetch(
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(15)),
         read_timeout: Some(Duration::from_secs(60)),
+        use_monolithic_push: true,
         ..ClientConfig::default()
     };
     let client = Client::try_from(config).map_err(|e| request_err(&r.registry, e))?;
@@ -112,41 +134,45 @@ pub fn fetch(
             r.tag.clone().unwrap_or_else(|| "latest".into()),
         ),
     };
-    rt.block_on(async {
-        let token = client
-            .auth(&reference, &auth, RegistryOperation::Pull)
+    Ok(Conn {
+        rt,
+        client,
+        auth,
+        reference,
+        plain_http,
+    })
+}
+
+impl Conn {
+    /// Authenticates for `op` (a bearer token if the registry hands one out) and returns the
+    /// manifest fetcher for the repository with the same credentials.
+    pub(crate) async fn authorize(
+        &self,
+        r: &RegistryReference,
+        op: RegistryOperation,
+    ) -> Result<ManifestFetcher, RegistryError> {
+        let token = self
+            .client
+            .auth(&self.reference, &self.auth, op)
             .await
             .map_err(|e| request_err(&r.registry, e))?;
-        let http_auth = match (token, &auth) {
+        let http_auth = match (token, &self.auth) {
             (Some(t), _) => HttpAuth::Bearer(t),
             (None, RegistryAuth::Basic(u, p)) => HttpAuth::Basic(u.clone(), p.clone()),
             (None, _) => HttpAuth::Anonymous,
         };
-        let manifests = ManifestFetcher::new(
-            if plain_http { "http" } else { "https" },
-            reference.resolve_registry(),
+        ManifestFetcher::new(
+            if self.plain_http { "http" } else { "https" },
+            self.reference.resolve_registry(),
             &r.repository,
             &r.registry,
             http_auth,
-        )?;
-        let mut p = Puller {
-            r,
-            cache,
-            net: Some(Net {
-                client: &client,
-                reference: &reference,
-                manifests: &manifests,
-            }),
-            progress,
-            quiet: opts.quiet,
-        };
-        let top = p.top_manifest_online().await?;
-        run_pull_async(&mut p, canonical, opts, Some(top)).await
-    })
+        )
+    }
 }
 
 /// Maps an oci-client error to ours, naming the registry.
-fn request_err(registry: &str, e: OciDistributionError) -> RegistryError {
+pub(crate) fn request_err(registry: &str, e: OciDistributionError) -> RegistryError {
     match e {
         OciDistributionError::UnauthorizedError { .. } => RegistryError::Unauthorized {
             registry: registry.to_string(),
@@ -154,6 +180,14 @@ fn request_err(registry: &str, e: OciDistributionError) -> RegistryError {
         OciDistributionError::AuthenticationFailure(_) => RegistryError::Unauthorized {
             registry: registry.to_string(),
         },
+        // A 401/403 to a blob request (a push's existence check, say).
+        OciDistributionError::RequestError(e)
+            if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+        {
+            RegistryError::Unauthorized {
+                registry: registry.to_string(),
+            }
+        }
         OciDistributionError::RegistryError { envelope, .. }
             if envelope.errors.iter().any(|e| {
                 matches!(
@@ -195,7 +229,7 @@ struct Net<'a> {
     manifests: &'a ManifestFetcher,
 }
 
-struct Puller<'a> {
+pub(crate) struct Puller<'a> {
     r: &'a RegistryReference,
     cache: &'a BlobCache,
     net: Option<Net<'a>>,
@@ -204,9 +238,9 @@ struct Puller<'a> {
 }
 
 /// The top-level manifest: its digest and bytes.
-struct Top {
-    digest: Digest,
-    bytes: Vec<u8>,
+pub(crate) struct Top {
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
 }
 
 fn run_pull(
@@ -288,7 +322,52 @@ async fn run_pull_async(
     Ok(fetched)
 }
 
-impl Puller<'_> {
+impl<'a> Puller<'a> {
+    /// A puller that fetches through `client` (blobs) and `manifests`.
+    pub(crate) fn online(
+        r: &'a RegistryReference,
+        cache: &'a BlobCache,
+        client: &'a Client,
+        reference: &'a Reference,
+        manifests: &'a ManifestFetcher,
+        quiet: bool,
+    ) -> Puller<'a> {
+        Puller {
+            r,
+            cache,
+            net: Some(Net {
+                client,
+                reference,
+                manifests,
+            }),
+            progress: Progress::new(quiet),
+            quiet,
+        }
+    }
+
+    /// A puller that only reads the cache (`--offline`).
+    pub(crate) fn offline(
+        r: &'a RegistryReference,
+        cache: &'a BlobCache,
+        quiet: bool,
+    ) -> Puller<'a> {
+        Puller {
+            r,
+            cache,
+            net: None,
+            progress: Progress::new(quiet),
+            quiet,
+        }
+    }
+
+    /// The top manifest, from the registry or (offline) the cache.
+    pub(crate) async fn top_manifest(&self) -> Result<Top, RegistryError> {
+        match self.net {
+            Some(_) => self.top_manifest_online().await,
+            None => self.top_manifest_offline(),
+        }
+    }
+
     fn top_manifest_offline(&self) -> Result<Top, RegistryError> {
         let r = self.r;
         let digest = match (&r.digest, &r.tag) {
@@ -371,7 +450,7 @@ impl Puller<'_> {
 
     /// A config or layer blob in the cache, verified; fetched (streamed through the checks)
     /// if missing or corrupt.
-    async fn blob(&self, d: &Descriptor, kind: &str) -> Result<PathBuf, RegistryError> {
+    pub(crate) async fn blob(&self, d: &Descriptor, kind: &str) -> Result<PathBuf, RegistryError> {
         if kind == "config" {
             manifest::check_size(&d.digest.to_string(), d.size)?;
         }

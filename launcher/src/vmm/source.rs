@@ -244,9 +244,9 @@ impl PodImage {
         })
     }
 
-    /// The rootfs as a read-only disk window of the pod file.
+    /// The rootfs (with its verity tree, if any) as a read-only disk window of the pod file.
     pub fn rootfs(&self) -> Result<DiskBackend, SourceError> {
-        let loc = self.pod.section(Section::Rootfs);
+        let loc = self.pod.rootfs_disk();
         let file = self.pod.file().try_clone().map_err(SourceError::Stat)?;
         Ok(DiskBackend {
             file: Arc::new(file),

@@ -147,6 +147,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
             kernel: SectionInfo::of_bytes(kernel),
             initramfs: SectionInfo::of_bytes(initramfs),
             rootfs: SectionInfo::of_bytes(rootfs),
+            verity: None,
         },
         run: Default::default(),
         resources: Resources {
@@ -154,6 +155,8 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
             vcpus: 1,
         },
         kernel_cmdline: cmdline.into(),
+        kernel: None,
+        verity: None,
     };
     pod::seal(
         path,

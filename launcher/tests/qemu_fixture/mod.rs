@@ -193,6 +193,7 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
             kernel: SectionInfo::of_file(kernel).unwrap(),
             initramfs: SectionInfo::of_bytes(&initramfs),
             rootfs: SectionInfo::of_file(&rootfs).unwrap(),
+            verity: None,
         },
         run: spec.clone(),
         resources: Resources {
@@ -200,6 +201,8 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
             vcpus: 1,
         },
         kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        kernel: None,
+        verity: None,
     };
     let path = dir.join("app.pod");
     pod::seal(
