@@ -68,9 +68,15 @@ cut_section() {
 }
 cut_section kernel "$work/vmlinux"
 cut_section initramfs "$work/initramfs"
-cut_section "rootfs\\.ext4" "$work/rootfs.ext4"
 cmdline=$(tr -d '\n' <"$work/inspect.json" | grep -o '"kernel_cmdline": *"[^"]*"' | sed 's/^"kernel_cmdline": *"//; s/"$//')
 r_off=$(field "rootfs\\.ext4" offset) r_len=$(field "rootfs\\.ext4" size)
+# The guest's disk is the rootfs through the end of its dm-verity tree when the pod has one
+# (`Pod::rootfs_disk`): the manifest's `dm-mod.create=` finds the tree there.
+v_off=$(field "rootfs\\.verity" offset) v_len=$(field "rootfs\\.verity" size)
+if [ -n "$v_off" ]; then r_len=$((v_off + v_len - r_off)); fi
+# Firecracker has no offset window: the same disk bytes as a file.
+dd if="$pod" of="$work/rootfs.ext4" iflag=skip_bytes,count_bytes skip="$r_off" count="$r_len" \
+  bs=1M status=none
 
 tab=$'\t'
 {

@@ -93,6 +93,10 @@ field() { # field SECTION KEY -> number
 k_off=$(field kernel offset) k_len=$(field kernel size)
 i_off=$(field initramfs offset) i_len=$(field initramfs size)
 r_off=$(field "rootfs\\.ext4" offset) r_len=$(field "rootfs\\.ext4" size)
+# The guest's disk is the rootfs through the end of its dm-verity tree when the pod has one
+# (`Pod::rootfs_disk`): the manifest's `dm-mod.create=` finds the tree there.
+v_off=$(field "rootfs\\.verity" offset) v_len=$(field "rootfs\\.verity" size)
+if [ -n "$v_off" ]; then r_len=$((v_off + v_len - r_off)); fi
 cmdline=$(tr -d '\n' <"$work/inspect.json" | grep -o '"kernel_cmdline": *"[^"]*"' | sed 's/^"kernel_cmdline": *"//; s/"$//')
 [ -n "$memory" ] || memory=$(tr -d '\n ' <"$work/inspect.json" | grep -o '"memory_mib":[0-9]*' | cut -d: -f2)
 [ -n "$vcpus" ] || vcpus=$(tr -d '\n ' <"$work/inspect.json" | grep -o '"vcpus":[0-9]*' | cut -d: -f2)

@@ -82,7 +82,10 @@ fn tar_header(out: &Path) {
         ("symlink", header("lib64", b'2', 0, 0o777, "usr/lib")),
         ("hardlink", header("bin/ls", b'1', 0, 0o755, "bin/busybox")),
         ("chardev", header("dev/null", b'3', 0, 0o666, "")),
-        ("gnu_longname", header("././@LongLink", b'L', 200, 0o644, "")),
+        (
+            "gnu_longname",
+            header("././@LongLink", b'L', 200, 0o644, ""),
+        ),
     ];
     for (name, block) in seeds {
         write(out, name, &block);
@@ -97,11 +100,20 @@ fn pax_records(out: &Path) {
     let all = [
         ("path", pax_record("path", &"d/".repeat(80))),
         ("linkpath", pax_record("linkpath", "../target")),
-        ("times", pax_record("mtime", "1700000000.123456789") + &pax_record("atime", "-1.5")),
-        ("ids", pax_record("uid", "100000") + &pax_record("gid", "100000")),
+        (
+            "times",
+            pax_record("mtime", "1700000000.123456789") + &pax_record("atime", "-1.5"),
+        ),
+        (
+            "ids",
+            pax_record("uid", "100000") + &pax_record("gid", "100000"),
+        ),
         ("size", pax_record("size", "8589934592")),
         ("xattr", pax_record("SCHILY.xattr.user.k", "value")),
-        ("names", pax_record("uname", "root") + &pax_record("gname", "root")),
+        (
+            "names",
+            pax_record("uname", "root") + &pax_record("gname", "root"),
+        ),
     ];
     for (name, data) in all {
         write(out, name, data.as_bytes());
@@ -149,6 +161,7 @@ fn pod_layout(out: &Path, scratch: &Path) {
             kernel: SectionInfo::of_bytes(&kernel),
             initramfs: SectionInfo::of_bytes(&initramfs),
             rootfs: SectionInfo::of_bytes(&rootfs),
+            verity: None,
         },
         run: Default::default(),
         resources: Resources {
@@ -156,6 +169,8 @@ fn pod_layout(out: &Path, scratch: &Path) {
             vcpus: 1,
         },
         kernel_cmdline: "quiet".into(),
+        kernel: None,
+        verity: None,
     };
     let path = scratch.join("seed.pod");
     pod::seal(
@@ -192,10 +207,20 @@ fn blk_request(out: &Path) {
     use launcher::devices::blk_request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
     let seeds: [(&str, u32, u64, &[(u32, bool)]); 5] = [
         ("read", T_IN, 3, &[(16, false), (1024, true), (1, true)]),
-        ("write", T_OUT, 7, &[(16, false), (512, false), (512, false), (1, true)]),
+        (
+            "write",
+            T_OUT,
+            7,
+            &[(16, false), (512, false), (512, false), (1, true)],
+        ),
         ("flush", T_FLUSH, 0, &[(16, false), (1, true)]),
         ("get_id", T_GET_ID, 0, &[(16, false), (20, true), (1, true)]),
-        ("overflow", T_IN, u64::MAX, &[(16, false), (512, true), (1, true)]),
+        (
+            "overflow",
+            T_IN,
+            u64::MAX,
+            &[(16, false), (512, true), (1, true)],
+        ),
     ];
     for (name, kind, sector, descs) in seeds {
         let mut b = blk_header(kind, sector).to_vec();
@@ -307,16 +332,176 @@ fn cpuid_entry(out: &Path) {
     write(out, "other_key", &other);
 }
 
+/// One 16-byte `struct virtq_desc`.
+fn virtq_desc(b: &mut Vec<u8>, addr: u64, len: u32, flags: u16, next: u16) {
+    b.extend_from_slice(&addr.to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&next.to_le_bytes());
+}
+
+fn console_chain(out: &Path) {
+    use launcher::devices::console_chain::{F_INDIRECT, F_NEXT, F_WRITE};
+    // (name, queue size, head, receiveq, descriptors)
+    type Seed<'a> = (&'a str, u8, u8, u8, &'a [(u64, u32, u16, u16)]);
+    let seeds: [Seed; 6] = [
+        (
+            "transmit_two",
+            8,
+            0,
+            0,
+            &[(0x100, 3, F_NEXT, 1), (0x200, 64, 0, 0)],
+        ),
+        (
+            "receive_one",
+            8,
+            1,
+            1,
+            &[(0, 0, 0, 0), (0x400, 256, F_WRITE, 0)],
+        ),
+        ("high_ram", 4, 0, 1, &[(0x1_0000_0000, 0x1000, F_WRITE, 0)]),
+        (
+            "loop",
+            4,
+            0,
+            0,
+            &[(0x100, 8, F_NEXT, 1), (0x200, 8, F_NEXT, 0)],
+        ),
+        ("indirect", 4, 0, 0, &[(0x100, 16, F_INDIRECT, 0)]),
+        ("past_ram", 4, 0, 0, &[(0xfff0, 0x20, 0, 0)]),
+    ];
+    for (name, size, head, dir, descs) in seeds {
+        let mut b = vec![size, head, dir];
+        for &(addr, len, flags, next) in descs {
+            virtq_desc(&mut b, addr, len, flags, next);
+        }
+        write(out, name, &b);
+    }
+}
+
+/// A minimal vmlinux: one `PT_LOAD` at 1 MiB and a `PT_NOTE` holding the PVH entry note.
+fn elf_vmlinux(out: &Path) {
+    let mut b = vec![0u8; 0x300];
+    b[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\0");
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b[24..32].copy_from_slice(&0x100_000u64.to_le_bytes()); // e_entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+    let phdr = |b: &mut Vec<u8>,
+                at: usize,
+                kind: u32,
+                offset: u64,
+                paddr: u64,
+                filesz: u64,
+                memsz: u64| {
+        b[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+        b[at + 8..at + 16].copy_from_slice(&offset.to_le_bytes());
+        b[at + 16..at + 24].copy_from_slice(&paddr.to_le_bytes());
+        b[at + 24..at + 32].copy_from_slice(&paddr.to_le_bytes());
+        b[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
+        b[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
+    };
+    phdr(&mut b, 64, 1, 0x200, 0x100_000, 0x100, 0x1000); // PT_LOAD
+    phdr(&mut b, 120, 4, 0x180, 0, 20, 20); // PT_NOTE
+    // Note: namesz 4, descsz 4, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", the entry.
+    let note: Vec<u8> = [4u32, 4, 18]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"Xen\0")
+        .chain(0x100_010u32.to_le_bytes())
+        .collect();
+    b[0x180..0x180 + note.len()].copy_from_slice(&note);
+    b[0x200..0x210].copy_from_slice(&[0xf4; 16]); // hlt
+    write(out, "pvh", &b);
+    // Without the note, and with a segment below high memory.
+    let mut no_note = b.clone();
+    no_note[56..58].copy_from_slice(&1u16.to_le_bytes());
+    write(out, "no_note", &no_note);
+    let mut low = b;
+    low[64 + 24..64 + 32].copy_from_slice(&0x1000u64.to_le_bytes());
+    write(out, "low_segment", &low);
+}
+
+fn pod_artifact(out: &Path) {
+    use builder::artifact::{ENTRIES, Entry, build};
+    let entry = |i: usize, size: u64, fill: char| Entry {
+        media_type: ENTRIES[i].0,
+        name: ENTRIES[i].1,
+        size,
+        sha256: fill.to_string().repeat(64),
+    };
+    let four: Vec<Entry> = (0..4)
+        .map(|i| entry(i, 4096 * (i as u64 + 1), 'a'))
+        .collect();
+    let all: Vec<Entry> = (0..ENTRIES.len())
+        .map(|i| entry(i, 512 + i as u64, 'b'))
+        .collect();
+    let sha = "c".repeat(64);
+    write(
+        out,
+        "four_entries",
+        &build(&four, 40960, &sha, "2024-01-01T00:00:00Z"),
+    );
+    write(
+        out,
+        "all_entries",
+        &build(&all, 81920, &sha, "2024-01-01T00:00:00Z"),
+    );
+    let mut wrong_order = four;
+    wrong_order.swap(1, 2);
+    write(
+        out,
+        "wrong_order",
+        &build(&wrong_order, 40960, &sha, "2024-01-01T00:00:00Z"),
+    );
+}
+
+/// Guest memory for virtio_console_queue from 0x1000 (its layout): one receive buffer and one
+/// transmitted chain holding a stdout frame and a stderr frame, split across two descriptors.
+fn virtio_console_queue(out: &Path) {
+    use pod::protocol::stdio::{Kind, encode};
+    const BASE: usize = 0x1000;
+    let mut mem = vec![0u8; 0x1000];
+    let mut put = |addr: usize, bytes: &[u8]| {
+        mem[addr - BASE..addr - BASE + bytes.len()].copy_from_slice(bytes);
+    };
+    let mut rx = Vec::new();
+    virtq_desc(&mut rx, 0x1800, 256, 2, 0); // device-writable
+    put(0x1000, &rx);
+    put(0x1100, &[0, 0, 1, 0, 0, 0]); // flags, idx 1, ring[0] = 0
+    let mut frames = Vec::new();
+    encode(Kind::Stdout, b"hello from the app\n", &mut frames);
+    encode(Kind::Stderr, b"oops\n", &mut frames);
+    let mut tx = Vec::new();
+    virtq_desc(&mut tx, 0x1900, 10, 1, 1);
+    virtq_desc(&mut tx, 0x190a, frames.len() as u32 - 10, 0, 0);
+    put(0x1400, &tx);
+    put(0x1500, &[0, 0, 1, 0, 0, 0]);
+    put(0x1900, &frames);
+    write(out, "frames", &[&[3u8][..], &mem].concat());
+    // The same with a frame header that claims more than the chain holds.
+    let mut short = mem.clone();
+    short[0x1902 - BASE] = 0xff; // the first frame's length, high byte
+    write(out, "short_frame", &[&[3u8][..], &short].concat());
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
 fn main() {
-    let out = PathBuf::from(std::env::args_os().nth(1).expect("usage: make_corpus OUT_DIR"));
+    let out = PathBuf::from(
+        std::env::args_os()
+            .nth(1)
+            .expect("usage: make_corpus OUT_DIR"),
+    );
     let scratch = out.join(".scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     type Gen = fn(&Path);
-    let gens: [(&str, Gen); 7] = [
+    let gens: [(&str, Gen); 11] = [
         ("tar_header", tar_header),
         ("pax_records", pax_records),
         ("apply_tar", apply_tar),
@@ -324,6 +509,10 @@ fn main() {
         ("blk_request", blk_request),
         ("virtio_blk_queue", virtio_blk_queue),
         ("cpuid_entry", cpuid_entry),
+        ("console_chain", console_chain),
+        ("elf_vmlinux", elf_vmlinux),
+        ("pod_artifact", pod_artifact),
+        ("virtio_console_queue", virtio_console_queue),
     ];
     for (target, generate) in gens {
         let dir = out.join(target);

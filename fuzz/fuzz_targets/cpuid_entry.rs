@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     let n = usize::from(n % 64).min(rest.len());
     let (key, file) = rest.split_at(n);
     if let Ok(entries) = parse_entry(file, key) {
-        assert_eq!(encode_entry(key, &entries), file, "accepted bytes re-encode identically");
+        assert_eq!(
+            encode_entry(key, &entries),
+            file,
+            "accepted bytes re-encode identically"
+        );
     }
     // A valid entry for this key built from the input's tail parses back to itself.
     let words: Vec<u32> = file

@@ -198,8 +198,9 @@ fn kvm_bench_real_pod_exec_to_first_kvm_run() {
         return;
     }
     let Some(pod) = std::env::var_os("HYPERPOD_BENCH_POD") else {
-        eprintln!(
-            "SKIPPED: kvm_bench_real_pod: HYPERPOD_BENCH_POD is not set (bench/launcher.sh sets it)"
+        hyperpod_tests::skip::skipped(
+            "kvm_bench_real_pod",
+            "HYPERPOD_BENCH_POD is not set (bench/launcher.sh sets it)",
         );
         return;
     };

@@ -61,7 +61,10 @@ fn launch(argv: &[String], marker: &[u8]) -> Option<f64> {
 #[ignore = "benchmark: run with bench/boot-kvm.sh on a real KVM host"]
 fn pod_start_exec_to_app_running_per_vmm() {
     let Some(spec) = std::env::var_os("HYPERPOD_COMPARE") else {
-        eprintln!("SKIPPED: pod_start_exec_to_app_running_per_vmm: HYPERPOD_COMPARE is not set");
+        hyperpod_tests::skip::skipped(
+            "pod_start_exec_to_app_running_per_vmm",
+            "HYPERPOD_COMPARE is not set",
+        );
         return;
     };
     let marker = std::env::var("HYPERPOD_COMPARE_MARKER").expect("HYPERPOD_COMPARE_MARKER");

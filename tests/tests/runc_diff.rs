@@ -3,7 +3,7 @@
 //! (the settings `docker run` gives: environment, hosts/hostname files, rlimits, capabilities,
 //! no `no_new_privs`), with the same overrides. Every line `/probe.sh` prints must be the same,
 //! or be one of [`DIFFERENCES`], each with its reason (and each must still differ, so a fixed
-//! difference is noticed). Needs root, runc, umoci and QEMU; says SKIPPED otherwise.
+//! difference is noticed). Needs root, runc, umoci and QEMU; reports a skip otherwise.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +23,12 @@ const DIFFERENCES: &[(&str, &str)] = &[
         "mount:/dev",
         "/dev is the VM kernel's devtmpfs (the VM's own devices), where Docker mounts a tmpfs and \
          copies a fixed set of host nodes in; the probed entries are the same",
+    ),
+    (
+        "stdin",
+        "`runc run` in the foreground without a terminal always hands the container a pipe as \
+         stdin (it copies its own stdin in), even from /dev/null; `docker run` without -i gives \
+         /dev/null, as the pod does",
     ),
     (
         "caps",
@@ -250,7 +256,7 @@ fn run_runc(image: &str, work: &Path, s: &Scenario, n: usize) -> String {
 #[test]
 fn the_probe_sees_the_same_in_a_pod_as_in_runc() {
     if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+        hyperpod_tests::skip::skipped("the_probe_sees_the_same_in_a_pod_as_in_runc", &why);
         return;
     }
     let work = tempfile::tempdir().unwrap();
