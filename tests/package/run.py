@@ -7,8 +7,9 @@ Each check boots real things: a fresh Debian 12 root made by mmdebstrap (its tar
 mount namespace; a docker-registry on 127.0.0.1 with a password; QEMU TCG for the launches.
 Templates are read with their ecosystems' parsers and validators, and the commands they hold are
 run as written, with only the values a user is told to set (URLs, references, secrets) filled in.
-A template step whose command this build does not have yet is reported NOT VERIFIED, never run
-as something else. Prints one line per check and `N passed, N failed` at the end.
+A template step whose command this build does not have is reported NOT VERIFIED, never run as
+something else, and fails the run like a failed check. Prints one line per check and
+`N passed, N failed` at the end.
 """
 
 import argparse
@@ -859,7 +860,8 @@ def main():
     if unverified:
         print(f"package: not verified (commands missing from this build): {', '.join(unverified)}")
     print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    # A template whose command this build lacks is a broken template: it fails too.
+    return 1 if failed or unverified else 0
 
 
 if __name__ == "__main__":

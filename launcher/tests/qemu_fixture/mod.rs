@@ -200,7 +200,10 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
             memory_mib: 128,
             vcpus: 1,
         },
-        kernel_cmdline: "reboot=k panic=-1 quiet".into(),
+        // What hyperbuild gives every pod: among others `no_timer_check`, without which a guest
+        // on a loaded host can fail the kernel's IO-APIC timer check and panic (seen with 20
+        // parallel TCG launches).
+        kernel_cmdline: builder::build::DEFAULT_CMDLINE.into(),
         kernel: None,
         verity: None,
     };
