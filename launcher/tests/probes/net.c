@@ -1,0 +1,258 @@
+/* Drives the network device (virtio-net v2 at VNET: receiveq 0, transmitq 1) itself.
+ * Every frame it sends starts with a 12-byte virtio_net_hdr_v1 of zeros; each receive buffer is
+ * RXLEN bytes (header + frame).
+ * default (ECHO=n): prints the MAC and MTU from the configuration space, sends three frames
+ *   (60 bytes, 1518 bytes over three descriptors with the header apart, 14 bytes), then receives
+ *   n frames from the host, checks each one's header, and sends each back unchanged.
+ * HOSTILE: malformed transmit chains between marker frames (each must come back with used length
+ *   0), then posts malformed and small receive buffers before a good one, says "R?" and checks
+ *   which buffers the host's frames used.
+ * NOREFILL=n: posts NRX receive buffers once and never again, says "R?", then sends n rounds of
+ *   one malformed chain and one good frame while the host floods the receive side.
+ * Exits 0 when the device behaved; otherwise prints "PROBE FAIL: why" and exits 98. */
+#include "probe.h"
+
+#define QSZ 16
+#define RXQ 0x300000u
+#define TXQ 0x304000u
+#define RXBUF 0x310000u /* receive buffers, 4 KiB apart */
+#define TXBUF 0x330000u /* transmit data, 4 KiB per slot */
+#define F_NEXT 1
+#define F_WRITE 2
+#define HDR 12
+#ifndef NRX
+#define NRX 8
+#endif
+#ifndef RXLEN
+#define RXLEN 1530
+#endif
+
+struct desc { u64 addr; u32 len; u16 flags, next; };
+struct avail { u16 flags, idx, ring[QSZ]; };
+struct used { u16 flags, idx; struct { u32 id, len; } ring[QSZ]; };
+struct vq { u32 base, sel; u16 avail, used; };
+
+static struct vq rxq = { RXQ, 0, 0, 0 }, txq = { TXQ, 1, 0, 0 };
+
+static volatile u32 *reg(u32 off) { return (volatile u32 *)(VNET + off); }
+static volatile u8 *cfg8(u32 off) { return (volatile u8 *)(VNET + 0x100 + off); }
+static volatile struct desc *D(struct vq *q) { return (volatile struct desc *)q->base; }
+static volatile struct avail *A(struct vq *q) { return (volatile struct avail *)(q->base + 0x1000); }
+static volatile struct used *U(struct vq *q) { return (volatile struct used *)(q->base + 0x2000); }
+static volatile u8 *B(u32 addr) { return (volatile u8 *)addr; }
+
+static void fail(const char *why) { puts("PROBE FAIL: "); puts(why); puts("\n"); probe_exit(98); }
+
+static void set_desc(struct vq *q, u16 i, u64 addr, u32 len, u16 flags, u16 next) {
+    volatile struct desc *d = D(q) + i;
+    d->addr = addr; d->len = len; d->flags = flags; d->next = next;
+}
+
+static void queue_setup(struct vq *q) {
+    for (u32 i = 0; i < 0x3000; i++) B(q->base)[i] = 0;
+    q->avail = q->used = 0;
+    *reg(0x030) = q->sel;
+    if (*reg(0x034) < QSZ) fail("queue too small");
+    *reg(0x038) = QSZ;
+    *reg(0x080) = q->base; *reg(0x084) = 0;
+    *reg(0x090) = q->base + 0x1000; *reg(0x094) = 0;
+    *reg(0x0a0) = q->base + 0x2000; *reg(0x0a4) = 0;
+    *reg(0x044) = 1;
+}
+
+static void setup(void) {
+    if (*reg(0x000) != 0x74726976 || *reg(0x004) != 2 || *reg(0x008) != 1) fail("no virtio-net v2");
+    *reg(0x070) = 0;
+    *reg(0x070) = 1;
+    *reg(0x070) = 3;
+    *reg(0x014) = 0; if (*reg(0x010) != ((1u << 3) | (1u << 5))) fail("features other than MTU and MAC");
+    *reg(0x014) = 1; if (*reg(0x010) != 1) fail("no VERSION_1");
+    *reg(0x024) = 1; *reg(0x020) = 1;
+    *reg(0x024) = 0; *reg(0x020) = (1u << 3) | (1u << 5);
+    *reg(0x070) = 3 | 8;
+    if (!(*reg(0x070) & 8)) fail("FEATURES_OK refused");
+    queue_setup(&rxq);
+    queue_setup(&txq);
+    *reg(0x070) = 1 | 2 | 4 | 8;
+}
+
+static void offer(struct vq *q, const u16 *heads, u32 n) {
+    for (u32 i = 0; i < n; i++) A(q)->ring[(u16)(q->avail + i) % QSZ] = heads[i];
+    barrier();
+    q->avail = (u16)(q->avail + n);
+    A(q)->idx = q->avail;
+    barrier();
+    *reg(0x050) = q->sel;
+}
+
+static u32 wait_used(struct vq *q, u32 *id) {
+    while (U(q)->idx == q->used) barrier();
+    *id = U(q)->ring[q->used % QSZ].id;
+    u32 len = U(q)->ring[q->used % QSZ].len;
+    q->used++;
+    return len;
+}
+
+static u32 next_used(struct vq *q, u16 head) {
+    u32 id, len = wait_used(q, &id);
+    if (id != head) fail("used element is not the chain's head");
+    return len;
+}
+
+/* A frame of `n` bytes at `at`: broadcast, from the configured MAC, EtherType 0x88b5, then
+ * `text` (and a pattern after it). */
+static void make_frame(u32 at, u32 n, const char *text) {
+    for (u32 i = 0; i < 6; i++) B(at)[i] = 0xff;
+    for (u32 i = 0; i < 6; i++) B(at)[6 + i] = *cfg8(i);
+    B(at)[12] = 0x88; B(at)[13] = 0xb5;
+    u32 i = 14;
+    for (; *text && i < n; i++) B(at)[i] = (u8)*text++;
+    for (; i < n; i++) B(at)[i] = (u8)(i * 7);
+}
+
+/* Sends the chain at descriptor 0; it must come back with length 0. */
+static void send_chain(u16 head) {
+    offer(&txq, &head, 1);
+    if (next_used(&txq, head) != 0) fail("transmit used length is not 0");
+}
+
+/* Sends header + `n` frame bytes at TXBUF + 0x1000 * slot as one buffer. */
+static void send_slot(u32 slot, u32 n) {
+    u32 at = TXBUF + 0x1000u * slot;
+    for (u32 i = 0; i < HDR; i++) B(at)[i] = 0;
+    set_desc(&txq, 0, at, HDR + n, 0, 0);
+    send_chain(0);
+}
+
+static void send_text(const char *text) {
+    u32 n = 0;
+    while (text[n]) n++;
+    make_frame(TXBUF + HDR, 14 + n, text);
+    send_slot(0, 14 + n);
+}
+
+static void post_rx(u16 first, u16 n) {
+    u16 heads[QSZ];
+    for (u16 i = 0; i < n; i++) {
+        set_desc(&rxq, first + i, RXBUF + 0x1000u * (first + i), RXLEN, F_WRITE, 0);
+        heads[i] = first + i;
+    }
+    offer(&rxq, heads, n);
+}
+
+#if defined(HOSTILE)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    u32 bad = TXBUF + 0x1000;
+    for (u32 i = 0; i < HDR; i++) B(bad)[i] = 0;
+    make_frame(bad + HDR, 2000, "bad");
+    send_text("M1");
+    set_desc(&txq, 0, bad, HDR + 60, F_NEXT, 0); send_chain(0);          /* a loop */
+    set_desc(&txq, 0, bad, HDR + 60, F_WRITE, 0); send_chain(0);         /* device-writable */
+    set_desc(&txq, 0, bad, HDR + 1519, 0, 0); send_chain(0);             /* one byte too long */
+    set_desc(&txq, 0, 0x1000000, HDR + 60000, 0, 0); send_chain(0);      /* 60000-byte frame */
+    set_desc(&txq, 0, bad, HDR, 0, 0); send_chain(0);                    /* header, no frame */
+    set_desc(&txq, 0, bad, HDR + 13, 0, 0); send_chain(0);               /* shorter than Ethernet */
+    set_desc(&txq, 0, bad, 8, 0, 0); send_chain(0);                      /* shorter than the header */
+    set_desc(&txq, 0, 0xe0000000ull, HDR + 60, 0, 0); send_chain(0);    /* MMIO hole */
+    set_desc(&txq, 0, 0x3fffff0ull, HDR + 60, 0, 0); send_chain(0);     /* across RAM's end */
+    set_desc(&txq, 0, bad, HDR + 60, F_NEXT, QSZ + 2); send_chain(0);   /* next outside the queue */
+    B(bad)[0] = 1; set_desc(&txq, 0, bad, HDR + 60, 0, 0); send_chain(0); /* checksum offload */
+    B(bad)[0] = 0; B(bad)[1] = 1; send_chain(0);                          /* TSO */
+    B(bad)[1] = 0;
+    send_text("M2");
+
+    /* Receive buffers: readable, too small, a loop, valid but 60 bytes, then a good one. */
+    for (u32 i = 0; i < 5 * 0x1000; i++) B(RXBUF)[i] = 0;
+    set_desc(&rxq, 0, RXBUF, RXLEN, 0, 0);
+    set_desc(&rxq, 1, RXBUF + 0x1000, 25, F_WRITE, 0);
+    set_desc(&rxq, 2, RXBUF + 0x2000, RXLEN, F_WRITE | F_NEXT, 2);
+    set_desc(&rxq, 3, RXBUF + 0x3000, HDR + 60, F_WRITE, 0);
+    set_desc(&rxq, 4, RXBUF + 0x4000, RXLEN, F_WRITE, 0);
+    u16 five[5] = { 0, 1, 2, 3, 4 };
+    offer(&rxq, five, 5);
+    send_text("R?");
+    for (u16 i = 0; i < 4; i++)
+        if (next_used(&rxq, i) != 0) fail("a refused or small receive buffer has a length");
+    u32 len = next_used(&rxq, 4);
+    for (u32 i = 0; i < 4 * 0x1000; i++)
+        if (B(RXBUF)[i]) fail("a refused receive buffer was written");
+    if (len != HDR + 100) fail("the good buffer did not get the 100-byte frame");
+    for (u32 i = 0; i < HDR; i++)
+        if (B(RXBUF + 0x4000)[i] != (i == 10 ? 1 : 0)) fail("received header is not zero, num_buffers 1");
+    /* Send the frame back so the host can compare it. */
+    for (u32 i = 0; i < HDR + 100; i++) B(TXBUF)[i] = B(RXBUF + 0x4000)[i];
+    B(TXBUF)[10] = 0;
+    send_slot(0, 100);
+    send_text("M3");
+    probe_exit(0);
+}
+#elif defined(NOREFILL)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    post_rx(0, NRX);
+    send_text("R?");
+    u32 bad = TXBUF + 0x1000;
+    for (u32 i = 0; i < HDR; i++) B(bad)[i] = 0;
+    make_frame(bad + HDR, 100, "bad");
+    make_frame(TXBUF + 0x2000 + HDR, 60, "round");
+    for (u32 i = 0; i < HDR; i++) B(TXBUF + 0x2000)[i] = 0;
+    for (u32 r = 0; r < NOREFILL; r++) {
+        set_desc(&txq, 0, bad, HDR + 3000, 0, 0);
+        send_chain(0);
+        set_desc(&txq, 0, TXBUF + 0x2000, HDR + 60, 0, 0);
+        send_chain(0);
+    }
+    /* The receive buffers were used once each, never more. */
+    u32 id;
+    for (u32 i = 0; i < NRX; i++)
+        if (wait_used(&rxq, &id) < HDR + 14) fail("a receive buffer got less than a frame");
+    if (U(&rxq)->idx != NRX) fail("more receive buffers used than posted");
+    send_text("END");
+    probe_exit(0);
+}
+#else
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    puts("MAC ");
+    for (u32 i = 0; i < 6; i++) { puthex(*cfg8(i), 2); if (i < 5) puts(":"); }
+    puts(" MTU ");
+    putdec(*cfg8(10) | (u32)*cfg8(11) << 8);
+    puts("\n");
+    post_rx(0, NRX);
+    /* 60 bytes, header and frame in one buffer. */
+    make_frame(TXBUF + HDR, 60, "hello from the guest");
+    send_slot(0, 60);
+    /* 1518 bytes over three descriptors, linked out of table order: 5 -> 2 -> 9. */
+    for (u32 i = 0; i < HDR; i++) B(TXBUF + 0x1000)[i] = 0;
+    make_frame(TXBUF + 0x2000, 1518, "largest frame");
+    for (u32 i = 0; i < 1518 - 1000; i++) B(TXBUF + 0x4000)[i] = B(TXBUF + 0x2000 + 1000)[i];
+    set_desc(&txq, 5, TXBUF + 0x1000, HDR, F_NEXT, 2);
+    set_desc(&txq, 2, TXBUF + 0x2000, 1000, F_NEXT, 9);
+    set_desc(&txq, 9, TXBUF + 0x4000, 518, 0, 0);
+    send_chain(5);
+    /* The smallest frame: an Ethernet header alone. */
+    make_frame(TXBUF + HDR, 14, "");
+    send_slot(0, 14);
+    /* Receive ECHO frames, send each back. */
+    for (u32 n = 0; n < ECHO; n++) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX) fail("receive element outside the posted buffers");
+        if (len < HDR + 14 || len > RXLEN) fail("receive length");
+        u32 at = RXBUF + 0x1000u * id;
+        for (u32 i = 0; i < HDR; i++)
+            if (B(at)[i] != (i == 10 ? 1 : 0)) fail("received header is not zero, num_buffers 1");
+        u32 out = TXBUF + 0x8000;
+        for (u32 i = HDR; i < len; i++) B(out)[i] = B(at)[i];
+        for (u32 i = 0; i < HDR; i++) B(out)[i] = 0;
+        set_desc(&txq, 0, out, len, 0, 0);
+        send_chain(0);
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+    }
+    probe_exit(0);
+}
+#endif
