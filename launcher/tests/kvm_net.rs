@@ -406,3 +406,80 @@ fn kvm_net_a_guest_that_never_refills_its_receive_queue_costs_no_host_memory() {
     );
     assert!(end <= mid_rss + 512, "RSS {mid_rss} KiB → {end} KiB");
 }
+
+/// Set in the child process that runs the launcher's own run loop (it installs seccomp filters
+/// on the test's thread, which the test harness must not reuse).
+const RUN_CHILD_ENV: &str = "HYPERPOD_KVM_NET_RUN_CHILD";
+
+/// The launcher's run loop (`vmm::run::run`, as `hyperlaunch` runs a VM) with a network device:
+/// it starts the `net` thread under its filter and counts it among the threads vCPU 0 waits
+/// for; frames go both ways and the run ends with the guest's exit code. A system call outside
+/// a filter would end the child with 125 and a `sandbox:` line.
+#[test]
+fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
+    if !probes::kvm_available("kvm_net_the_run_loop") {
+        return;
+    }
+    if std::env::var_os(RUN_CHILD_ENV).is_none() {
+        let name = "kvm_net_the_run_loop_serves_the_network_under_the_sandbox";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(RUN_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success(), "the child run failed");
+        assert!(text.contains("1 passed"), "the child ran the test");
+        assert!(!text.contains("sandbox:"), "a filter stopped the run");
+        return;
+    }
+    let kernel = {
+        let dir = tempfile::tempdir().unwrap();
+        let define = format!("VNET={:#x}u", layout::VIRTIO_NET_ADDR);
+        probes::build(dir.path(), "net", &[&define, "ECHO=5"])
+        // The directory goes now: nothing may unlink files once the filters are in.
+    };
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let inputs = BootInputs {
+        kernel: &kernel,
+        initramfs: Vec::new(),
+        cmdline: "probe=1".into(),
+        memory_mib: 64,
+        vcpus: 1,
+        disks: Vec::new(),
+        console: Box::new(Captured::default()),
+        stdio: Box::new(|_| {}),
+        net: Some(NetBackend {
+            stream: ours,
+            mac: MAC,
+        }),
+        use_pvh: true,
+        backing: None,
+    };
+    let mut marks = Marks::new(Instant::now(), "kvm");
+    let vm = build_vm(inputs, &mut marks).unwrap();
+    let devices = vm.runner.devices.clone();
+    peer.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let backend = std::thread::spawn(move || {
+        for len in [60, 1518, 14] {
+            assert_eq!(read_frame(&mut peer).len(), len);
+        }
+        for i in 0..5u32 {
+            let f = host_frame(100 + 200 * i as usize, i);
+            write_frame(&mut peer, &f);
+            assert_eq!(read_frame(&mut peer), f);
+        }
+    });
+    let opts = launcher::vmm::run::RunOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let outcome = launcher::vmm::run::run(vm.runner, &opts, &mut marks);
+    // From here this thread runs under the main thread's filter.
+    assert_eq!(outcome.code, 0, "{:?}", outcome.message);
+    backend.join().unwrap();
+    let k = devices.lock().unwrap().net.as_ref().unwrap().counters();
+    assert_eq!((k.tx_frames, k.rx_frames), (8, 5), "{k:?}");
+}
