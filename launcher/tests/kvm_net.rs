@@ -483,3 +483,79 @@ fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
     let k = devices.lock().unwrap().net.as_ref().unwrap().counters();
     assert_eq!((k.tx_frames, k.rx_frames), (8, 5), "{k:?}");
 }
+
+/// Throughput of the device with a probe guest on this KVM (ignored: a benchmark, run by
+/// `bench/net.sh`): guest → backend (1514-byte frames, 1 and 16 per kick) and backend → guest
+/// (16 receive buffers reposted at once). Time is from the first frame to the last at the far
+/// end. Prints results; asserts only that every frame arrived.
+#[test]
+#[ignore]
+fn bench_net_throughput() {
+    if !probes::kvm_available("bench_net_throughput") {
+        return;
+    }
+    let frames: u64 = std::env::var("NET_BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000u64)
+        .next_multiple_of(16);
+    let mib = |n: u64, secs: f64| (n * 1514) as f64 / secs / f64::from(1 << 20);
+    for batch in [1u64, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let defines = [format!("BENCH_TX={frames}"), format!("BATCH={batch}")];
+        let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
+        let (mut p, mut peer) = start(dir.path(), &defines, false);
+        peer.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut n = 0u64;
+        let mut first = None;
+        loop {
+            let f = read_frame(&mut peer);
+            first.get_or_insert_with(Instant::now);
+            if f.len() != 1514 {
+                assert_eq!(text_of(&f), "END");
+                break;
+            }
+            n += 1;
+        }
+        let secs = first.unwrap().elapsed().as_secs_f64();
+        p.expect_success(Duration::from_secs(20));
+        assert_eq!(n, frames);
+        println!(
+            "virtio-net guest -> backend: {frames} frames of 1514 bytes, {batch} per kick: \
+             {secs:.3} s, {:.0} frames/s, {:.1} MiB/s",
+            frames as f64 / secs,
+            mib(frames, secs)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, mut peer) = start(
+        dir.path(),
+        &[&format!("BENCH_RX={frames}"), "NRX=16"],
+        false,
+    );
+    peer.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    assert_eq!(text_of(&read_frame(&mut peer)), "R?");
+    let mut writer = peer.try_clone().unwrap();
+    let f = host_frame(1514, 0);
+    let mut framed = 1514u32.to_be_bytes().to_vec();
+    framed.extend_from_slice(&f);
+    let start_at = Instant::now();
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..frames {
+            writer.write_all(&framed).unwrap();
+        }
+    });
+    assert_eq!(text_of(&read_frame(&mut peer)), "END");
+    let secs = start_at.elapsed().as_secs_f64();
+    feeder.join().unwrap();
+    p.expect_success(Duration::from_secs(20));
+    assert_eq!(p.counters().rx_frames, frames);
+    println!(
+        "virtio-net backend -> guest: {frames} frames of 1514 bytes, 16 buffers: {secs:.3} s, \
+         {:.0} frames/s, {:.1} MiB/s",
+        frames as f64 / secs,
+        mib(frames, secs)
+    );
+}

@@ -9,6 +9,8 @@
  *   which buffers the host's frames used.
  * NOREFILL=n: posts NRX receive buffers once and never again, says "R?", then sends n rounds of
  *   one malformed chain and one good frame while the host floods the receive side.
+ * BENCH_TX=n: sends n frames of 1514 bytes (header and frame in one buffer), BATCH per kick.
+ * BENCH_RX=n: posts NRX receive buffers, receives n frames, reposting each buffer at once.
  * Exits 0 when the device behaved; otherwise prints "PROBE FAIL: why" and exits 98. */
 #include "probe.h"
 
@@ -140,7 +142,45 @@ static void post_rx(u16 first, u16 n) {
     offer(&rxq, heads, n);
 }
 
-#if defined(HOSTILE)
+#ifndef BATCH
+#define BATCH 1
+#endif
+
+#if defined(BENCH_TX)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    u16 heads[BATCH];
+    for (u16 i = 0; i < BATCH; i++) {
+        u32 at = TXBUF + 0x1000u * i;
+        for (u32 j = 0; j < HDR; j++) B(at)[j] = 0;
+        make_frame(at + HDR, 1514, "bench");
+        set_desc(&txq, i, at, HDR + 1514, 0, 0);
+        heads[i] = i;
+    }
+    for (u32 sent = 0; sent < BENCH_TX; sent += BATCH) {
+        offer(&txq, heads, BATCH);
+        for (u16 i = 0; i < BATCH; i++) next_used(&txq, i);
+    }
+    send_text("END");
+    probe_exit(0);
+}
+#elif defined(BENCH_RX)
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    post_rx(0, NRX);
+    send_text("R?");
+    for (u32 n = 0; n < BENCH_RX; n++) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX || len != HDR + 1514) fail("bench receive element");
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+    }
+    send_text("END");
+    probe_exit(0);
+}
+#elif defined(HOSTILE)
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     setup();
