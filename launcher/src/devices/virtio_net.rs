@@ -128,6 +128,9 @@ struct Net {
     out_sent: usize,
     /// The backend closed (or failed): transmitted frames are dropped.
     closed: bool,
+    /// The backend thread holds a frame and waits for receive buffers: the next receiveq kick
+    /// wakes it (other kicks do not, sparing a wake-up per reposted buffer).
+    rx_waiting: bool,
     counters: NetCounters,
 }
 
@@ -329,6 +332,7 @@ impl VirtioNet {
             out: Vec::with_capacity(PREFIX_LEN + MAX_FRAME_LEN as usize),
             out_sent: 0,
             closed: false,
+            rx_waiting: false,
             counters: NetCounters::default(),
         };
         Ok(VirtioNet(VirtioMmio::new(net, mem)?))
@@ -389,6 +393,7 @@ impl VirtioNet {
     /// zeroed header (`num_buffers` 1). Malformed buffers on the way are returned empty.
     pub fn push_rx(&mut self, frame: &[u8]) -> RxOutcome {
         let Some((dev, queue, mem)) = self.0.live_queue(RX_QUEUE) else {
+            self.0.device_mut().rx_waiting = true;
             return RxOutcome::NoBuffer;
         };
         let mut used = false;
@@ -427,6 +432,7 @@ impl VirtioNet {
                 break;
             }
         }
+        dev.rx_waiting = outcome == RxOutcome::NoBuffer;
         if used {
             self.0.raise_interrupt();
         }
@@ -470,7 +476,9 @@ impl VirtioDevice for Net {
     fn queue_notify(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         if index == RX_QUEUE {
             // New receive buffers: a waiting frame may now go in.
-            let _ = self.wake.write(1);
+            if self.rx_waiting {
+                let _ = self.wake.write(1);
+            }
             return false;
         }
         self.transmit(queue, mem)
