@@ -403,3 +403,80 @@ fn the_backend_thread_finishes_frames_the_socket_held_back() {
     assert_eq!(tx.take_used(&mem).len(), usize::from(SIZE));
     assert_eq!(dev.lock().unwrap().counters().tx_frames, u64::from(SIZE));
 }
+
+#[test]
+fn the_backend_thread_delivers_what_came_before_the_backend_closed_and_then_idles() {
+    let (mut dev, mem, mut peer) = net();
+    live(&mut dev);
+    let io = dev.io().unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (dev.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("net-eof-test".into())
+        .spawn(move || serve(io, &s, &*d))
+        .unwrap();
+    let (a, b) = (frame(60, 1), frame(70, 2));
+    for f in [&a, &b] {
+        peer.write_all(&net_stream::prefix(f.len() as u32)).unwrap();
+        peer.write_all(f).unwrap();
+    }
+    // Half a frame, then the backend is gone.
+    peer.write_all(&net_stream::prefix(100)).unwrap();
+    peer.write_all(&[1; 10]).unwrap();
+    drop(peer);
+    let mut rx = Driver::new(RXQ);
+    for i in 0..3u16 {
+        rx.desc(&mem, i, 0x4_0000 + 0x1000 * u64::from(i), 1530, F_WRITE, 0);
+    }
+    rx.offer(&mem, &[0, 1, 2]);
+    w(
+        &mut dev.lock().unwrap().0,
+        reg::QUEUE_NOTIFY,
+        RX_QUEUE as u32,
+    );
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while dev.lock().unwrap().counters().rx_frames < 2 {
+        assert!(std::time::Instant::now() < give_up);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = cpu_ticks("net-eof-test");
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = cpu_ticks("net-eof-test") - before;
+    assert!(
+        idle <= 5,
+        "{idle} ticks of CPU in 500 ms after the backend closed"
+    );
+    assert_eq!(rx.take_used(&mem), vec![(0, 72), (1, 82)]);
+    // Transmitting to a closed backend drops the frame; the thread still answers the stop.
+    let mut tx = Driver::new(TXQ);
+    put_tx(&mem, &tx, 0, 0x5_0000, &frame(60, 3));
+    tx.offer(&mem, &[0]);
+    w(
+        &mut dev.lock().unwrap().0,
+        reg::QUEUE_NOTIFY,
+        TX_QUEUE as u32,
+    );
+    assert_eq!(tx.take_used(&mem), vec![(0, 0)]);
+    assert_eq!(dev.lock().unwrap().counters().tx_dropped, 1);
+    let asked = std::time::Instant::now();
+    stop.store(true, Ordering::SeqCst);
+    thread.join().unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(500));
+}
+
+/// User + system CPU time, in clock ticks, of this process's thread named `name`.
+fn cpu_ticks(name: &str) -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm")).unwrap().trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    panic!("no thread {name}");
+}
