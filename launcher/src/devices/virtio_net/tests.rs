@@ -480,3 +480,40 @@ fn cpu_ticks(name: &str) -> u64 {
     }
     panic!("no thread {name}");
 }
+
+#[test]
+fn a_reset_while_a_frame_waits_for_the_socket_keeps_the_stream_in_step() {
+    let (mut dev, mem, mut peer) = net();
+    small_send_buffer(&dev.0.device().socket, 4096);
+    live(&mut dev);
+    let mut tx = Driver::new(TXQ);
+    let frames: Vec<Vec<u8>> = (0..SIZE).map(|i| frame(1500, i as u8)).collect();
+    for (i, f) in frames.iter().enumerate() {
+        put_tx(&mem, &tx, i as u16, 0x4_0000 + 0x1000 * i as u64, f);
+    }
+    let heads: Vec<u16> = (0..SIZE).collect();
+    tx.offer(&mem, &heads);
+    w(&mut dev.0, reg::QUEUE_NOTIFY, TX_QUEUE as u32);
+    let taken = tx.take_used(&mem).len();
+    assert!(dev.tx_waiting());
+    // The driver resets the device with part of a frame still unsent.
+    w(&mut dev.0, reg::STATUS, 0);
+    let mut got = Vec::new();
+    while got.len() < taken {
+        dev.retry_tx();
+        got.extend(read_frames(&mut peer, 1));
+    }
+    assert_eq!(got, frames[..taken], "the waiting frame was finished whole");
+    assert!(!dev.tx_waiting());
+    // Set up again: the next frame follows on a clean frame boundary.
+    mem.write_slice(&[0u8; 0x3000], GuestAddress(TXQ + 0x1000))
+        .unwrap();
+    let mut tx = Driver::new(TXQ);
+    live(&mut dev);
+    let next = frame(99, 0x77);
+    put_tx(&mem, &tx, 0, 0x6_0000, &next);
+    tx.offer(&mem, &[0]);
+    w(&mut dev.0, reg::QUEUE_NOTIFY, TX_QUEUE as u32);
+    assert_eq!(tx.take_used(&mem), vec![(0, 0)]);
+    assert_eq!(read_frames(&mut peer, 1), vec![next]);
+}
