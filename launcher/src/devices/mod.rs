@@ -284,6 +284,11 @@ mod tests {
     #[test]
     fn a_network_device_gets_its_window_and_command_line_entry() {
         let (mut d, _rx) = test_devices();
+        // No backend, no device: the window reads as nothing there.
+        let mut m = [0u8; 4];
+        d.mmio_read(layout::VIRTIO_NET_ADDR, &mut m);
+        assert_eq!(m, [0xff; 4]);
+        assert!(Mutex::new(test_devices().0).with_net(|_| ()).is_none());
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)])
             .unwrap();
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -296,7 +301,6 @@ mod tests {
             d.cmdline_entries().last().unwrap(),
             "virtio_mmio.device=4K@0xd000d000:19"
         );
-        let mut m = [0u8; 4];
         d.mmio_read(layout::VIRTIO_NET_ADDR + 8, &mut m);
         assert_eq!(u32::from_le_bytes(m), 1, "virtio-net device ID");
         d.mmio_read(layout::VIRTIO_NET_ADDR + layout::VIRTIO_MMIO_SIZE, &mut m);
