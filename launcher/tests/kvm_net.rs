@@ -296,6 +296,84 @@ fn kvm_net_malformed_chains_and_oversized_frames_are_refused_or_dropped() {
     );
 }
 
+/// A real passt (Debian's `passt`) as the backend, handed its end of the socketpair with
+/// `--fd`, as the launcher's network code will: the guest's ARP request for its gateway goes
+/// out through the device, passt's reply comes back through it. The stream protocol and frame
+/// sizes of the device are passt's.
+#[test]
+fn kvm_net_a_real_passt_answers_the_guest_through_the_device() {
+    if !probes::kvm_available("kvm_net_a_real_passt") {
+        return;
+    }
+    let Ok(passt) = which_passt() else {
+        hyperpod_tests::skip::skipped(
+            "kvm_net_a_real_passt",
+            "no passt binary (Debian package passt)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 10.0.2.15/24, gateway 10.0.2.2, in the guest's byte order of writing.
+    let (mut p, peer) = start(
+        dir.path(),
+        &["ARP=1", "GUEST_IP=0x0a00020fu", "GW_IP=0x0a000202u"],
+        false,
+    );
+    let fd = peer.as_raw_fd();
+    let mut cmd = std::process::Command::new(passt);
+    cmd.args([
+        "--foreground",
+        "--quiet",
+        "--fd",
+        "3",
+        "--mtu",
+        "1500",
+        "--address",
+        "10.0.2.15",
+        "--netmask",
+        "24",
+        "--gateway",
+        "10.0.2.2",
+    ]);
+    // SAFETY: between fork and exec the child only calls dup2, which is async-signal-safe; the
+    // copy at 3 has no close-on-exec flag, so passt inherits it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start passt");
+    drop(peer);
+    let done = p.done.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let why = done.unwrap_or_else(|_| panic!("no ARP reply; serial: {}", p.serial.text()));
+    assert_eq!(why, StopReason::ExitPort(0), "serial: {}", p.serial.text());
+    p.stop.store(true, Ordering::SeqCst);
+    p.net_thread.take().unwrap().join().unwrap();
+    let text = p.serial.text();
+    assert!(text.contains("ARP REPLY "), "{text}");
+    let k = p.counters();
+    eprintln!("{text}{k:?}");
+    assert!(k.tx_frames >= 1 && k.rx_frames >= 1, "{k:?}");
+    assert_eq!(
+        (k.tx_refused, k.rx_refused, k.rx_bad_length),
+        (0, 0, 0),
+        "{k:?}"
+    );
+}
+
+fn which_passt() -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("passt"))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
 /// VmRSS of this process in KiB.
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -9,6 +9,8 @@
  *   which buffers the host's frames used.
  * NOREFILL=n: posts NRX receive buffers once and never again, says "R?", then sends n rounds of
  *   one malformed chain and one good frame while the host floods the receive side.
+ * ARP: asks who has GW_IP (tell GUEST_IP) and waits for the ARP reply among the frames it
+ *   receives (a real passt as the backend answers), prints it, exits 0.
  * BENCH_TX=n: sends n frames of 1514 bytes (header and frame in one buffer), BATCH per kick.
  * BENCH_RX=n: posts NRX receive buffers, receives n frames, reposting each buffer at once.
  * Exits 0 when the device behaved; otherwise prints "PROBE FAIL: why" and exits 98. */
@@ -146,7 +148,43 @@ static void post_rx(u16 first, u16 n) {
 #define BATCH 1
 #endif
 
-#if defined(BENCH_TX)
+#if defined(ARP)
+static void put_ip(volatile u8 *at, u32 ip) {
+    at[0] = (u8)(ip >> 24); at[1] = (u8)(ip >> 16); at[2] = (u8)(ip >> 8); at[3] = (u8)ip;
+}
+
+void probe_main(struct hvm_start_info *si) {
+    (void)si;
+    setup();
+    post_rx(0, NRX);
+    volatile u8 *f = B(TXBUF + HDR);
+    for (u32 i = 0; i < HDR; i++) B(TXBUF)[i] = 0;
+    for (u32 i = 0; i < 6; i++) { f[i] = 0xff; f[6 + i] = *cfg8(i); f[22 + i] = *cfg8(i); f[32 + i] = 0; }
+    f[12] = 0x08; f[13] = 0x06;                 /* ARP */
+    f[14] = 0; f[15] = 1; f[16] = 0x08; f[17] = 0; /* Ethernet, IPv4 */
+    f[18] = 6; f[19] = 4; f[20] = 0; f[21] = 1;   /* request */
+    put_ip(f + 28, GUEST_IP);
+    put_ip(f + 38, GW_IP);
+    send_slot(0, 42);
+    for (u32 n = 0; n < 64; n++) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX) fail("receive element outside the posted buffers");
+        volatile u8 *r = B(RXBUF + 0x1000u * id + HDR);
+        u32 ip = (u32)r[28] << 24 | (u32)r[29] << 16 | (u32)r[30] << 8 | r[31];
+        if (len >= HDR + 42 && r[12] == 0x08 && r[13] == 0x06 && r[21] == 2 && ip == GW_IP) {
+            for (u32 i = 0; i < 6; i++)
+                if (r[i] != *cfg8(i) || r[32 + i] != *cfg8(i)) fail("ARP reply not to our MAC");
+            puts("ARP REPLY ");
+            for (u32 i = 0; i < 6; i++) { puthex(r[22 + i], 2); if (i < 5) puts(":"); }
+            puts("\n");
+            probe_exit(0);
+        }
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+    }
+    fail("no ARP reply in 64 frames");
+}
+#elif defined(BENCH_TX)
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     setup();
