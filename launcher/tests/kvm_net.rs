@@ -298,8 +298,9 @@ fn kvm_net_malformed_chains_and_oversized_frames_are_refused_or_dropped() {
 
 /// A real passt (Debian's `passt`) as the backend, handed its end of the socketpair with
 /// `--fd`, as the launcher's network code will: the guest's ARP request for its gateway goes
-/// out through the device, passt's reply comes back through it. The stream protocol and frame
-/// sizes of the device are passt's.
+/// out through the device and passt's reply comes back through it; then a UDP datagram from the
+/// guest reaches a socket of this test on the host's loopback and the answer reaches the guest.
+/// The stream protocol and frame sizes of the device are passt's.
 #[test]
 fn kvm_net_a_real_passt_answers_the_guest_through_the_device() {
     if !probes::kvm_available("kvm_net_a_real_passt") {
@@ -313,10 +314,28 @@ fn kvm_net_a_real_passt_answers_the_guest_through_the_device() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // 10.0.2.15/24, gateway 10.0.2.2, in the guest's byte order of writing.
+    // A UDP server on the host's loopback: passt maps the gateway's address to the host.
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    let answer = std::thread::spawn(move || {
+        let mut b = [0u8; 256];
+        let (n, from) = server.recv_from(&mut b).expect("the guest's datagram");
+        server.send_to(b"pong from the host", from).unwrap();
+        b[..n].to_vec()
+    });
+    // 10.0.2.15/24, gateway 10.0.2.2.
+    let udp_port = format!("UDP_PORT={port}");
     let (mut p, peer) = start(
         dir.path(),
-        &["ARP=1", "GUEST_IP=0x0a00020fu", "GW_IP=0x0a000202u"],
+        &[
+            "ARP=1",
+            "GUEST_IP=0x0a00020fu",
+            "GW_IP=0x0a000202u",
+            &udp_port,
+        ],
         false,
     );
     let fd = peer.as_raw_fd();
@@ -356,9 +375,11 @@ fn kvm_net_a_real_passt_answers_the_guest_through_the_device() {
     p.net_thread.take().unwrap().join().unwrap();
     let text = p.serial.text();
     assert!(text.contains("ARP REPLY "), "{text}");
+    assert_eq!(answer.join().unwrap(), b"ping from the guest");
+    assert!(text.contains("UDP REPLY pong from the host\n"), "{text}");
     let k = p.counters();
     eprintln!("{text}{k:?}");
-    assert!(k.tx_frames >= 1 && k.rx_frames >= 1, "{k:?}");
+    assert!(k.tx_frames >= 2 && k.rx_frames >= 2, "{k:?}");
     assert_eq!(
         (k.tx_refused, k.rx_refused, k.rx_bad_length),
         (0, 0, 0),

@@ -10,7 +10,9 @@
  * NOREFILL=n: posts NRX receive buffers once and never again, says "R?", then sends n rounds of
  *   one malformed chain and one good frame while the host floods the receive side.
  * ARP: asks who has GW_IP (tell GUEST_IP) and waits for the ARP reply among the frames it
- *   receives (a real passt as the backend answers), prints it, exits 0.
+ *   receives (a real passt as the backend answers), prints it; with UDP_PORT, then sends a UDP
+ *   datagram "ping from the guest" from GUEST_IP:40000 to GW_IP:UDP_PORT to that MAC and waits
+ *   for the answer to port 40000, which it prints; exits 0.
  * BENCH_TX=n: sends n frames of 1514 bytes (header and frame in one buffer), BATCH per kick.
  * BENCH_RX=n: posts NRX receive buffers, receives n frames, reposting each buffer at once.
  * Exits 0 when the device behaved; otherwise prints "PROBE FAIL: why" and exits 98. */
@@ -153,6 +155,53 @@ static void put_ip(volatile u8 *at, u32 ip) {
     at[0] = (u8)(ip >> 24); at[1] = (u8)(ip >> 16); at[2] = (u8)(ip >> 8); at[3] = (u8)ip;
 }
 
+#ifdef UDP_PORT
+/* Sends "ping from the guest" over UDP to GW_IP:UDP_PORT via `gw`; waits for the datagram to
+ * port 40000 and prints its payload. */
+static void udp(const u8 *gw) {
+    static const char ping[] = "ping from the guest";
+    u32 n = sizeof ping - 1, total = 20 + 8 + n;
+    volatile u8 *f = B(TXBUF + 0x1000 + HDR);
+    for (u32 i = 0; i < HDR; i++) B(TXBUF + 0x1000)[i] = 0;
+    for (u32 i = 0; i < 6; i++) { f[i] = gw[i]; f[6 + i] = *cfg8(i); }
+    f[12] = 0x08; f[13] = 0x00;
+    volatile u8 *ip = f + 14;
+    ip[0] = 0x45; ip[1] = 0; ip[2] = (u8)(total >> 8); ip[3] = (u8)total;
+    ip[4] = 0; ip[5] = 1; ip[6] = 0x40; ip[7] = 0; ip[8] = 64; ip[9] = 17; ip[10] = 0; ip[11] = 0;
+    put_ip(ip + 12, GUEST_IP);
+    put_ip(ip + 16, GW_IP);
+    u32 sum = 0;
+    for (u32 i = 0; i < 20; i += 2) sum += (u32)ip[i] << 8 | ip[i + 1];
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    sum = ~sum & 0xffff;
+    ip[10] = (u8)(sum >> 8); ip[11] = (u8)sum;
+    volatile u8 *u = ip + 20;
+    u[0] = 40000 >> 8; u[1] = 40000 & 0xff; u[2] = (u8)(UDP_PORT >> 8); u[3] = (u8)UDP_PORT;
+    u[4] = (u8)((8 + n) >> 8); u[5] = (u8)(8 + n); u[6] = 0; u[7] = 0; /* no checksum */
+    for (u32 i = 0; i < n; i++) u[8 + i] = (u8)ping[i];
+    set_desc(&txq, 0, TXBUF + 0x1000, HDR + 14 + total, 0, 0);
+    send_chain(0);
+    for (u32 k = 0; k < 64; k++) {
+        u32 id, len = wait_used(&rxq, &id);
+        if (id >= NRX) fail("receive element outside the posted buffers");
+        volatile u8 *r = B(RXBUF + 0x1000u * id + HDR);
+        volatile u8 *rip = r + 14, *ru = rip + 20;
+        if (len >= HDR + 14 + 28 && r[12] == 0x08 && r[13] == 0x00 && rip[0] == 0x45 &&
+            rip[9] == 17 && ru[2] == (40000 >> 8) && ru[3] == (40000 & 0xff)) {
+            u32 plen = ((u32)ru[4] << 8 | ru[5]) - 8;
+            if (plen > len - HDR - 42) fail("UDP length");
+            puts("UDP REPLY ");
+            for (u32 i = 0; i < plen; i++) uart_putc(CONSOLE, (char)ru[8 + i]);
+            puts("\n");
+            return;
+        }
+        u16 h = (u16)id;
+        offer(&rxq, &h, 1);
+    }
+    fail("no UDP reply in 64 frames");
+}
+#endif
+
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     setup();
@@ -177,6 +226,13 @@ void probe_main(struct hvm_start_info *si) {
             puts("ARP REPLY ");
             for (u32 i = 0; i < 6; i++) { puthex(r[22 + i], 2); if (i < 5) puts(":"); }
             puts("\n");
+#ifdef UDP_PORT
+            u8 gw[6];
+            for (u32 i = 0; i < 6; i++) gw[i] = r[22 + i];
+            u16 h = (u16)id;
+            offer(&rxq, &h, 1);
+            udp(gw);
+#endif
             probe_exit(0);
         }
         u16 h = (u16)id;
