@@ -201,8 +201,6 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events,
         events_tx,
     } = runner;
-    // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
-    // its own first thing, and vCPU 0 runs only once all have.
     // The network backend thread's handles, duplicated before any thread is filtered.
     let net_io = match net_io(&devices) {
         Ok(io) => io,
@@ -213,6 +211,8 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
             };
         }
     };
+    // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
+    // its own first thing, and vCPU 0 runs only once all have.
     if let Err(e) = sandbox::prepare_run(
         vcpus.len(),
         opts.forward_signals,
