@@ -488,6 +488,59 @@ fn virtio_console_queue(out: &Path) {
     write(out, "short_frame", &[&[3u8][..], &short].concat());
 }
 
+/// A net_chain input: queue size, head, direction, then the descriptors `(addr, len, flags,
+/// next)`, padded with zeros to 0x200 bytes so the guest bytes at 0x100..0x10c (where the
+/// transmit seeds put their header) read as a zeroed virtio-net header.
+fn net_chain_seed(size: u8, receive: bool, descs: &[(u64, u32, u16, u16)]) -> Vec<u8> {
+    let mut b = vec![size, 0, u8::from(receive)];
+    for &(addr, len, flags, next) in descs {
+        virtq_desc(&mut b, addr, len, flags, next);
+    }
+    b.resize(0x200, 0);
+    b
+}
+
+fn net_chain(out: &Path) {
+    const N: u16 = 1; // VIRTQ_DESC_F_NEXT
+    const W: u16 = 2; // VIRTQ_DESC_F_WRITE
+    let seeds: [(&str, bool, &[(u64, u32, u16, u16)]); 6] = [
+        ("tx_one_buffer", false, &[(0x100, 12 + 60, 0, 0)]),
+        (
+            "tx_header_apart",
+            false,
+            &[(0x100, 12, N, 1), (0x2000, 1000, N, 2), (0x3000, 518, 0, 0)],
+        ),
+        ("tx_too_long", false, &[(0x100, 12 + 1519, 0, 0)]),
+        ("rx_one_buffer", true, &[(0x1000, 1530, W, 0)]),
+        ("rx_header_apart", true, &[(0x1000, 12, W | N, 1), (0x2000, 1518, W, 0)]),
+        ("rx_too_small", true, &[(0x1000, 25, W, 0)]),
+    ];
+    for (name, receive, descs) in seeds {
+        write(out, name, &net_chain_seed(4, receive, descs));
+    }
+}
+
+fn net_stream(out: &Path) {
+    let framed = |lens: &[u32]| {
+        let mut b = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend((0..len).map(|j| (i as u32 * 31 + j) as u8));
+        }
+        b
+    };
+    let seeds: [(&str, u8, &[u32]); 3] = [
+        ("frames", 6, &[60, 1518, 14]),
+        ("bad_lengths", 255, &[1519, 60, 13, 0, 14]),
+        ("byte_by_byte", 0, &[64, 64]),
+    ];
+    for (name, step, lens) in seeds {
+        let mut b = vec![step];
+        b.extend(framed(lens));
+        write(out, name, &b);
+    }
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
@@ -501,7 +554,7 @@ fn main() {
     let scratch = out.join(".scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     type Gen = fn(&Path);
-    let gens: [(&str, Gen); 11] = [
+    let gens: [(&str, Gen); 13] = [
         ("tar_header", tar_header),
         ("pax_records", pax_records),
         ("apply_tar", apply_tar),
@@ -513,6 +566,8 @@ fn main() {
         ("elf_vmlinux", elf_vmlinux),
         ("pod_artifact", pod_artifact),
         ("virtio_console_queue", virtio_console_queue),
+        ("net_chain", net_chain),
+        ("net_stream", net_stream),
     ];
     for (target, generate) in gens {
         let dir = out.join(target);

@@ -83,6 +83,11 @@ pub const VIRTIO_CONSOLE_ADDR: u64 = virtio_mmio_addr(VIRTIO_IRQS.len());
 /// IRQ of the stdio console: the first after the disks' (the MP table routes ISA IRQ n to IO-APIC
 /// pin n for every pin; 0, 1, 2 and 8 are the PIT, i8042, cascade and RTC).
 pub const VIRTIO_CONSOLE_IRQ: u32 = 18;
+/// virtio-mmio window of the network device (virtio-net, the guest's `eth0`), when the launch
+/// has a network: the slot after the stdio console's.
+pub const VIRTIO_NET_ADDR: u64 = virtio_mmio_addr(VIRTIO_IRQS.len() + 1);
+/// IRQ of the network device: the first after the stdio console's.
+pub const VIRTIO_NET_IRQ: u32 = 19;
 /// IO-APIC pins (GSIs) of the in-kernel irqchip.
 pub const IOAPIC_PINS: u32 = 24;
 
@@ -92,7 +97,7 @@ pub const fn virtio_mmio_addr(i: usize) -> u64 {
 }
 
 // The layout checked at compile time: boot structures do not overlap, the virtio windows (disks,
-// then the console) end below the IO-APIC, and no virtio IRQ collides with another, a UART's or
+// then the console, then the network) end below the IO-APIC, and no virtio IRQ collides with another, a UART's or
 // a legacy one, or exceeds the IO-APIC's pins.
 const _: () = {
     assert!(BOOT_GDT + 48 <= BOOT_IDT && BOOT_IDT + 8 <= PVH_START_INFO);
@@ -103,16 +108,22 @@ const _: () = {
     assert!(CMDLINE + CMDLINE_MAX as u64 <= MPTABLE_CONFIG);
     assert!(MPTABLE_CONFIG < EBDA_START && EBDA_START < LOW_RAM_END);
     assert!(virtio_mmio_addr(VIRTIO_IRQS.len()) <= VIRTIO_CONSOLE_ADDR);
-    assert!(VIRTIO_CONSOLE_ADDR + VIRTIO_MMIO_SIZE <= IOAPIC_ADDR);
-    assert!(VIRTIO_CONSOLE_IRQ < IOAPIC_PINS);
+    assert!(VIRTIO_CONSOLE_ADDR + VIRTIO_MMIO_SIZE <= VIRTIO_NET_ADDR);
+    assert!(VIRTIO_NET_ADDR + VIRTIO_MMIO_SIZE <= IOAPIC_ADDR);
+    assert!(VIRTIO_CONSOLE_IRQ < IOAPIC_PINS && VIRTIO_NET_IRQ < IOAPIC_PINS);
     assert!(VIRTIO_CONSOLE_IRQ != SERIAL_CONSOLE_IRQ && VIRTIO_CONSOLE_IRQ != SERIAL_CONTROL_IRQ);
+    assert!(VIRTIO_NET_IRQ != SERIAL_CONSOLE_IRQ && VIRTIO_NET_IRQ != SERIAL_CONTROL_IRQ);
+    assert!(VIRTIO_NET_IRQ != VIRTIO_CONSOLE_IRQ);
     assert!(!matches!(VIRTIO_CONSOLE_IRQ, 0 | 1 | 2 | 8));
+    assert!(!matches!(VIRTIO_NET_IRQ, 0 | 1 | 2 | 8));
     assert!(KVM_IDENTITY_MAP + 0x1000 == KVM_TSS);
     let mut i = 0;
     while i < VIRTIO_IRQS.len() {
         let irq = VIRTIO_IRQS[i];
         assert!(irq < IOAPIC_PINS && irq != SERIAL_CONSOLE_IRQ && irq != SERIAL_CONTROL_IRQ);
-        assert!(irq != VIRTIO_CONSOLE_IRQ && !matches!(irq, 0 | 1 | 2 | 8));
+        assert!(
+            irq != VIRTIO_CONSOLE_IRQ && irq != VIRTIO_NET_IRQ && !matches!(irq, 0 | 1 | 2 | 8)
+        );
         i += 1;
     }
 };

@@ -55,7 +55,8 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
                 String::new(),
             ),
         },
-        _ => launcher::vmm::launch(&cfg, &mut marks),
+        // No network backend yet: the command line has no network options (issue 16).
+        _ => launcher::vmm::launch(&cfg, None, &mut marks),
     };
     if let Some(m) = &outcome.message {
         eprintln!("hyperlaunch: {m}");

@@ -46,15 +46,19 @@ pub enum ThreadKind {
     SignalForwarder = 4,
     /// The thread copying standard input into the console.
     StdinForwarder = 5,
+    /// The network backend thread: frames from the backend socket into the guest, transmitted
+    /// frames the socket held back.
+    Net = 6,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::Supervisor,
         ThreadKind::SignalForwarder,
         ThreadKind::StdinForwarder,
+        ThreadKind::Net,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl ThreadKind {
             ThreadKind::Supervisor => "supervisor",
             ThreadKind::SignalForwarder => "signal forwarder",
             ThreadKind::StdinForwarder => "stdin forwarder",
+            ThreadKind::Net => "net",
         }
     }
 
@@ -171,9 +176,11 @@ const COMMON: &[Allowed] = &[
 ];
 
 /// A vCPU thread: `KVM_RUN`, virtio-blk reads/writes/flushes on the pod file, console output,
-/// closing its vCPU descriptor when it ends.
+/// transmitted network frames (`send` on the backend socket), closing its vCPU descriptor when
+/// it ends.
 const VCPU: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, VCPU_IOCTLS)),
+    any("sendto", libc::SYS_sendto),
     any("pread64", libc::SYS_pread64),
     any("pwrite64", libc::SYS_pwrite64),
     any("fdatasync", libc::SYS_fdatasync),
@@ -185,6 +192,7 @@ const VCPU: &[Allowed] = &[
 /// and the report written.
 const MAIN: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, MAIN_IOCTLS)),
+    any("sendto", libc::SYS_sendto),
     any("pread64", libc::SYS_pread64),
     any("pwrite64", libc::SYS_pwrite64),
     any("fdatasync", libc::SYS_fdatasync),
@@ -213,6 +221,18 @@ const STDIN_FORWARDER: &[Allowed] = &[
     with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
+/// The network backend thread: waits for the socket and its wake-up eventfd (poll), reads
+/// frames (`recv`), finishes transmitted frames (`send`), clears the eventfd (read), closes its
+/// copies when it ends.
+const NET: &[Allowed] = &[
+    any("poll", libc::SYS_poll),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("read", libc::SYS_read),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
 /// The calls `kind` may make beyond [`COMMON`].
 fn own_list(kind: ThreadKind) -> &'static [Allowed] {
     match kind {
@@ -221,6 +241,7 @@ fn own_list(kind: ThreadKind) -> &'static [Allowed] {
         ThreadKind::Supervisor => SUPERVISOR,
         ThreadKind::SignalForwarder => SIGNAL_FORWARDER,
         ThreadKind::StdinForwarder => STDIN_FORWARDER,
+        ThreadKind::Net => NET,
     }
 }
 
@@ -309,9 +330,20 @@ pub fn prepare(threads: usize) -> Result<(), SandboxError> {
 }
 
 /// [`prepare`] for a KVM run: `vcpus` vCPUs (vCPU 0 on the calling thread, which enters last),
-/// a supervisor, and the forwarders asked for.
-pub fn prepare_run(vcpus: usize, forward_signals: bool, stdin: bool) -> Result<(), SandboxError> {
-    prepare(vcpus.saturating_sub(1) + 1 + usize::from(forward_signals) + usize::from(stdin))
+/// a supervisor, the forwarders asked for and the network thread if there is a network device.
+pub fn prepare_run(
+    vcpus: usize,
+    forward_signals: bool,
+    stdin: bool,
+    net: bool,
+) -> Result<(), SandboxError> {
+    prepare(
+        vcpus.saturating_sub(1)
+            + 1
+            + usize::from(forward_signals)
+            + usize::from(stdin)
+            + usize::from(net),
+    )
 }
 
 /// Installs `kind`'s filter on the calling thread (a no-op before [`prepare`], as in unit tests

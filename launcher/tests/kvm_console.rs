@@ -86,6 +86,7 @@ fn start(dir: &std::path::Path, defines: &[&str], sink: ConsoleSink) -> Probe {
         disks: Vec::new(),
         console: Box::new(serial.clone()),
         stdio: sink,
+        net: None,
         use_pvh: true,
         backing: None,
     };

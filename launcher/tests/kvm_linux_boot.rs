@@ -117,6 +117,7 @@ fn early_boot(use_pvh: bool, mapped: bool) {
         disks: Vec::new(),
         console: Box::new(console.clone()),
         stdio: Box::new(|_| {}),
+        net: None,
         use_pvh,
         backing,
     };

@@ -3,13 +3,16 @@
 
 pub mod blk_request;
 pub mod console_chain;
+pub mod net_chain;
+pub mod net_stream;
 pub mod serial;
 pub mod virtio_blk;
 pub mod virtio_console;
 pub mod virtio_mmio;
+pub mod virtio_net;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use vm_superio::{I8042Device, Trigger};
 
@@ -17,6 +20,7 @@ use crate::layout;
 use serial::{ConsoleSerial, ControlSerial};
 use virtio_blk::VirtioBlk;
 use virtio_console::VirtioConsole;
+use virtio_net::{NetAccess, VirtioNet};
 
 /// A device asked for the VM to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct Devices {
     pub blocks: Vec<VirtioBlk>,
     /// The stdio console (`hvc0`) at `layout::VIRTIO_CONSOLE_ADDR`.
     pub stdio: VirtioConsole,
+    /// The network device at `layout::VIRTIO_NET_ADDR`, when the launch has a network backend.
+    pub net: Option<VirtioNet>,
 }
 
 impl Devices {
@@ -72,6 +78,7 @@ impl Devices {
         control: ControlSerial,
         blocks: Vec<VirtioBlk>,
         stdio: VirtioConsole,
+        net: Option<VirtioNet>,
     ) -> Devices {
         let reset = ResetFlag::default();
         Devices {
@@ -81,6 +88,7 @@ impl Devices {
             reset,
             blocks,
             stdio,
+            net,
         }
     }
 
@@ -101,6 +109,14 @@ impl Devices {
             layout::VIRTIO_CONSOLE_ADDR,
             layout::VIRTIO_CONSOLE_IRQ
         ));
+        if self.net.is_some() {
+            v.push(format!(
+                "virtio_mmio.device={}K@{:#x}:{}",
+                layout::VIRTIO_MMIO_SIZE / 1024,
+                layout::VIRTIO_NET_ADDR,
+                layout::VIRTIO_NET_IRQ
+            ));
+        }
         v
     }
 
@@ -116,11 +132,25 @@ impl Devices {
         (off < layout::VIRTIO_MMIO_SIZE).then_some((&mut self.stdio, off))
     }
 
+    fn net_at(&mut self, addr: u64) -> Option<(&mut VirtioNet, u64)> {
+        let off = addr.checked_sub(layout::VIRTIO_NET_ADDR)?;
+        let net = self.net.as_mut()?;
+        (off < layout::VIRTIO_MMIO_SIZE).then_some((net, off))
+    }
+
     fn block_at(&mut self, addr: u64) -> Option<(&mut VirtioBlk, u64)> {
         let rel = addr.checked_sub(layout::VIRTIO_MMIO_BASE)?;
         let i = usize::try_from(rel / layout::VIRTIO_MMIO_SIZE).ok()?;
         let dev = self.blocks.get_mut(i)?;
         Some((dev, rel % layout::VIRTIO_MMIO_SIZE))
+    }
+}
+
+/// The network backend thread reaches the device through the VM's device lock.
+impl NetAccess for Mutex<Devices> {
+    fn with_net<R>(&self, f: impl FnOnce(&mut VirtioNet) -> R) -> Option<R> {
+        let mut d = self.lock().unwrap_or_else(|e| e.into_inner());
+        d.net.as_mut().map(f)
     }
 }
 
@@ -168,6 +198,8 @@ impl Bus for Devices {
             dev.read(off, data);
         } else if let Some((dev, off)) = self.stdio_at(addr) {
             dev.read(off, data);
+        } else if let Some((dev, off)) = self.net_at(addr) {
+            dev.read(off, data);
         } else {
             data.fill(0xff);
         }
@@ -177,6 +209,8 @@ impl Bus for Devices {
         if let Some((dev, off)) = self.block_at(addr) {
             dev.write(off, data);
         } else if let Some((dev, off)) = self.stdio_at(addr) {
+            dev.write(off, data);
+        } else if let Some((dev, off)) = self.net_at(addr) {
             dev.write(off, data);
         }
         None
@@ -198,7 +232,7 @@ mod tests {
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)])
             .unwrap();
         let stdio = VirtioConsole::new(Box::new(|_| {}), mem).unwrap();
-        (Devices::new(console, control, Vec::new(), stdio), rx)
+        (Devices::new(console, control, Vec::new(), stdio, None), rx)
     }
 
     #[test]
@@ -245,5 +279,38 @@ mod tests {
             d.cmdline_entries(),
             vec!["console=ttyS0", "virtio_mmio.device=4K@0xd000c000:18"]
         );
+    }
+
+    #[test]
+    fn a_network_device_gets_its_window_and_command_line_entry() {
+        let (mut d, _rx) = test_devices();
+        // No backend, no device: the window reads as nothing there.
+        let mut m = [0u8; 4];
+        d.mmio_read(layout::VIRTIO_NET_ADDR, &mut m);
+        assert_eq!(m, [0xff; 4]);
+        assert!(Mutex::new(test_devices().0).with_net(|_| ()).is_none());
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)])
+            .unwrap();
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let backend = virtio_net::NetBackend {
+            stream: ours,
+            mac: virtio_net::DEFAULT_MAC,
+        };
+        d.net = Some(VirtioNet::new(backend, mem).unwrap());
+        assert_eq!(
+            d.cmdline_entries().last().unwrap(),
+            "virtio_mmio.device=4K@0xd000d000:19"
+        );
+        d.mmio_read(layout::VIRTIO_NET_ADDR + 8, &mut m);
+        assert_eq!(u32::from_le_bytes(m), 1, "virtio-net device ID");
+        d.mmio_read(layout::VIRTIO_NET_ADDR + layout::VIRTIO_MMIO_SIZE, &mut m);
+        assert_eq!(m, [0xff; 4]);
+        assert_eq!(
+            d.mmio_write(layout::VIRTIO_NET_ADDR + 0x70, &[1, 0, 0, 0]),
+            None
+        );
+        d.mmio_read(layout::VIRTIO_NET_ADDR + 0x70, &mut m);
+        assert_eq!(m, [1, 0, 0, 0]);
+        assert!(Mutex::new(d).with_net(|n| n.counters()).is_some());
     }
 }

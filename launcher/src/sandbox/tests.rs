@@ -70,13 +70,14 @@ fn the_sigsys_line_names_the_thread_and_the_call() {
 const CASE_ENV: &str = "HYPERPOD_SANDBOX_TEST_CASE";
 
 /// The cases: a kind and a call its filter forbids.
-fn cases() -> [(ThreadKind, &'static str, i64); 5] {
+fn cases() -> [(ThreadKind, &'static str, i64); 6] {
     [
         (ThreadKind::Vcpu, "socket", libc::SYS_socket),
         (ThreadKind::Supervisor, "ioctl(KVM_RUN)", libc::SYS_ioctl),
         (ThreadKind::Main, "mmap(PROT_EXEC)", libc::SYS_mmap),
         (ThreadKind::StdinForwarder, "openat", libc::SYS_openat),
         (ThreadKind::SignalForwarder, "execve", libc::SYS_execve),
+        (ThreadKind::Net, "connect", libc::SYS_connect),
     ]
 }
 
@@ -108,7 +109,8 @@ fn child_makes_a_forbidden_call() {
                 0,
             ) as i64,
             3 => libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64,
-            _ => libc::syscall(libc::SYS_execve, c"/bin/true".as_ptr(), 0usize, 0usize),
+            4 => libc::syscall(libc::SYS_execve, c"/bin/true".as_ptr(), 0usize, 0usize),
+            _ => libc::connect(-1, std::ptr::null(), 0) as i64,
         }
     };
     panic!("the forbidden call returned {r}");

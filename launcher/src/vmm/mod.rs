@@ -30,6 +30,7 @@ use crate::devices::Devices;
 use crate::devices::serial::{ConsoleSerial, ControlSerial, ControlSink, IrqTrigger};
 use crate::devices::virtio_blk::{DiskBackend, VirtioBlk, VirtioBlkError};
 use crate::devices::virtio_console::{ConsoleSink, VirtioConsole, VirtioConsoleError};
+use crate::devices::virtio_net::{NetBackend, VirtioNet, VirtioNetError};
 use crate::layout;
 use run::{Event, Marks, Outcome, RunOptions, Runner};
 use source::{PodImage, SourceError};
@@ -64,6 +65,8 @@ pub enum VmmError {
     EventFd(#[source] std::io::Error),
     #[error("stdio console")]
     Stdio(#[source] VirtioConsoleError),
+    #[error("network device")]
+    Net(#[source] VirtioNetError),
 }
 
 /// A virtio block device to attach.
@@ -88,6 +91,9 @@ pub struct BootInputs<'a> {
     pub console: Box<dyn Write + Send>,
     /// Where the stdio console's (virtio-console, `hvc0`) output goes.
     pub stdio: ConsoleSink,
+    /// The network backend (a stream connected to passt): with it the VM gets a virtio-net
+    /// device (`eth0`); `None`: no network device at all.
+    pub net: Option<NetBackend>,
     /// Enter an ELF kernel with a PVH note via PVH (true everywhere but tests of the 64-bit
     /// entry).
     pub use_pvh: bool,
@@ -158,6 +164,7 @@ fn create_devices(
     disks: Vec<DiskSpec>,
     console_out: Box<dyn Write + Send>,
     stdio_out: ConsoleSink,
+    net: Option<NetBackend>,
     events: mpsc::Sender<Event>,
 ) -> Result<Devices, VmmError> {
     if disks.len() > layout::VIRTIO_IRQS.len() {
@@ -182,7 +189,15 @@ fn create_devices(
     }
     let stdio = VirtioConsole::new(stdio_out, mem.clone()).map_err(VmmError::Stdio)?;
     register_irq(vm, stdio.irq_evt(), layout::VIRTIO_CONSOLE_IRQ)?;
-    Ok(Devices::new(console, control, blocks, stdio))
+    let net = match net {
+        Some(backend) => {
+            let dev = VirtioNet::new(backend, mem.clone()).map_err(VmmError::Net)?;
+            register_irq(vm, dev.irq_evt(), layout::VIRTIO_NET_IRQ)?;
+            Some(dev)
+        }
+        None => None,
+    };
+    Ok(Devices::new(console, control, blocks, stdio, net))
 }
 
 /// Builds a VM from `inputs` (steps 2 to 4), recording marks on the way. Reads the CPUID
@@ -260,6 +275,7 @@ pub fn build_vm_with_cache(
         inputs.disks,
         inputs.console,
         inputs.stdio,
+        inputs.net,
         events_tx.clone(),
     )?;
     let cmdline = boot::build_cmdline(&inputs.cmdline, &devices.cmdline_entries())?;
@@ -299,9 +315,11 @@ pub fn build_vm_with_cache(
 }
 
 /// Steps 1–4 for a launch: open the pod, then [`build_vm`] with its kernel, initramfs (+ the
-/// overrides archive), command line, rootfs and `--disk`s.
+/// overrides archive), command line, rootfs, `--disk`s and the network backend `net` (a stream
+/// connected to passt; `None`: no network device).
 pub fn build_vm_for_boot(
     cfg: &LaunchConfig,
+    net: Option<NetBackend>,
     marks: &mut Marks,
 ) -> Result<(Vm, RunOptions), VmmError> {
     // 1. The pod: mapped, kernel/initramfs digests established.
@@ -355,6 +373,7 @@ pub fn build_vm_for_boot(
             let mut demux = crate::stdio::OutputDemux::default();
             Box::new(move |b: &[u8]| demux.write(b))
         },
+        net,
         use_pvh: true,
         backing: image.backing(),
     };
@@ -372,11 +391,12 @@ pub fn build_vm_for_boot(
     Ok((vm, opts))
 }
 
-/// A whole launch on the KVM engine: build, run. Returns how it ended and, for `--timing`, the
-/// notes on where the digests and the CPUID table came from.
-pub fn launch(cfg: &LaunchConfig, marks: &mut Marks) -> (Outcome, String) {
+/// A whole launch on the KVM engine: build (with the network backend `net`, if any), run.
+/// Returns how it ended and, for `--timing`, the notes on where the digests and the CPUID table
+/// came from.
+pub fn launch(cfg: &LaunchConfig, net: Option<NetBackend>, marks: &mut Marks) -> (Outcome, String) {
     let mut notes = String::new();
-    let outcome = match build_vm_for_boot(cfg, marks) {
+    let outcome = match build_vm_for_boot(cfg, net, marks) {
         Ok((vm, opts)) => {
             if cfg.timing {
                 let digests = vm.digests.map(source::Trust::note).unwrap_or_default();

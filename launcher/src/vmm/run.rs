@@ -201,9 +201,24 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events,
         events_tx,
     } = runner;
+    // The network backend thread's handles, duplicated before any thread is filtered.
+    let net_io = match net_io(&devices) {
+        Ok(io) => io,
+        Err(e) => {
+            return Outcome {
+                code: EXIT_LAUNCHER,
+                message: Some(format!("network device: {e}")),
+            };
+        }
+    };
     // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
     // its own first thing, and vCPU 0 runs only once all have.
-    if let Err(e) = sandbox::prepare_run(vcpus.len(), opts.forward_signals, opts.stdin) {
+    if let Err(e) = sandbox::prepare_run(
+        vcpus.len(),
+        opts.forward_signals,
+        opts.stdin,
+        net_io.is_some(),
+    ) {
         return Outcome {
             code: EXIT_LAUNCHER,
             message: Some(e.to_string()),
@@ -252,6 +267,22 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
                 failed = Some(format!("cannot start vCPU thread: {e}"));
                 break;
             }
+        }
+    }
+    if let Some(io) = net_io.filter(|_| failed.is_none()) {
+        let (d, s) = (devices.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("net".into())
+            .spawn(move || {
+                // Seccomp (sandbox.rs): this thread's filter, first thing.
+                sandbox::enter(ThreadKind::Net);
+                block_stop_signals();
+                crate::devices::virtio_net::serve(io, &s, &*d);
+            });
+        // The thread is not joined: it returns within 100 ms of the stop flag, or ends with the
+        // process.
+        if let Err(e) = spawned {
+            failed = Some(format!("cannot start the network thread: {e}"));
         }
     }
     let kicks: Arc<[VcpuThread]> = kicks.into();
@@ -321,6 +352,15 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     join_finished(threads);
     marks.add_report(&report);
     report.outcome()
+}
+
+/// The network device's socket and wake-up eventfd, duplicated for its backend thread (`None`:
+/// the VM has no network device).
+fn net_io(
+    devices: &Mutex<Devices>,
+) -> Result<Option<crate::devices::virtio_net::NetIo>, crate::devices::virtio_net::VirtioNetError> {
+    let d = devices.lock().unwrap_or_else(|e| e.into_inner());
+    d.net.as_ref().map(|n| n.io()).transpose()
 }
 
 /// The stdio device's receive-ready eventfd, duplicated for the stdin thread.
