@@ -148,6 +148,7 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(|e| VmmError::Vm("PIT", e))?;
+    cpu::deny_pmu_msrs(kvm, &vm)?;
     Ok(vm)
 }
 
