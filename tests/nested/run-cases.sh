@@ -5,7 +5,8 @@
 # Environment: ENGINE (kvm|qemu), HL (the hyperlaunch binary), PODS (directory of *.pod),
 # CASES (directory of case files), WORK (scratch directory), REPORT (file the lines go to).
 # A case file NAME.case sets: `opts` and `args` (the command line: `set --` lists, eval'd),
-# `pod`, `signal` (sent once "ready" is on the app's stdout; empty: none), `setup`/`post`
+# `pod`, `signal` (sent once "ready" is on the app's stdout, or SIG@SECONDS after the start;
+# empty: none), `setup`/`post`
 # (shell run in the case's directory before and after the launch; post's output is compared
 # too) and may have NAME.stdin beside it (the launcher's stdin; else /dev/null).
 # Report line: NESTED-CASE NAME engine=E exit=N ms=T stdout=HEX stderr=HEX post=HEX
@@ -37,12 +38,17 @@ nested_run_case() { # nested_run_case FILE
     else
       "$HL" --engine "$ENGINE" "$@" < "$input" > stdout 2> stderr &
       pid=$!
-      i=0
-      while ! grep -q ready stdout 2>/dev/null && [ $i -lt 1200 ]; do
-        sleep 0.1
-        i=$((i + 1))
-      done
-      kill -"$signal" "$pid"
+      case "$signal" in
+        *@*) sleep "${signal#*@}" ;; # SIG@SECONDS: that long after the start (during the boot)
+        *)
+          i=0
+          while ! grep -q ready stdout 2>/dev/null && [ $i -lt 1200 ]; do
+            sleep 0.1
+            i=$((i + 1))
+          done
+          ;;
+      esac
+      kill -"${signal%@*}" "$pid"
       wait "$pid"
       echo $? > code
     fi

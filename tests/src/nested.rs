@@ -209,7 +209,8 @@ pub struct Case {
     pub args: Vec<String>,
     /// The launcher's stdin (else /dev/null).
     pub stdin: Option<Vec<u8>>,
-    /// Signal name sent once `ready` is on the app's stdout.
+    /// Signal name sent once `ready` is on the app's stdout (`NAME@SECONDS`: that long after
+    /// the launcher's start).
     pub signal: Option<String>,
     /// Shell run in the case's directory before the launch.
     pub setup: String,
