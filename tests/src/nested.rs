@@ -14,7 +14,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pod::SectionInfo;
@@ -25,8 +25,9 @@ use pod::spec::RunSpec;
 use crate::init_fixture;
 use crate::kernel::workspace_root;
 
-/// Longest the whole nested machine may run (boot, every case, power off).
-pub const OUTER_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest the whole nested machine (boot, every case, power off), or the host's run of the
+/// cases, may take.
+pub const OUTER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The cached outer kernel: `vmlinuz`, `modules/*.ko`, `modules.load`.
 #[derive(Clone, Debug)]
@@ -320,7 +321,7 @@ pub fn run_on_host(hl: &Path, pods: &Path, cases: &Path, work: &Path) -> String 
     let report = work.join("host-report.txt");
     std::fs::create_dir_all(work).unwrap();
     let _ = std::fs::remove_file(&report);
-    let status = Command::new(crate::kernel::BUSYBOX)
+    let mut child = Command::new(crate::kernel::BUSYBOX)
         .args(["sh", "-c", ". \"$0\""])
         .arg(script("run-cases.sh"))
         .env("ENGINE", "qemu")
@@ -330,8 +331,19 @@ pub fn run_on_host(hl: &Path, pods: &Path, cases: &Path, work: &Path) -> String 
         .env("WORK", work.join("cases"))
         .env("REPORT", &report)
         .stdin(Stdio::null())
-        .status()
+        .spawn()
         .expect("busybox sh runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > OUTER_TIMEOUT {
+            let _ = child.kill();
+            panic!("run-cases.sh on the host still ran after {OUTER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "run-cases.sh on the host: {status}");
     std::fs::read_to_string(&report).unwrap_or_default()
 }
@@ -344,6 +356,9 @@ pub struct Payload<'a> {
     /// `/nested/run`: shell sourced by `tests/nested/init.sh` after the modules are loaded.
     pub run: &'a str,
 }
+
+/// Outer console lines after which the nested machine never finishes its run.
+const FATAL: [&str; 3] = ["soft lockup", "Kernel panic", "self-detected stall"];
 
 /// Outer machine settings.
 pub struct Outer<'a> {
@@ -455,12 +470,20 @@ pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot
     let started = Instant::now();
     let mut child = cmd.spawn().expect("qemu-system-x86_64 runs");
     let stdout = child.stdout.take().unwrap();
+    // The outer kernel's first sign of a machine that will not finish.
+    let broken: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = broken.clone();
     let console = std::thread::spawn(move || {
         let mut text = String::new();
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line);
             eprintln!("outer: {}", line.trim_end());
+            if FATAL.iter().any(|f| line.contains(f)) {
+                seen.lock()
+                    .unwrap()
+                    .get_or_insert_with(|| line.trim_end().to_string());
+            }
             text.push_str(line.trim_end_matches('\r'));
             text.push('\n');
         }
@@ -474,6 +497,11 @@ pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot
             let _ = child.kill();
             let _ = child.wait();
             panic!("the nested machine still ran after {OUTER_TIMEOUT:?}");
+        }
+        if let Some(line) = broken.lock().unwrap().clone() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the nested machine's kernel broke down: {line}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

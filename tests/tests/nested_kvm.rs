@@ -241,7 +241,10 @@ fn cases() -> Vec<Expect> {
 }
 
 fn signal_case(name: &str, pod: &str, opts: &[&str], script: &str, sig: &str, exit: i32) -> Expect {
-    let mut case = Case::new(name, pod, opts, &[script]);
+    // A lost signal ends in the timeout (124), not a hang.
+    let mut all = vec!["--timeout", "120"];
+    all.extend_from_slice(opts);
+    let mut case = Case::new(name, pod, &all, &[script]);
     case.signal = Some(sig.into());
     Expect {
         case,
@@ -350,7 +353,10 @@ fn engines_agree_on_every_case() {
     let boot = nested::boot(
         &Outer {
             kernel: &kernel,
-            vcpus: 2,
+            // One outer CPU: with -smp 2, one run in five here stalled the outer kernel for
+            // good (soft lockup of the CPU in KVM_RUN, "timer handling issue" on the other)
+            // under QEMU 7.2's multi-threaded TCG. The inner 2-vCPU case shares the one CPU.
+            vcpus: 1,
             icount: false,
         },
         &Payload { files, run: &run },
