@@ -6,6 +6,8 @@
 //! CI, with `kvm_pvm`) pass every ioctl check but run unmodified guest kernel code through an
 //! instruction emulator: the loop is two orders of magnitude slower than native and `popcnt`
 //! stops the vCPU with an emulation failure, exactly where Linux dies. Only the probe tells.
+//! The verdict takes the fastest of at least three timed loop chunks: one chunk alone can be slow
+//! on a native KVM (under nested KVM the first, touching fresh pages, once took 12 ms).
 //!
 //! Exit codes of `hyperlaunch doctor`:
 //!
