@@ -187,6 +187,18 @@ fn cases() -> Vec<Expect> {
         },
     ];
 
+    // The writable layer's size, the rootfs hashed before the boot, launcher notices off.
+    v.push(Expect {
+        contains: &["first-ok", "second-full"],
+        ..sh(
+            "storage-size-verify-quiet",
+            &["--storage-opt", "size=4m", "--verify", "-q"],
+            "dd if=/dev/zero of=/one bs=1024 count=1024 2>/dev/null && echo first-ok; \
+             dd if=/dev/zero of=/two bs=1024 count=8192 2>/dev/null && echo second-wrote || echo second-full",
+            0,
+        )
+    });
+
     // `-e NAME` passes the launcher's own variable.
     let overrides = v.iter_mut().find(|e| e.case.name == "overrides").unwrap();
     overrides.case.setup = "export FROM_HOST=yes".into();
