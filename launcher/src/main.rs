@@ -23,6 +23,7 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
     }
     // Then: a Ctrl-C or SIGTERM during the setup is forwarded once the guest runs, not fatal.
     launcher::stdio::block_signals();
+    launcher::stdio::unignore_signals();
     let cfg = cfg.with_host_terminal();
     let engine = match cfg.engine {
         Engine::Auto if launcher::doctor::kvm_runs_guest_natively() => Engine::Kvm,

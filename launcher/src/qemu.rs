@@ -67,6 +67,8 @@ pub enum QemuError {
     Overrides(#[source] pod::cpio::CpioError),
     #[error("extra disk {0}: not found")]
     DiskMissing(PathBuf),
+    #[error("extra disk {0}: size {1} is not a multiple of 512 bytes")]
+    DiskSize(PathBuf, u64),
     #[error("socketpair for the {0}")]
     Socket(&'static str, #[source] io::Error),
     #[error("start {QEMU_BINARY}")]
@@ -322,8 +324,13 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         pod.verify_section(Section::Rootfs).map_err(pod_err)?;
     }
     for d in &cfg.disks {
-        if !d.path.exists() {
-            return Err(QemuError::DiskMissing(d.path.clone()));
+        // As the KVM engine's virtio-blk: a disk is whole sectors (QEMU would hide the tail).
+        match std::fs::metadata(&d.path) {
+            Err(_) => return Err(QemuError::DiskMissing(d.path.clone())),
+            Ok(m) if m.len() % 512 != 0 => {
+                return Err(QemuError::DiskSize(d.path.clone(), m.len()));
+            }
+            Ok(_) => {}
         }
     }
     let binary = find_qemu(std::env::var_os("PATH").as_deref())?;

@@ -89,6 +89,26 @@ pub fn block_signals() {
     }
 }
 
+/// Gives the launch's signals their default action back where the launcher was started with
+/// them ignored (a shell's background job has SIGINT ignored): an ignored signal is discarded
+/// before `sigwait` could take it, and `docker run` forwards it there too. Call once, after
+/// [`block_signals`], before any sandbox is entered.
+pub fn unignore_signals() {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGWINCH] {
+        // SAFETY: `sigaction` reads a disposition and sets SIG_DFL (a zeroed sigaction: no
+        // handler code) through valid pointers; the signal is blocked meanwhile.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(s, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                let dfl: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(s, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 /// Unblocks them again (for a child process between fork and exec: async-signal-safe).
 ///
 /// # Safety

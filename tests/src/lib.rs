@@ -4,6 +4,7 @@
 pub mod elf;
 pub mod init_fixture;
 pub mod kernel;
+pub mod nested;
 pub mod probe;
 pub mod qemu;
 pub mod registry;

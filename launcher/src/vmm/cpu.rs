@@ -19,6 +19,8 @@ pub enum CpuError {
     SetCpuid(#[source] kvm_ioctls::Error),
     #[error("cannot set MSRs")]
     SetMsrs(#[source] kvm_ioctls::Error),
+    #[error("cannot set the MSR filter")]
+    MsrFilter(#[source] kvm_ioctls::Error),
     #[error("KVM refused MSR {0:#x}")]
     MsrRefused(u32),
     #[error("cannot set the FPU state")]
@@ -118,6 +120,32 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8, tsc_dea
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
     kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(CpuError::SupportedCpuid)
+}
+
+/// AMD's performance-counter MSRs, `(first, count)`: the legacy K7 event selects and counters
+/// (`0xc0010000..=0xc0010007`) and the family 15h+ core ones (`0xc0010200..=0xc001020b`).
+pub const PMU_MSR_RANGES: [(u32, u32); 2] = [(0xc001_0000, 8), (0xc001_0200, 12)];
+
+/// Denies the guest every MSR of [`PMU_MSR_RANGES`] (a #GP, as on a CPU without them), where KVM
+/// can filter MSRs (`KVM_CAP_X86_MSR_FILTER`, Linux 5.10+). The guest gets no PMU (leaf 0xa is
+/// cleared for Intel), but on AMD Linux finds the counters without CPUID and probes one at boot
+/// (`check_hw_exists` writes PERF_CTR3); a KVM without a vPMU for the VM logs each such write as
+/// `Unhandled WRMSR(0xc0010007)`. With the filter the probe faults, and Linux says "PMU not
+/// available due to virtualization, using software events only".
+pub fn deny_pmu_msrs(kvm: &Kvm, vm: &kvm_ioctls::VmFd) -> Result<(), CpuError> {
+    if !kvm.check_extension(kvm_ioctls::Cap::X86MsrFilter) {
+        return Ok(());
+    }
+    // One bit per MSR, all clear: every access in the range is denied.
+    let deny = [0u8; 2];
+    let ranges = PMU_MSR_RANGES.map(|(base, msr_count)| kvm_ioctls::MsrFilterRange {
+        flags: kvm_ioctls::MsrFilterRangeFlags::READ | kvm_ioctls::MsrFilterRangeFlags::WRITE,
+        base,
+        msr_count,
+        bitmap: &deny,
+    });
+    vm.set_msr_filter(kvm_ioctls::MsrFilterDefaultAction::ALLOW, &ranges)
+        .map_err(CpuError::MsrFilter)
 }
 
 /// MSRs set on every vCPU: (index, value).

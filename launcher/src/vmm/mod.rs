@@ -53,6 +53,8 @@ pub enum VmmError {
     MpTable(#[from] mptable::MpTableError),
     #[error("disk {0}")]
     Disk(String, #[source] VirtioBlkError),
+    #[error("extra disk {0}: size {1} is not a multiple of 512 bytes")]
+    DiskSize(String, u64),
     #[error("cannot open disk {0}")]
     DiskOpen(String, #[source] std::io::Error),
     #[error("{0} disks is more than the {max} this VMM wires", max = layout::VIRTIO_IRQS.len())]
@@ -154,6 +156,7 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(|e| VmmError::Vm("PIT", e))?;
+    cpu::deny_pmu_msrs(kvm, &vm)?;
     Ok(vm)
 }
 
@@ -349,6 +352,10 @@ pub fn build_vm_for_boot(
             .metadata()
             .map_err(|e| VmmError::DiskOpen(name.clone(), e))?
             .len();
+        // Named here with its path, as the QEMU engine does (the device would name `diskN`).
+        if len % 512 != 0 {
+            return Err(VmmError::DiskSize(name, len));
+        }
         disks.push(DiskSpec {
             backend: DiskBackend {
                 file: Arc::new(file),

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# bench/nested.sh: the whole stack (launcher + guest kernel + init) timed deterministically on
+# the nested KVM of this machine: Debian 12's kernel under `qemu-system-x86_64 -accel tcg -cpu
+# max -icount shift=0,sleep=off` runs kvm-amd (one outer CPU: -icount with -smp 2 hangs in QEMU 7.2), and the static hyperlaunch launches a busybox pod
+# there N times per vCPU count (1 and 2), caches emptied first (cold), then warm. Prints the
+# table of exec -> init entered and exec -> app execve (min/avg/max, ms of outer-guest time,
+# from `hyperlaunch --timing`). Emulated time: the same on every machine, not a real-hardware
+# figure (VM exits are cheap in emulation, memory is not).
+#
+# Usage: bench/nested.sh [--runs N]   (N >= 2, default 10)
+# Needs qemu-system-x86, busybox-static, e2fsprogs and apt (scripts/setup; the outer kernel
+# comes from scripts/nested-kernel). One outer VM, a few minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=10
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=${2:?--runs needs a number}; shift 2 ;;
+    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "nested.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+case "$runs" in '' | *[!0-9]*) echo "nested.sh: --runs: not a number: $runs" >&2; exit 2 ;; esac
+[ "$runs" -ge 2 ] || { echo "nested.sh: --runs must be at least 2" >&2; exit 2; }
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+kernel=$(./scripts/setup | tail -n 1)
+export HYPERPOD_KERNEL="$kernel"
+export HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/release/hyperpod-init"
+echo "nested.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load $(cut -d' ' -f1-3 /proc/loadavg)"
+HYPERPOD_NESTED_RUNS=$runs cargo test -q -p hyperpod-tests --test nested_bench -- \
+  --ignored --exact nested_kvm_launch_table --nocapture 2>/tmp/nested-bench.$$.err | grep -v '^$' |
+  grep -v -e '^running ' -e '^test ' -e '^test result' -e '^\.*$' || { cat /tmp/nested-bench.$$.err >&2; rm -f /tmp/nested-bench.$$.err; exit 1; }
+rm -f /tmp/nested-bench.$$.err
