@@ -200,10 +200,11 @@ fn build_pod_with_kernel(dir: &Path, spec: &RunSpec, with_init: bool, kernel: &P
             memory_mib: 128,
             vcpus: 1,
         },
-        // What hyperbuild gives every pod: among others `no_timer_check`, without which a guest
-        // on a loaded host can fail the kernel's IO-APIC timer check and panic (seen with 20
-        // parallel TCG launches).
-        kernel_cmdline: builder::build::DEFAULT_CMDLINE.into(),
+        // `no_timer_check` as in hyperbuild's `DEFAULT_CMDLINE`: without it a guest on a loaded
+        // host can fail the kernel's IO-APIC timer check and panic (seen with 20 parallel TCG
+        // launches). Not the whole default: its `root=/dev/vda` would let a kernel without an
+        // init in its initramfs run the rootfs's shell instead of panicking (the 122 cases).
+        kernel_cmdline: "reboot=k panic=-1 no_timer_check quiet".into(),
         kernel: None,
         verity: None,
     };
