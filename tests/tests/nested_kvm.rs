@@ -405,6 +405,9 @@ fn engines_agree_on_every_case() {
         .collect();
 
     let mut failures = Vec::new();
+    // One line per case, also written to $HYPERPOD_NESTED_SUMMARY (scripts/test prints it in its
+    // summary: the harness keeps a passing test's stderr to itself).
+    let mut summary: Vec<String> = Vec::new();
     for e in &expects {
         let name = &e.case.name;
         let (Some(k), Some(q)) = (kvm.get(name), qemu.get(name)) else {
@@ -471,11 +474,12 @@ fn engines_agree_on_every_case() {
         } else {
             "DIFFERENT"
         };
-        eprintln!(
-            "nested_kvm: case {name:<24} kvm: {} | qemu: {} | {verdict}",
+        summary.push(format!(
+            "case {name:<24} kvm: {} | qemu: {} | {verdict}",
             show(k),
             show(q)
-        );
+        ));
+        eprintln!("nested_kvm: {}", summary.last().unwrap());
         if !problems.is_empty() {
             eprintln!(
                 "nested_kvm:   {name} kvm stderr:\n{}\nnested_kvm:   {name} qemu stderr:\n{}",
@@ -500,6 +504,10 @@ fn engines_agree_on_every_case() {
         }
     }
     // The outer KVM is never asked for an MSR it does not handle.
+    if let Some(path) = std::env::var_os("HYPERPOD_NESTED_SUMMARY") {
+        let text: String = summary.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("HYPERPOD_NESTED_SUMMARY: {e}"));
+    }
     for line in boot.console.lines() {
         if line.contains("Unhandled WRMSR")
             || line.contains("Unhandled RDMSR")
