@@ -169,14 +169,16 @@ fn default_route_v4(sock: &OwnedFd, gateway: IpAddr) -> Result<(), NetError> {
     ioctl(sock, libc::SIOCADDRT, &mut rt, "add the IPv4 default route")
 }
 
-fn configure_v6(index: libc::c_int, a: &InterfaceAddress, up: bool) -> Result<(), NetError> {
+/// Sets the IPv6 address (`route` false) or adds the default route (`route` true); `false` when
+/// the kernel has no IPv6.
+fn configure_v6(index: libc::c_int, a: &InterfaceAddress, route: bool) -> Result<bool, NetError> {
     let sock = match socket(libc::AF_INET6) {
         Ok(s) => s,
         // A kernel without IPv6 (pods built before it was added): IPv4 only.
-        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => return Ok(false),
         Err(e) => return Err(NetError::Step("IPv6 socket", e)),
     };
-    if !up {
+    if !route {
         let mut req = libc::in6_ifreq {
             ifr6_addr: libc::in6_addr {
                 s6_addr: v6(a.address)?.octets(),
@@ -184,7 +186,7 @@ fn configure_v6(index: libc::c_int, a: &InterfaceAddress, up: bool) -> Result<()
             ifr6_prefixlen: u32::from(a.prefix),
             ifr6_ifindex: index,
         };
-        return ioctl(&sock, libc::SIOCSIFADDR, &mut req, "set the IPv6 address");
+        return ioctl(&sock, libc::SIOCSIFADDR, &mut req, "set the IPv6 address").map(|()| true);
     }
     let mut rt = In6RtMsg {
         rtmsg_dst: [0; 16],
@@ -204,24 +206,32 @@ fn configure_v6(index: libc::c_int, a: &InterfaceAddress, up: bool) -> Result<()
         &mut rt,
         "add the IPv6 default route",
     )
+    .map(|()| true)
 }
 
 /// An ICMP echo request (type 8, code 0, identifier and sequence 0, no data) with its checksum.
 pub const ECHO_REQUEST: [u8; 8] = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+/// An ICMPv6 echo request (type 128); the kernel fills in the checksum of ICMPv6 raw sockets.
+pub const ECHO_REQUEST_V6: [u8; 8] = [128, 0, 0, 0, 0, 0, 0, 0];
 
-/// Sends one ICMP echo request to the gateway, without waiting for a reply. The backend
-/// (passt) learns the guest's MAC address from the first frame the guest sends — here the ARP
-/// request for the gateway — and until then cannot deliver a published port's connections to a
-/// guest that only listens. (The kernel's own gratuitous ARP, `arp_notify`, was not sent on
-/// this path: the interface's transmit counter stayed at 0.)
+/// Sends one ICMP echo request to the gateway from the interface's address, without waiting
+/// for a reply. The backend (passt) learns the guest's MAC address and its addresses from the
+/// frames the guest sends — here the ARP request or neighbour solicitation for the gateway and
+/// the echo request — and until then cannot deliver a published port's connections to a guest
+/// that only listens. (The kernel's own gratuitous ARP, `arp_notify`, was not sent on this
+/// path: the interface's transmit counter stayed at 0.)
 fn announce(gateway: IpAddr) -> Result<(), NetError> {
     let step = "ping the gateway";
+    let (family, proto, packet) = match gateway {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, ECHO_REQUEST),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, ECHO_REQUEST_V6),
+    };
     // SAFETY: plain socket(2) call; the descriptor is owned right below.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::IPPROTO_ICMP,
+            proto,
         )
     };
     if fd < 0 {
@@ -229,16 +239,38 @@ fn announce(gateway: IpAddr) -> Result<(), NetError> {
     }
     // SAFETY: `fd` was just returned by socket and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let to = sockaddr_v4(v4(gateway)?);
+    // SAFETY: all-zero is a valid sockaddr_storage; it is filled in below for the family.
+    let mut to: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match gateway {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr.
+            unsafe { *(&mut to as *mut libc::sockaddr_storage).cast() = sockaddr_v4(a) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { *(&mut to as *mut libc::sockaddr_storage).cast() = sin6 };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
     // SAFETY: the buffer and the address are valid for the lengths given.
     let sent = unsafe {
         libc::sendto(
             sock.as_raw_fd(),
-            ECHO_REQUEST.as_ptr().cast(),
-            ECHO_REQUEST.len(),
+            packet.as_ptr().cast(),
+            packet.len(),
             0,
-            &to,
-            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            (&to as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
         )
     };
     if sent < 0 {
@@ -275,8 +307,10 @@ pub fn configure(cfg: &NetworkConfig) -> Result<(), NetError> {
     // IPv6: the address once the interface is up (the kernel sets up its IPv6 state then),
     // then the route through the gateway on the address's prefix.
     if let Some(a) = &cfg.ipv6 {
-        configure_v6(index, a, false)?;
-        configure_v6(index, a, true)?;
+        if configure_v6(index, a, false)? {
+            configure_v6(index, a, true)?;
+            announce(a.gateway)?;
+        }
     }
     Ok(())
 }
