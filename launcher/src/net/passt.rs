@@ -198,6 +198,14 @@ impl Passt {
                 return Err(NetError::PasstFailed(passt.failure(status)));
             }
             if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
+                // From now on its stderr (warnings) is read and dropped, so that a full pipe
+                // never blocks it.
+                if let Some(mut err) = passt.child.stderr.take() {
+                    std::thread::Builder::new()
+                        .name("passt-stderr".into())
+                        .spawn(move || std::io::copy(&mut err, &mut std::io::sink()))
+                        .map_err(NetError::Spawn)?;
+                }
                 return Ok(passt);
             }
             if started.elapsed() > START_TIMEOUT {
