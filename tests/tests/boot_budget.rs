@@ -95,7 +95,7 @@ fn boot_within(vcpus: u32, budget_ms: u32) {
     std::fs::write(&kernel_path, slice(Section::Kernel)).unwrap();
     let initrd_path = work.path().join("initramfs");
     std::fs::write(&initrd_path, slice(Section::Initramfs)).unwrap();
-    let rootfs = pod.section(Section::Rootfs);
+    let rootfs = pod.rootfs_disk();
     let m = pod.manifest();
     let run = Microvm::new(&kernel_path)
         .initrd(&initrd_path)
