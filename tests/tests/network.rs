@@ -388,4 +388,18 @@ fn network_errors_exit_125_with_one_line_before_boot() {
         Some(bin.path()),
         "apt-get install passt, or --network none",
     );
+    // A passt that fails at start: its own last line (not its syslog noise) is the reason.
+    let fake = bin.path().join("passt");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'Failed to send 20 bytes to syslog' >&2\necho 'Invalid port: 99999' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(
+        &["-p", "80"],
+        Some(bin.path()),
+        "passt failed: Invalid port: 99999",
+    );
 }

@@ -97,3 +97,20 @@ fn guest_addressing_matches_what_passt_is_told() {
     assert_eq!(g.mtu, MTU);
     assert_eq!(mac_text(GUEST_MAC), "02:68:70:00:00:01");
 }
+
+#[test]
+fn mappings_print_as_docker_port_does() {
+    let p = Published {
+        host_ip: None,
+        host_port: 8080,
+        guest_port: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(p.to_string(), "80/tcp -> 0.0.0.0:8080");
+    let v6 = Published {
+        host_ip: Some("::1".parse().unwrap()),
+        proto: Proto::Udp,
+        ..p
+    };
+    assert_eq!(v6.to_string(), "80/udp -> [::1]:8080");
+}
