@@ -78,6 +78,8 @@ pub enum NetError {
     PasstFailed(String),
     #[error("passt did not start within {0} s")]
     PasstTimeout(u64),
+    #[error("port {0}: passt did not bind it")]
+    NotForwarded(Published),
 }
 
 /// One published port as it is on the host.
@@ -246,6 +248,15 @@ pub fn start(
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
     ports.release();
     let backend = passt::Passt::start(&binary, &ports.published, theirs)?;
+    // passt skips a port it cannot bind without failing (it was taken between the check and
+    // its start): each must be held now.
+    if let Some(p) = ports
+        .published
+        .iter()
+        .find(|p| bind(p.host_ip, p.host_port, p.proto).is_ok())
+    {
+        return Err(NetError::NotForwarded(*p));
+    }
     if !cfg.quiet {
         for (q, p) in reqs.iter().zip(&ports.published) {
             if q.host_port != HostPort::Fixed(p.host_port) {

@@ -402,4 +402,12 @@ fn network_errors_exit_125_with_one_line_before_boot() {
         Some(bin.path()),
         "passt failed: Invalid port: 99999",
     );
+    // A passt that starts but does not bind a published port (passt skips a port it cannot
+    // bind without failing): caught before the guest starts.
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --pid ] && echo $$ > \"$2\"; shift; done\nexec sleep 30\n",
+    )
+    .unwrap();
+    refused(&["-p", "80"], Some(bin.path()), "passt did not bind it");
 }
