@@ -234,6 +234,10 @@ pub struct HostNetwork {
 
 /// Sets up the network for a launch on `engine` with image `exposed` ports: `None` for
 /// `--network none`. Prints each port whose host side the launcher chose (unless `quiet`).
+///
+/// Without passt installed, a launch that asked for nothing network-related (no `--network`,
+/// `-p` or `-P`) runs without a network, with a notice, as pods did before the network
+/// existed; one that asked is refused.
 pub fn start(
     cfg: &LaunchConfig,
     engine: Engine,
@@ -242,7 +246,19 @@ pub fn start(
     if mode(cfg, engine)? == NetworkMode::None {
         return Ok(None);
     }
-    let binary = passt::find(std::env::var_os("PATH").as_deref())?;
+    let asked = cfg.network.is_some() || !cfg.publish.is_empty() || cfg.publish_all;
+    let binary = match passt::find(std::env::var_os("PATH").as_deref()) {
+        Ok(b) => b,
+        Err(NetError::PasstNotFound) if !asked => {
+            if !cfg.quiet {
+                eprintln!(
+                    "hyperlaunch: passt not found, so this pod has no network (apt-get install passt; --network none silences this)"
+                );
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let reqs = requests(cfg, exposed)?;
     let mut ports = reserve(&reqs)?;
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;

@@ -284,6 +284,45 @@ fn network_none_has_loopback_only() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.trim(), "lo", "interfaces: {stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without passt, a launch that asked for no network boots without one, with a notice.
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|q| q.is_file())
+        })
+        .expect("qemu-system-x86_64 on PATH");
+    std::os::unix::fs::symlink(qemu, bin.path().join("qemu-system-x86_64")).unwrap();
+    let out = Command::new(probe::sibling_binary("hyperlaunch"))
+        .args([
+            "--engine",
+            "qemu",
+            "--timeout",
+            "300",
+            "--entrypoint",
+            "/bin/sh",
+        ])
+        .arg(pod())
+        .args(["--", "-c", "ls /sys/class/net | tr '\\n' ' '; echo"])
+        .env("PATH", bin.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "lo", "interfaces: {stdout}");
+    assert_eq!(
+        stderr.trim(),
+        "hyperlaunch: passt not found, so this pod has no network (apt-get install passt; --network none silences this)"
+    );
 }
 
 #[test]
@@ -384,7 +423,7 @@ fn network_errors_exit_125_with_one_line_before_boot() {
     std::os::unix::fs::symlink(qemu, bin.path().join("qemu-system-x86_64")).unwrap();
     refused(&["-p", "80"], Some(bin.path()), "passt not found");
     refused(
-        &[],
+        &["--network", "passt"],
         Some(bin.path()),
         "apt-get install passt, or --network none",
     );
@@ -406,7 +445,7 @@ fn network_errors_exit_125_with_one_line_before_boot() {
     // bind without failing): caught before the guest starts.
     std::fs::write(
         &fake,
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --pid ] && echo $$ > \"$2\"; shift; done\nexec sleep 30\n",
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --pid ] && echo $$ > \"$2\"; shift; done\nexec /bin/sleep 30\n",
     )
     .unwrap();
     refused(&["-p", "80"], Some(bin.path()), "passt did not bind it");
