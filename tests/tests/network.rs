@@ -189,7 +189,15 @@ fn published_ports_serve_http_with_p_and_with_publish_all_side_by_side() {
     // Two pods at once: one with -p on a port the test picked, one with -P (the image exposes
     // 80/tcp) on a port the launcher picks and prints.
     let fixed = free_port();
-    let mut a = Running::start(launcher().args(["-p", &format!("{fixed}:80")]).arg(pod));
+    // Pod a also publishes 80 on the host's ::1 only, and a UDP port.
+    let only_v6 = free_port();
+    let mut a = Running::start(
+        launcher()
+            .args(["-p", &format!("{fixed}:80")])
+            .args(["-p", &format!("[::1]:{only_v6}:80")])
+            .args(["-p", &format!("{fixed}:53/udp")])
+            .arg(pod),
+    );
     let mut b = Running::start(launcher().args(["-P", "--timing"]).arg(pod));
     let mapping = b.line_after("hyperlaunch: published ");
     let chosen: u16 = mapping
@@ -204,6 +212,15 @@ fn published_ports_serve_http_with_p_and_with_publish_all_side_by_side() {
     // Published on every address, IPv6 too (passt binds [::] as Docker does).
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, fixed));
     assert_eq!(http_get(v6).as_deref(), Some(PAGE), "GET [::1]:{fixed}");
+    // An address given: that address only.
+    let v6_only = SocketAddr::from((Ipv6Addr::LOCALHOST, only_v6));
+    assert_eq!(http_get(v6_only).as_deref(), Some(PAGE), "GET {v6_only}");
+    assert!(
+        TcpStream::connect(localhost(only_v6)).is_err(),
+        "{only_v6} on IPv4 too"
+    );
+    // The UDP port is held by passt.
+    assert!(std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, fixed)).is_err());
 
     // SIGKILL of the launcher: QEMU dies with it, and passt once its socket's other ends are
     // closed, releasing the port.
