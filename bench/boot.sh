@@ -12,7 +12,7 @@
 # the same on any host: run it before and after a change.
 #
 # Usage: bench/boot.sh [--vcpus N] [--memory MIB] [--kernel VMLINUX] [--diagnostic]
-#                      [--append WORDS] [--pod FILE] [--verity] [--check MS] [--keep DIR]
+#                      [--append WORDS] [--pod FILE] [--verity] [--check MS] [--keep DIR] [--net]
 #   --vcpus N, --memory MIB  the VM's size (default: the pod's, 1 vCPU / 128 MiB)
 #   --kernel VMLINUX         boot this kernel instead of the pod's (a variant being tried)
 #   --diagnostic             boot the diagnostic kernel (build-kernel.sh --diagnostic) and add
@@ -26,6 +26,10 @@
 #                            reads here say nothing about a KVM host (bench/verity.sh measures it)
 #   --check MS               exit 1 when the KVM-equivalent time to the app exceeds MS
 #   --keep DIR               keep the console, control channel and kernel log in DIR
+#   --net                    with the network `hyperlaunch` gives by default: passt on a
+#                            socketpair, a virtio-net device on it, and the overrides archive
+#                            carrying the guest's addressing (launcher/src/net.rs), so init
+#                            configures eth0; needs passt and python3
 # Needs: qemu-system-x86, umoci, busybox-static (scripts/setup installs them), cargo.
 #
 # TCG-only costs. QEMU 7.2's TCG offers no TSC-deadline timer, x2APIC or invariant TSC (it says
@@ -45,7 +49,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-icount_sleep=on vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep=""
+icount_sleep=on vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0
 verity=--no-verity
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,10 +62,11 @@ while [ $# -gt 0 ]; do
     --verity) verity=""; shift ;;
     --check) check=${2:?--check needs milliseconds}; shift 2 ;;
     --keep) keep=${2:?--keep needs a directory}; shift 2 ;;
+    --net) net=1; shift ;;
     --icount-sleep)
       icount_sleep=${2:?--icount-sleep needs on or off}; shift 2
       case "$icount_sleep" in on | off) ;; *) echo "boot.sh: --icount-sleep: on or off" >&2; exit 2 ;; esac ;;
-    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "boot.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -115,12 +120,42 @@ if [ "$diagnostic" = 1 ]; then
 fi
 [ -n "$kernel" ] || kernel=$work/vmlinux
 
+# --net: what the launcher does for its default network (launcher/src/net.rs, net/passt.rs):
+# the guest's addressing in an overrides archive appended to the initramfs, passt on one end of
+# a socketpair, QEMU's virtio-net on the other (`@NETFD@` below becomes its descriptor).
+wrap=() netargs=()
+if [ "$net" = 1 ]; then
+  command -v passt >/dev/null || { echo "boot.sh: passt not found (apt-get install passt)" >&2; exit 2; }
+  mkdir -p "$work/ov/hyperpod"
+  printf '%s' '{"network":{"mtu":65520,"ipv4":{"address":"10.0.2.15","prefix":24,"gateway":"10.0.2.2"},"ipv6":{"address":"fd00:0:0:2::15","prefix":64,"gateway":"fd00:0:0:2::2"},"dns":["10.0.2.3"],"search":[]}}' \
+    >"$work/ov/hyperpod/overrides.json"
+  size=$(stat -c %s "$work/initramfs")
+  head -c $(((4 - size % 4) % 4)) /dev/zero >>"$work/initramfs"
+  (cd "$work/ov" && find hyperpod | cpio -o -H newc --quiet) >>"$work/initramfs"
+  wrap=(python3 -c '
+import os, socket, subprocess, sys
+ours, theirs = socket.socketpair()
+os.set_inheritable(ours.fileno(), True)
+passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--one-off", "--fd", str(theirs.fileno()),
+    "--address", "10.0.2.15", "--netmask", "24", "--gateway", "10.0.2.2", "--address", "fd00:0:0:2::15",
+    "--gateway", "fd00:0:0:2::2", "--mtu", "65520", "--dns-forward", "10.0.2.3",
+    "--no-dhcp", "--no-dhcpv6", "--no-ra"], pass_fds=[theirs.fileno()], stderr=subprocess.DEVNULL)
+theirs.close()
+rc = subprocess.call([a.replace("@NETFD@", str(ours.fileno())) for a in sys.argv[1:]], pass_fds=[ours.fileno()])
+ours.close()
+passt.wait(timeout=10)
+sys.exit(rc)
+' )
+  netargs=(-netdev "stream,id=net0,server=off,addr.type=fd,addr.str=@NETFD@"
+    -device "virtio-net-device,netdev=net0,mac=02:68:70:00:00:01")
+fi
+
 # The launcher's QEMU command line (launcher/src/qemu.rs, Accel::Tcg) plus icount; the
 # console and the control channel go to files.
 full_cmdline="$cmdline console=ttyS0 printk.time=1 hyperpod.debug $append"
 start=$(date +%s.%N)
 set +e
-qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu max \
+${wrap[@]+"${wrap[@]}"} qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu max \
   -icount "shift=0,sleep=$icount_sleep" -m "${memory}M" -smp "$vcpus" \
   -nodefaults -no-user-config -nographic -no-reboot \
   -chardev file,id=con,path="$work/console" \
@@ -130,7 +165,7 @@ qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu max \
   -device isa-debug-exit,iobase=0xf4,iosize=0x01 \
   -kernel "$kernel" -initrd "$work/initramfs" -append "$full_cmdline" \
   -drive "driver=raw,offset=$r_off,size=$r_len,file.driver=file,file.filename=$pod,if=none,id=rootfs,readonly=on" \
-  -device virtio-blk-device,drive=rootfs </dev/null >"$work/qemu.out" 2>&1
+  -device virtio-blk-device,drive=rootfs ${netargs[@]+"${netargs[@]}"} </dev/null >"$work/qemu.out" 2>&1
 status=$?
 set -e
 wall=$(echo "$(date +%s.%N) - $start" | bc)
@@ -147,4 +182,5 @@ fi
 echo "== bench/boot.sh $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')"
 echo "kernel $(basename "$(dirname "$kernel")")/$(basename "$kernel"), $vcpus vCPU, $memory MiB, icount shift=0 (1 insn = 1 ns), sleep=$icount_sleep, wall ${wall%.*} s"
 echo "cmdline: $full_cmdline"
+[ "$net" = 0 ] || echo "network: passt + virtio-net-device (--net)"
 tr -d '\r' <"$work/console" | awk -v check="$check" -f bench/boot-table.awk

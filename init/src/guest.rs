@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use pod::spec::NetworkConfig;
 use thiserror::Error;
 
 use crate::cvt;
@@ -24,11 +25,14 @@ pub enum GuestError {
     Rlimit(#[source] io::Error),
 }
 
-/// `/etc/hosts` for a guest named `hostname`.
-pub fn hosts_file(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    )
+/// `/etc/hosts` for a guest named `hostname`: by its network addresses when it has a network
+/// (as Docker's), else by 127.0.1.1 (as Debian's without a network).
+pub fn hosts_file(hostname: &str, network: Option<&NetworkConfig>) -> String {
+    let own = match network.map(|n| crate::net::hosts_lines(n, hostname)) {
+        Some(lines) if !lines.is_empty() => lines,
+        _ => format!("127.0.1.1\t{hostname}\n"),
+    };
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}")
 }
 
 /// `/etc/resolv.conf` for a guest without network: no name server.
@@ -98,12 +102,16 @@ fn replace(path: &str, contents: &str) -> Result<(), GuestError> {
 }
 
 /// `/etc/hosts` and `/etc/hostname` naming the guest, always (Docker supplies both over the
-/// image's, so the hostname resolves whatever the image ships), and `/etc/resolv.conf` when the
-/// image lacks one. All are written in the overlay's upper layer.
-pub fn etc_files(hostname: &str) -> Result<(), GuestError> {
-    replace("/etc/hosts", &hosts_file(hostname))?;
+/// image's, so the hostname resolves whatever the image ships), and `/etc/resolv.conf`: the
+/// network's name servers when there is a network (Docker supplies it too), else ours only when
+/// the image lacks one. All are written in the overlay's upper layer.
+pub fn etc_files(hostname: &str, network: Option<&NetworkConfig>) -> Result<(), GuestError> {
+    replace("/etc/hosts", &hosts_file(hostname, network))?;
     replace("/etc/hostname", &format!("{hostname}\n"))?;
-    write_if_missing("/etc/resolv.conf", RESOLV_CONF)
+    match network {
+        Some(n) => replace("/etc/resolv.conf", &crate::net::resolv_conf(n)),
+        None => write_if_missing("/etc/resolv.conf", RESOLV_CONF),
+    }
 }
 
 /// Raises `RLIMIT_NOFILE` (soft and hard) to [`NOFILE`], or to `fs.nr_open` if lower.
@@ -129,8 +137,21 @@ mod tests {
 
     #[test]
     fn hosts_names_the_guest() {
-        let h = hosts_file("web");
+        let h = hosts_file("web", None);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("127.0.1.1\tweb\n"));
+        let net = NetworkConfig {
+            mtu: 1500,
+            ipv4: Some(pod::spec::InterfaceAddress {
+                address: "10.0.2.15".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.0.2.2".parse().unwrap(),
+            }),
+            ipv6: None,
+            dns: vec![],
+            search: vec![],
+        };
+        let h = hosts_file("web", Some(&net));
+        assert!(h.ends_with("ip6-loopback\n10.0.2.15\tweb\n"), "{h}");
     }
 }

@@ -8,6 +8,7 @@ pub mod control;
 pub mod exit;
 pub mod guest;
 pub mod mounts;
+pub mod net;
 pub mod plan;
 pub mod reap;
 pub mod spawn;
@@ -37,6 +38,8 @@ pub enum InitError {
     Plan(#[from] plan::PlanError),
     #[error("guest setup")]
     Guest(#[from] guest::GuestError),
+    #[error("network")]
+    Net(#[from] net::NetError),
     #[error("user")]
     User(#[from] user::UserError),
     #[error("app")]

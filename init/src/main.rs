@@ -50,8 +50,12 @@ fn run(t0: u64) -> Result<u8, InitError> {
     // 4. Guest setup.
     guest::set_hostname(&plan.hostname)?;
     guest::loopback_up()?;
-    steps.mark("net");
-    guest::etc_files(&plan.hostname)?;
+    steps.mark("lo");
+    if let Some(n) = &overrides.network {
+        init::net::configure(n)?;
+        steps.mark("net");
+    }
+    guest::etc_files(&plan.hostname, overrides.network.as_ref())?;
     guest::raise_nofile()?;
     steps.mark("etc");
     let user = user::lookup(&plan.user)?;

@@ -14,6 +14,7 @@ use pod::spec::Overrides;
 use thiserror::Error;
 
 use crate::config::{Disk, Engine, LaunchConfig};
+use crate::publish::{self, NetworkMode, PortRequest};
 
 /// Why a command line is refused.
 #[derive(Debug, Error, PartialEq)]
@@ -42,6 +43,8 @@ pub enum CliError {
     TooLittleMemory(String),
     #[error("--disk {0:?}: no file name")]
     EmptyDisk(String),
+    #[error("{0} {1:?}: {2}")]
+    BadPublish(String, String, crate::publish::PublishError),
 }
 
 /// What the command line asks for.
@@ -76,6 +79,13 @@ Options:
   -u, --user USER       User of the app: uid, uid:gid, name or name:group
       --hostname NAME   Guest hostname
       --disk FILE[:ro]  Attach a disk (/dev/vdb, ...); `:ro` makes it read-only
+  -p, --publish [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|/udp]
+                        Publish a guest port on the host, as `docker run -p` (an empty
+                        HOST_PORT takes a free one; ranges A-B)
+  -P, --publish-all     Publish the image's exposed ports on free host ports (the mapping
+                        is printed on stderr)
+      --network MODE    passt (a rootless user-mode network, needs the `passt` package)
+                        or none (loopback only) [default: passt; none on the KVM engine]
       --storage-opt size=SIZE
                         Size of the writable layer (bytes, or with a unit b, k, m, g)
                         [default: half the guest memory]
@@ -117,6 +127,9 @@ enum Opt {
     User,
     Hostname,
     Disk,
+    Publish,
+    PublishAll,
+    Network,
     Storage,
     Timeout,
     Grace,
@@ -142,6 +155,9 @@ impl Opt {
             "user" => Opt::User,
             "hostname" => Opt::Hostname,
             "disk" => Opt::Disk,
+            "publish" => Opt::Publish,
+            "publish-all" => Opt::PublishAll,
+            "network" => Opt::Network,
             "storage-opt" => Opt::Storage,
             "timeout" => Opt::Timeout,
             "grace" => Opt::Grace,
@@ -165,6 +181,8 @@ impl Opt {
             'q' => Opt::Quiet,
             'w' => Opt::Workdir,
             'u' => Opt::User,
+            'p' => Opt::Publish,
+            'P' => Opt::PublishAll,
             't' => Opt::Tty,
             'i' => Opt::Interactive,
             'h' => Opt::Help,
@@ -179,6 +197,7 @@ impl Opt {
             Opt::Tty
                 | Opt::Interactive
                 | Opt::Timing
+                | Opt::PublishAll
                 | Opt::Verify
                 | Opt::Quiet
                 | Opt::Help
@@ -200,6 +219,9 @@ struct Raw {
     user: Option<String>,
     hostname: Option<String>,
     disks: Vec<Disk>,
+    publish: Vec<PortRequest>,
+    publish_all: bool,
+    network: Option<NetworkMode>,
     writable_size: Option<u64>,
     timeout: Option<Duration>,
     grace: Option<Duration>,
@@ -342,6 +364,21 @@ impl Raw {
             Opt::User => self.user = Some(text()?),
             Opt::Hostname => self.hostname = Some(text()?),
             Opt::Disk => self.disks.push(disk(value.unwrap_or_default())?),
+            Opt::Publish => {
+                let v = text()?;
+                let reqs = publish::parse_publish(&v)
+                    .map_err(|e| CliError::BadPublish(name.into(), v.clone(), e))?;
+                self.publish.extend(reqs);
+            }
+            Opt::PublishAll => self.publish_all = true,
+            Opt::Network => {
+                let v = text()?;
+                self.network = Some(publish::parse_network(&v).ok_or(CliError::BadValue(
+                    name.into(),
+                    v,
+                    "passt or none",
+                ))?);
+            }
             Opt::Storage => self.writable_size = Some(storage_opt(name, &text()?)?),
             Opt::Timeout => self.timeout = Some(seconds(name, &text()?)?),
             Opt::Grace => self.grace = Some(seconds(name, &text()?)?),
@@ -385,6 +422,8 @@ impl Raw {
             term: None,
             window_size: None,
             writable_size: self.writable_size,
+            // Filled in by the engine when the launch has a network (`net::HostNetwork`).
+            network: None,
         };
         Ok(LaunchConfig {
             pod,
@@ -393,6 +432,9 @@ impl Raw {
             vcpus: self.vcpus,
             overrides,
             disks: self.disks,
+            publish: self.publish,
+            publish_all: self.publish_all,
+            network: self.network,
             timeout: self.timeout,
             grace: self.grace.unwrap_or(Duration::from_secs(10)),
             tty: self.tty,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use pod::spec::Overrides;
 
+use crate::publish::{NetworkMode, PortRequest};
+
 /// Which machine runs the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -33,6 +35,12 @@ pub struct LaunchConfig {
     pub vcpus: Option<u32>,
     pub overrides: Overrides,
     pub disks: Vec<Disk>,
+    /// `-p`: guest ports published on the host.
+    pub publish: Vec<PortRequest>,
+    /// `-P`: publish the image's exposed ports on free host ports too.
+    pub publish_all: bool,
+    /// `--network`; `None` takes the engine's default (see [`crate::net`]).
+    pub network: Option<NetworkMode>,
     /// Stop the VM (exit code 124) after this long.
     pub timeout: Option<Duration>,
     /// How long after forwarding a stop signal the VM may keep running.

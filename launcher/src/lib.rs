@@ -8,6 +8,8 @@ pub mod config;
 pub mod devices;
 pub mod doctor;
 pub mod layout;
+pub mod net;
+pub mod publish;
 pub mod qemu;
 pub mod sandbox;
 pub mod signature;

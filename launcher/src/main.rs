@@ -44,6 +44,14 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
     } else {
         None
     };
+    // The KVM engine has no network device yet: a launch there that asks for a network is
+    // refused before anything starts (the QEMU engine sets its network up itself).
+    if engine != Engine::Qemu {
+        if let Err(e) = launcher::net::mode(&cfg, engine) {
+            eprintln!("hyperlaunch: {e}");
+            return EXIT_LAUNCHER;
+        }
+    }
     let mut marks = Marks::new(exec, "kvm");
     let (outcome, notes) = match engine {
         Engine::Qemu => match launcher::qemu::run(&cfg, &mut marks) {

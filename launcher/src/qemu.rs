@@ -75,6 +75,8 @@ pub enum QemuError {
     Spawn(#[source] io::Error),
     #[error("supervise {QEMU_BINARY}")]
     Supervise(#[source] io::Error),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 /// How QEMU executes guest code.
@@ -106,6 +108,17 @@ pub struct QemuPlan {
     pub control_fd: RawFd,
     /// QEMU's descriptor of its end of the stdio socketpair.
     pub stdio_fd: RawFd,
+    /// The network device: QEMU's descriptor of the backend's frame stream and the guest's MAC;
+    /// `None`: no network device (`--network none`).
+    pub net: Option<NetPlan>,
+}
+
+/// The guest's network device on QEMU's command line.
+#[derive(Clone, Copy, Debug)]
+pub struct NetPlan {
+    /// A connected stream socket carrying QEMU stream-protocol frames (passt's other end).
+    pub fd: RawFd,
+    pub mac: [u8; 6],
 }
 
 /// Doubles commas, QEMU's escape inside `key=value,...` option strings.
@@ -230,6 +243,21 @@ pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
     ] {
         a.push(arg.into());
     }
+    // The network: one virtio-net device on the stream socket the launcher connected to its
+    // backend (4-byte big-endian length + Ethernet frame, passt's and QEMU's stream protocol).
+    if let Some(net) = &plan.net {
+        for arg in [
+            "-netdev".to_string(),
+            format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd),
+            "-device".into(),
+            format!(
+                "virtio-net-device,netdev=net0,mac={}",
+                crate::net::mac_text(net.mac)
+            ),
+        ] {
+            a.push(arg.into());
+        }
+    }
     a
 }
 
@@ -335,6 +363,17 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
     }
     let binary = find_qemu(std::env::var_os("PATH").as_deref())?;
     let manifest = pod.manifest();
+    // The network before the guest's overrides: they carry its addressing.
+    let net = crate::net::start(
+        cfg,
+        crate::config::Engine::Qemu,
+        &manifest.run.exposed_ports,
+    )?;
+    let mut overrides = cfg.overrides.clone();
+    if let Some(n) = &net {
+        overrides.network = Some(n.guest.clone());
+        marks.published = n.published.iter().map(ToString::to_string).collect();
+    }
 
     let kernel = MemFile::new("hyperpod-kernel").map_err(|e| QemuError::Extract("kernel", e))?;
     copy_section(&pod, &cfg.pod, Section::Kernel, &kernel.file)?;
@@ -342,7 +381,7 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         MemFile::new("hyperpod-initramfs").map_err(|e| QemuError::Extract("initramfs", e))?;
     let len = copy_section(&pod, &cfg.pod, Section::Initramfs, &initrd.file)?;
     if let Some(archive) =
-        pod::protocol::overrides_archive(&cfg.overrides).map_err(QemuError::Overrides)?
+        pod::protocol::overrides_archive(&overrides).map_err(QemuError::Overrides)?
     {
         // Linux unpacks concatenated archives; each starts 4-byte aligned (zeros in between
         // are skipped).
@@ -382,14 +421,19 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         disks: cfg.disks.clone(),
         control_fd: ctl_theirs.as_raw_fd(),
         stdio_fd: io_theirs.as_raw_fd(),
+        net: net.as_ref().map(|n| NetPlan {
+            fd: n.stream.as_raw_fd(),
+            mac: n.mac,
+        }),
     };
-    let inherit = [
+    let mut inherit = vec![
         ctl_theirs.as_raw_fd(),
         io_theirs.as_raw_fd(),
         kernel.file.as_raw_fd(),
         initrd.file.as_raw_fd(),
         pod.file().as_raw_fd(),
     ];
+    inherit.extend(net.as_ref().map(|n| n.stream.as_raw_fd()));
     let opts = crate::supervisor::Options {
         timeout: cfg.timeout,
         grace: cfg.grace,
@@ -408,9 +452,10 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         &opts,
         marks,
     )?;
-    // QEMU has exited: the memfds can go.
+    // QEMU has exited: the memfds can go, and the network backend with them.
     drop(kernel);
     drop(initrd);
+    drop(net);
     marks.add_report(&report);
     Ok(report.outcome())
 }

@@ -24,6 +24,8 @@ pub struct Marks {
     pub app_exec: Option<Instant>,
     pub status: Option<Instant>,
     pub exit: Option<Instant>,
+    /// The published ports as `docker port` prints them (`80/tcp -> 0.0.0.0:8080`).
+    pub published: Vec<String>,
 }
 
 impl Marks {
@@ -41,6 +43,7 @@ impl Marks {
             app_exec: None,
             status: None,
             exit: None,
+            published: Vec::new(),
         }
     }
 
@@ -76,6 +79,9 @@ impl Marks {
                 let ms = t.saturating_duration_since(self.exec).as_secs_f64() * 1e3;
                 out.push_str(&format!("hyperlaunch timing: {name:<17} {ms:9.3} ms\n"));
             }
+        }
+        for p in &self.published {
+            out.push_str(&format!("hyperlaunch timing: port {p}\n"));
         }
         out
     }

@@ -584,7 +584,7 @@ fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
 }
 
 /// Throughput of the device with a probe guest on this KVM (ignored: a benchmark, run by
-/// `bench/net.sh`): guest → backend (1514-byte frames, 1 and 16 per kick) and backend → guest
+/// `bench/net-device.sh`): guest → backend (1514-byte frames, 1 and 16 per kick) and backend → guest
 /// (16 receive buffers reposted at once). Time is from the first frame to the last at the far
 /// end. Prints results; asserts only that every frame arrived.
 #[test]

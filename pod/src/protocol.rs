@@ -38,6 +38,10 @@ pub const CONTROL_DEV: &std::ffi::CStr = c"/dev/ttyS1";
 /// The app's stdio stream's device node in the guest (the one virtio console port).
 pub const STDIO_DEV: &std::ffi::CStr = c"/dev/hvc0";
 
+/// The guest's network interface (the one virtio-net device), when the launch gives it one
+/// (`spec::Overrides::network`).
+pub const NET_INTERFACE: &str = "eth0";
+
 /// Exit status byte init writes to the exit port when it panics (the `P` line says why).
 pub const PANIC_CODE: u8 = 123;
 

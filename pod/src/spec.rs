@@ -5,6 +5,7 @@
 //! archive appended to the initramfs (see `docs/guest-protocol.md`); init merges the two.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,37 @@ pub struct Overrides {
     /// of the JSON when unset, so a pod whose init predates the field still boots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writable_size: Option<u64>,
+    /// The guest's network interface ([`crate::protocol::NET_INTERFACE`]) as init configures
+    /// it (`hyperlaunch --network`); `None`: no interface, loopback only. Left out of the JSON
+    /// when unset, like `writable_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+}
+
+/// How init configures the guest's one network interface: static addresses chosen by the
+/// launcher and its network backend (no DHCP on the boot path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// The IPv4 address, prefix and default gateway, if any.
+    pub ipv4: Option<InterfaceAddress>,
+    /// The IPv6 address, prefix and default gateway, if any.
+    pub ipv6: Option<InterfaceAddress>,
+    /// Name servers for `/etc/resolv.conf`, in order.
+    pub dns: Vec<IpAddr>,
+    /// Search domains for `/etc/resolv.conf`.
+    pub search: Vec<String>,
+}
+
+/// One address of the interface with its prefix length and the default route's gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceAddress {
+    pub address: IpAddr,
+    pub prefix: u8,
+    pub gateway: IpAddr,
 }
 
 /// The writable layer's size when the launch does not choose one: half the guest's memory, as a
@@ -110,5 +142,24 @@ mod tests {
         assert!(!json.contains("writable_size"), "{json}");
         let o: Overrides = serde_json::from_str(r#"{"writable_size":1048576}"#).unwrap();
         assert_eq!(o.writable_size, Some(MIN_WRITABLE_SIZE));
+        // No network: nothing written; a network round-trips with its addresses as text.
+        assert!(!json.contains("network"), "{json}");
+        let net = Overrides {
+            network: Some(NetworkConfig {
+                mtu: 65520,
+                ipv4: Some(InterfaceAddress {
+                    address: "10.0.2.15".parse().unwrap(),
+                    prefix: 24,
+                    gateway: "10.0.2.2".parse().unwrap(),
+                }),
+                ipv6: None,
+                dns: vec!["10.0.2.3".parse().unwrap()],
+                search: vec![],
+            }),
+            ..Overrides::default()
+        };
+        let json = serde_json::to_string(&net).unwrap();
+        assert!(json.contains(r#""address":"10.0.2.15""#), "{json}");
+        assert_eq!(serde_json::from_str::<Overrides>(&json).unwrap(), net);
     }
 }

@@ -26,6 +26,7 @@ fn plan() -> QemuPlan {
         ],
         control_fd: 5,
         stdio_fd: 6,
+        net: None,
     }
 }
 
@@ -153,4 +154,28 @@ fn finds_qemu_on_path_or_says_how_to_install_it() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(find_qemu(Some(&path)).unwrap(), bin);
+}
+
+#[test]
+fn network_device_only_with_a_network() {
+    let args = strings(&qemu_args(&plan()));
+    assert!(values(&args, "-netdev").is_empty());
+    assert!(
+        !values(&args, "-device")
+            .iter()
+            .any(|d| d.starts_with("virtio-net"))
+    );
+    let mut with = plan();
+    with.net = Some(NetPlan {
+        fd: 9,
+        mac: [0x02, 0, 0, 0, 0, 0x01],
+    });
+    let args = strings(&qemu_args(&with));
+    assert_eq!(
+        values(&args, "-netdev"),
+        ["stream,id=net0,server=off,addr.type=fd,addr.str=9"]
+    );
+    assert!(
+        values(&args, "-device").contains(&"virtio-net-device,netdev=net0,mac=02:00:00:00:00:01")
+    );
 }

@@ -1,0 +1,116 @@
+use std::net::{Ipv4Addr, TcpListener};
+
+use super::*;
+use crate::cli::{Command, parse};
+
+fn config(args: &[&str]) -> LaunchConfig {
+    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    all.push("app.pod".into());
+    match parse(&all).unwrap() {
+        Command::Launch(c) => *c,
+        _ => panic!("not a launch"),
+    }
+}
+
+#[test]
+fn default_network_is_passt_on_qemu_and_none_on_kvm() {
+    assert_eq!(
+        mode(&config(&[]), Engine::Qemu).unwrap(),
+        NetworkMode::Passt
+    );
+    assert_eq!(mode(&config(&[]), Engine::Kvm).unwrap(), NetworkMode::None);
+    let none = config(&["--network", "none"]);
+    assert_eq!(mode(&none, Engine::Qemu).unwrap(), NetworkMode::None);
+    // Publishing needs a network; the KVM engine has no device yet.
+    let e = mode(&config(&["--network", "none", "-p", "80"]), Engine::Qemu).unwrap_err();
+    assert!(matches!(e, NetError::PublishWithoutNetwork), "{e}");
+    let e = mode(&config(&["-P"]), Engine::Kvm).unwrap_err();
+    assert!(matches!(e, NetError::EngineHasNoDevice), "{e}");
+    let e = mode(&config(&["--network", "passt"]), Engine::Kvm).unwrap_err();
+    assert!(matches!(e, NetError::EngineHasNoDevice), "{e}");
+}
+
+#[test]
+fn publish_all_adds_exposed_ports_after_explicit_ones() {
+    let cfg = config(&["-p", "9000:80", "-P"]);
+    let reqs = requests(&cfg, &["80/tcp".into(), "443/tcp".into()]).unwrap();
+    let got: Vec<(HostPort, u16)> = reqs.iter().map(|r| (r.host_port, r.guest_port)).collect();
+    assert_eq!(got, vec![(HostPort::Fixed(9000), 80), (HostPort::Any, 443)]);
+    // Without -P the exposed ports are not published.
+    assert_eq!(requests(&config(&[]), &["80/tcp".into()]).unwrap(), vec![]);
+}
+
+#[test]
+fn a_port_in_use_is_refused_and_free_ports_are_chosen() {
+    let busy = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let reqs = publish::parse_publish(&format!("{port}:80")).unwrap();
+    let e = reserve(&reqs).err().expect("the port is in use");
+    assert!(matches!(e, NetError::InUse(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!("port 80/tcp -> 0.0.0.0:{port} is already in use")
+    );
+
+    // Any: a free port, held until released; a range skips the busy port.
+    let reqs = publish::parse_publish("80").unwrap();
+    let mut r = reserve(&reqs).unwrap();
+    let chosen = r.published[0].host_port;
+    assert_ne!(chosen, 0);
+    assert!(TcpListener::bind((Ipv4Addr::UNSPECIFIED, chosen)).is_err());
+    r.release();
+    assert!(TcpListener::bind((Ipv4Addr::UNSPECIFIED, chosen)).is_ok());
+
+    let next = port.checked_add(1).expect("an ephemeral port below 65535");
+    let reqs = publish::parse_publish(&format!("{port}-{next}:80")).unwrap();
+    match reserve(&reqs) {
+        Ok(r) => assert_eq!(r.published[0].host_port, next),
+        // Someone else may hold `next` by chance.
+        Err(e) => assert!(matches!(e, NetError::RangeFull(..)), "{e}"),
+    }
+    // A one-port range is that port.
+    let e = reserve(&publish::parse_publish(&format!("{port}-{port}:80")).unwrap())
+        .err()
+        .expect("the only port of the range is in use");
+    assert!(matches!(e, NetError::InUse(..)), "{e}");
+    // A range of busy ports: none free. (Two adjacent busy ports: bind one, then its neighbour.)
+    let pair = (0..50).find_map(|_| {
+        let a = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        let pa = a.local_addr().ok()?.port();
+        let b = TcpListener::bind((Ipv4Addr::UNSPECIFIED, pa.checked_add(1)?)).ok()?;
+        Some((a, b, pa))
+    });
+    let (_a, _b, lo) = pair.expect("two adjacent free ports");
+    let e = reserve(&publish::parse_publish(&format!("{lo}-{}:80", lo + 1)).unwrap())
+        .err()
+        .expect("both ports of the range are in use");
+    assert!(matches!(e, NetError::RangeFull(..)), "{e}");
+}
+
+#[test]
+fn guest_addressing_matches_what_passt_is_told() {
+    let g = guest_config();
+    let v4 = g.ipv4.unwrap();
+    assert_eq!(v4.address, IpAddr::V4(GUEST_IPV4));
+    assert_eq!(v4.gateway, IpAddr::V4(GATEWAY_IPV4));
+    assert_eq!(g.dns, vec![IpAddr::V4(DNS_IPV4)]);
+    assert_eq!(g.mtu, MTU);
+    assert_eq!(mac_text(GUEST_MAC), "02:68:70:00:00:01");
+}
+
+#[test]
+fn mappings_print_as_docker_port_does() {
+    let p = Published {
+        host_ip: None,
+        host_port: 8080,
+        guest_port: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(p.to_string(), "80/tcp -> 0.0.0.0:8080");
+    let v6 = Published {
+        host_ip: Some("::1".parse().unwrap()),
+        proto: Proto::Udp,
+        ..p
+    };
+    assert_eq!(v6.to_string(), "80/udp -> [::1]:8080");
+}
