@@ -44,14 +44,6 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
     } else {
         None
     };
-    // The KVM engine has no network device yet: a launch there that asks for a network is
-    // refused before anything starts (the QEMU engine sets its network up itself).
-    if engine != Engine::Qemu {
-        if let Err(e) = launcher::net::mode(&cfg, engine) {
-            eprintln!("hyperlaunch: {e}");
-            return EXIT_LAUNCHER;
-        }
-    }
     let mut marks = Marks::new(exec, "kvm");
     let (outcome, notes) = match engine {
         Engine::Qemu => match launcher::qemu::run(&cfg, &mut marks) {
@@ -64,8 +56,7 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
                 String::new(),
             ),
         },
-        // No network backend yet: the command line has no network options (issue 16).
-        _ => launcher::vmm::launch(&cfg, None, &mut marks),
+        _ => launcher::vmm::launch(&cfg, &mut marks),
     };
     if let Some(m) = &outcome.message {
         eprintln!("hyperlaunch: {m}");

@@ -44,9 +44,18 @@ pub const GUEST_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 0x15);
 pub const PREFIX_IPV6: u8 = 64;
 /// The IPv6 gateway: the host, as passt maps it.
 pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 2);
-/// The link's MTU: passt's default (the largest 802.3 frame less its header, in 4-byte words),
-/// so that bulk TCP moves in few frames.
-pub const MTU: u32 = 65520;
+/// The link's MTU under the QEMU engine: passt's default (the largest 802.3 frame less its
+/// header, in 4-byte words), so that bulk TCP moves in few frames. The KVM engine's device has
+/// no offloads or mergeable buffers and carries Ethernet's 1500 ([`mtu`]).
+pub const MTU_QEMU: u32 = 65520;
+
+/// The link's MTU on `engine`, told to passt and to init alike.
+pub fn mtu(engine: Engine) -> u32 {
+    match engine {
+        Engine::Qemu => MTU_QEMU,
+        _ => u32::from(crate::devices::net_chain::MTU),
+    }
+}
 
 /// Why the launch's network could not be set up (the launcher exits with 125 before the guest
 /// starts).
@@ -54,10 +63,6 @@ pub const MTU: u32 = 65520;
 pub enum NetError {
     #[error("-p/-P need a network, and --network none has none")]
     PublishWithoutNetwork,
-    #[error(
-        "the KVM engine has no network device yet: use --engine qemu, or --network none (its default)"
-    )]
-    EngineHasNoDevice,
     #[error("the image's exposed port: {0}")]
     Exposed(#[source] PublishError),
     #[error("port {0} is already in use")]
@@ -103,10 +108,10 @@ impl fmt::Display for Published {
     }
 }
 
-/// The guest's network as init configures it (see the module comment).
-pub fn guest_config() -> NetworkConfig {
+/// The guest's network as init configures it (see the module comment), with MTU `mtu`.
+pub fn guest_config(mtu: u32) -> NetworkConfig {
     NetworkConfig {
-        mtu: MTU,
+        mtu,
         ipv4: Some(InterfaceAddress {
             address: GUEST_IPV4.into(),
             prefix: PREFIX_IPV4,
@@ -127,19 +132,14 @@ pub fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// The network a launch on `engine` (already resolved from `auto`) gets: `--network` if given,
-/// else passt where the engine has a network device. Refuses `-p`/`-P` without a network.
-pub fn mode(cfg: &LaunchConfig, engine: Engine) -> Result<NetworkMode, NetError> {
+/// The network a launch gets: `--network` if given, else passt — both engines have a network
+/// device (QEMU's `virtio-net-device`, the KVM engine's `devices::virtio_net`) and, as with
+/// Docker, a launch has a network unless told otherwise. Refuses `-p`/`-P` without a network.
+pub fn mode(cfg: &LaunchConfig) -> Result<NetworkMode, NetError> {
     let publishes = !cfg.publish.is_empty() || cfg.publish_all;
-    let has_device = engine == Engine::Qemu;
-    let mode = match &cfg.network {
-        Some(m) => m.clone(),
-        None if has_device || publishes => NetworkMode::Passt,
-        None => NetworkMode::None,
-    };
+    let mode = cfg.network.clone().unwrap_or(NetworkMode::Passt);
     match mode {
         NetworkMode::None if publishes => Err(NetError::PublishWithoutNetwork),
-        NetworkMode::Passt if !has_device => Err(NetError::EngineHasNoDevice),
         m => Ok(m),
     }
 }
@@ -229,7 +229,15 @@ pub struct HostNetwork {
     pub mac: [u8; 6],
     pub guest: NetworkConfig,
     pub published: Vec<Published>,
-    _backend: passt::Passt,
+    backend: passt::Passt,
+}
+
+impl HostNetwork {
+    /// Ends the launch's hold on the network without tearing passt down from this thread
+    /// ([`passt::Passt::leave_to_exit`]): for the KVM engine, after its run.
+    pub fn leave_to_exit(self) {
+        self.backend.leave_to_exit();
+    }
 }
 
 /// Sets up the network for a launch on `engine` with image `exposed` ports: `None` for
@@ -243,7 +251,7 @@ pub fn start(
     engine: Engine,
     exposed: &[String],
 ) -> Result<Option<HostNetwork>, NetError> {
-    if mode(cfg, engine)? == NetworkMode::None {
+    if mode(cfg)? == NetworkMode::None {
         return Ok(None);
     }
     let asked = cfg.network.is_some() || !cfg.publish.is_empty() || cfg.publish_all;
@@ -263,7 +271,7 @@ pub fn start(
     let mut ports = reserve(&reqs)?;
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
     ports.release();
-    let backend = passt::Passt::start(&binary, &ports.published, theirs)?;
+    let backend = passt::Passt::start(&binary, &ports.published, theirs, mtu(engine))?;
     // passt skips a port it cannot bind without failing (it was taken between the check and
     // its start): each must be held now.
     if let Some(p) = ports
@@ -283,9 +291,9 @@ pub fn start(
     Ok(Some(HostNetwork {
         stream: ours,
         mac: GUEST_MAC,
-        guest: guest_config(),
+        guest: guest_config(mtu(engine)),
         published: ports.published,
-        _backend: backend,
+        backend,
     }))
 }
 

@@ -9,7 +9,8 @@
 //! launcher waits for that file — or for passt's exit, whose stderr then says why.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
@@ -19,8 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    DNS_IPV4, GATEWAY_IPV4, GATEWAY_IPV6, GUEST_IPV4, GUEST_IPV6, MTU, NetError, PREFIX_IPV4,
-    Published,
+    DNS_IPV4, GATEWAY_IPV4, GATEWAY_IPV6, GUEST_IPV4, GUEST_IPV6, NetError, PREFIX_IPV4, Published,
 };
 use crate::publish::Proto;
 
@@ -62,6 +62,7 @@ pub fn passt_args(
     fd: i32,
     pid_file: &Path,
     runas: Option<(u32, u32)>,
+    mtu: u32,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: String| a.push(s.into());
@@ -83,7 +84,7 @@ pub fn passt_args(
         ("--gateway", GATEWAY_IPV4.to_string()),
         ("--address", GUEST_IPV6.to_string()),
         ("--gateway", GATEWAY_IPV6.to_string()),
-        ("--mtu", MTU.to_string()),
+        ("--mtu", mtu.to_string()),
         ("--dns-forward", DNS_IPV4.to_string()),
     ] {
         push(opt.into());
@@ -145,10 +146,12 @@ impl Drop for PrivateDir {
     }
 }
 
-/// The running passt; killed and reaped on drop.
+/// The running passt; killed and reaped on drop ([`Passt::leave_to_exit`] otherwise).
 pub struct Passt {
     child: Child,
-    _dir: PrivateDir,
+    /// Its stderr: an unlinked file, so that no pipe can fill and block it and no thread of
+    /// ours has to drain one (the KVM engine's threads all run under seccomp filters).
+    log: File,
 }
 
 impl Passt {
@@ -158,17 +161,25 @@ impl Passt {
         binary: &Path,
         published: &[Published],
         theirs: UnixStream,
+        mtu: u32,
     ) -> Result<Passt, NetError> {
         // SAFETY: geteuid has no preconditions.
         let runas = (unsafe { libc::geteuid() } == 0).then_some(RUNAS_WHEN_ROOT);
         let dir = PrivateDir::new(runas).map_err(NetError::TempDir)?;
         let pid_file = dir.0.join("passt.pid");
+        let log_path = dir.0.join("passt.err");
+        let log = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&log_path)
+            .map_err(NetError::TempDir)?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(binary);
-        cmd.args(passt_args(published, fd, &pid_file, runas))
+        cmd.args(passt_args(published, fd, &pid_file, runas, mtu))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log.try_clone().map_err(NetError::TempDir)?);
         // SAFETY: the closure runs in the child between fork and exec and calls only
         // async-signal-safe functions (fcntl, setpgid, prctl, pthread_sigmask) on plain integers.
         unsafe {
@@ -191,21 +202,16 @@ impl Passt {
         let child = cmd.spawn().map_err(NetError::Spawn)?;
         // passt has its end now.
         drop(theirs);
-        let mut passt = Passt { child, _dir: dir };
+        let mut passt = Passt { child, log };
         let started = Instant::now();
         loop {
             if let Some(status) = passt.child.try_wait().map_err(NetError::Spawn)? {
                 return Err(NetError::PasstFailed(passt.failure(status)));
             }
             if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
-                // From now on its stderr (warnings) is read and dropped, so that a full pipe
-                // never blocks it.
-                if let Some(mut err) = passt.child.stderr.take() {
-                    std::thread::Builder::new()
-                        .name("passt-stderr".into())
-                        .spawn(move || std::io::copy(&mut err, &mut std::io::sink()))
-                        .map_err(NetError::Spawn)?;
-                }
+                // Ready: the directory (pid file, the log's name) goes now; passt keeps its
+                // descriptors, and nothing is left to clean at the launcher's exit.
+                drop(dir);
                 return Ok(passt);
             }
             if started.elapsed() > START_TIMEOUT {
@@ -218,8 +224,13 @@ impl Passt {
     /// What passt said before it exited with `status`: its last meaningful stderr line.
     fn failure(&mut self, status: std::process::ExitStatus) -> String {
         let mut text = Vec::new();
-        if let Some(err) = self.child.stderr.as_mut() {
-            let _ = err.take(STDERR_TAIL as u64).read_to_end(&mut text);
+        let len = self.log.metadata().map(|m| m.len()).unwrap_or(0);
+        if self
+            .log
+            .seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL as u64)))
+            .is_ok()
+        {
+            let _ = (&self.log).take(STDERR_TAIL as u64).read_to_end(&mut text);
         }
         let text = String::from_utf8_lossy(&text);
         // It reports to syslog too, and says so on stderr when there is none.
@@ -231,6 +242,16 @@ impl Passt {
             })
             .map(str::to_string);
         said.unwrap_or_else(|| format!("exited with {status}"))
+    }
+}
+
+impl Passt {
+    /// Leaves passt to end with the launcher's process instead of killing and reaping it here
+    /// (the KVM engine's main thread runs under a seccomp filter without `kill` and `wait4` by
+    /// then): started with `--one-off` it exits when its end of the stream sees ours closed,
+    /// and `PR_SET_PDEATHSIG` kills it if the launcher is killed first.
+    pub fn leave_to_exit(self) {
+        std::mem::forget(self);
     }
 }
 
@@ -263,7 +284,7 @@ mod tests {
                 proto: Proto::Udp,
             },
         ];
-        let a: Vec<String> = passt_args(&published, 7, Path::new("/run/x/passt.pid"), None)
+        let a: Vec<String> = passt_args(&published, 7, Path::new("/run/x/passt.pid"), None, 1500)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
@@ -272,11 +293,12 @@ mod tests {
         assert!(joined.contains("--address 10.0.2.15 --netmask 24 --gateway 10.0.2.2"));
         assert!(joined.contains("--address fd00:0:0:2::15 --gateway fd00:0:0:2::2"));
         assert!(joined.contains("--dns-forward 10.0.2.3"));
+        assert!(joined.contains("--mtu 1500"));
         assert!(
             joined.ends_with("-t 8080:80 -u 127.0.0.1/5353:53"),
             "{joined}"
         );
-        let root = passt_args(&[], 7, Path::new("/p"), Some(RUNAS_WHEN_ROOT));
+        let root = passt_args(&[], 7, Path::new("/p"), Some(RUNAS_WHEN_ROOT), 65520);
         assert_eq!(root[3..5], ["--runas", "65534:65534"]);
     }
 

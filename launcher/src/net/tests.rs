@@ -13,21 +13,20 @@ fn config(args: &[&str]) -> LaunchConfig {
 }
 
 #[test]
-fn default_network_is_passt_on_qemu_and_none_on_kvm() {
-    assert_eq!(
-        mode(&config(&[]), Engine::Qemu).unwrap(),
-        NetworkMode::Passt
-    );
-    assert_eq!(mode(&config(&[]), Engine::Kvm).unwrap(), NetworkMode::None);
+fn default_network_is_passt_and_publishing_needs_one() {
+    assert_eq!(mode(&config(&[])).unwrap(), NetworkMode::Passt);
+    assert_eq!(mode(&config(&["-P"])).unwrap(), NetworkMode::Passt);
     let none = config(&["--network", "none"]);
-    assert_eq!(mode(&none, Engine::Qemu).unwrap(), NetworkMode::None);
-    // Publishing needs a network; the KVM engine has no device yet.
-    let e = mode(&config(&["--network", "none", "-p", "80"]), Engine::Qemu).unwrap_err();
+    assert_eq!(mode(&none).unwrap(), NetworkMode::None);
+    let e = mode(&config(&["--network", "none", "-p", "80"])).unwrap_err();
     assert!(matches!(e, NetError::PublishWithoutNetwork), "{e}");
-    let e = mode(&config(&["-P"]), Engine::Kvm).unwrap_err();
-    assert!(matches!(e, NetError::EngineHasNoDevice), "{e}");
-    let e = mode(&config(&["--network", "passt"]), Engine::Kvm).unwrap_err();
-    assert!(matches!(e, NetError::EngineHasNoDevice), "{e}");
+}
+
+#[test]
+fn the_kvm_engine_link_is_ethernet_sized_and_qemu_takes_passts_default() {
+    assert_eq!(mtu(Engine::Kvm), 1500);
+    assert_eq!(mtu(Engine::Qemu), MTU_QEMU);
+    assert_eq!(guest_config(mtu(Engine::Kvm)).mtu, 1500);
 }
 
 #[test]
@@ -89,12 +88,12 @@ fn a_port_in_use_is_refused_and_free_ports_are_chosen() {
 
 #[test]
 fn guest_addressing_matches_what_passt_is_told() {
-    let g = guest_config();
+    let g = guest_config(MTU_QEMU);
     let v4 = g.ipv4.unwrap();
     assert_eq!(v4.address, IpAddr::V4(GUEST_IPV4));
     assert_eq!(v4.gateway, IpAddr::V4(GATEWAY_IPV4));
     assert_eq!(g.dns, vec![IpAddr::V4(DNS_IPV4)]);
-    assert_eq!(g.mtu, MTU);
+    assert_eq!(g.mtu, MTU_QEMU);
     assert_eq!(mac_text(GUEST_MAC), "02:68:70:00:00:01");
 }
 

@@ -39,6 +39,8 @@ use source::{PodImage, SourceError};
 pub enum VmmError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
     #[error("cannot open /dev/kvm")]
     Kvm(#[source] kvm_ioctls::Error),
     #[error("cannot set up the VM ({0})")]
@@ -123,6 +125,8 @@ pub struct Vm {
     /// How the pod's kernel/initramfs digests were established (a launch from a pod), for
     /// `--timing`.
     pub digests: Option<source::Trust>,
+    /// The launch's network backend (passt), ended when the VM is dropped.
+    pub network: Option<crate::net::HostNetwork>,
 }
 
 fn register_irq(vm: &VmFd, evt: &EventFd, irq: u32) -> Result<(), VmmError> {
@@ -314,15 +318,16 @@ pub fn build_vm_with_cache(
         },
         cpuid: cpuid_lookup,
         digests: None,
+        network: None,
     })
 }
 
-/// Steps 1–4 for a launch: open the pod, then [`build_vm`] with its kernel, initramfs (+ the
-/// overrides archive), command line, rootfs, `--disk`s and the network backend `net` (a stream
-/// connected to passt; `None`: no network device).
+/// Steps 1–4 for a launch: open the pod, start its network (`crate::net`: passt, unless
+/// `--network none`), then [`build_vm`] with its kernel, initramfs (+ the overrides archive,
+/// which carries the guest's addressing), command line, rootfs, `--disk`s and the network
+/// device on passt's stream.
 pub fn build_vm_for_boot(
     cfg: &LaunchConfig,
-    net: Option<NetBackend>,
     marks: &mut Marks,
 ) -> Result<(Vm, RunOptions), VmmError> {
     // 1. The pod: mapped, kernel/initramfs digests established.
@@ -331,8 +336,20 @@ pub fn build_vm_for_boot(
     marks.pod_opened = Some(Instant::now());
     let m = image.manifest();
 
+    // The network before the guest's overrides: they carry its addressing.
+    let network = crate::net::start(cfg, crate::config::Engine::Kvm, &m.run.exposed_ports)?;
+    let mut guest_overrides = cfg.overrides.clone();
+    let mut net = None;
+    if let Some(n) = &network {
+        guest_overrides.network = Some(n.guest.clone());
+        marks.published = n.published.iter().map(ToString::to_string).collect();
+        net = Some(NetBackend {
+            stream: n.stream.try_clone().map_err(crate::net::NetError::Socket)?,
+            mac: n.mac,
+        });
+    }
     let overrides =
-        pod::protocol::overrides_archive(&cfg.overrides).map_err(VmmError::Overrides)?;
+        pod::protocol::overrides_archive(&guest_overrides).map_err(VmmError::Overrides)?;
     let mut initramfs = vec![image.initramfs()];
     if let Some(o) = &overrides {
         initramfs.push(o);
@@ -387,6 +404,7 @@ pub fn build_vm_for_boot(
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
     let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
     vm.digests = Some(image.trust);
+    vm.network = network;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
@@ -398,18 +416,22 @@ pub fn build_vm_for_boot(
     Ok((vm, opts))
 }
 
-/// A whole launch on the KVM engine: build (with the network backend `net`, if any), run.
-/// Returns how it ended and, for `--timing`, the notes on where the digests and the CPUID table
-/// came from.
-pub fn launch(cfg: &LaunchConfig, net: Option<NetBackend>, marks: &mut Marks) -> (Outcome, String) {
+/// A whole launch on the KVM engine: build, run. Returns how it ended and, for `--timing`, the
+/// notes on where the digests and the CPUID table came from.
+pub fn launch(cfg: &LaunchConfig, marks: &mut Marks) -> (Outcome, String) {
     let mut notes = String::new();
-    let outcome = match build_vm_for_boot(cfg, net, marks) {
+    let outcome = match build_vm_for_boot(cfg, marks) {
         Ok((vm, opts)) => {
             if cfg.timing {
                 let digests = vm.digests.map(source::Trust::note).unwrap_or_default();
                 notes = format!("{digests}{}", vm.cpuid.note());
             }
-            run::run(vm.runner, &opts, marks)
+            let outcome = run::run(vm.runner, &opts, marks);
+            // The main thread is under its seccomp filter now: passt ends with the process.
+            if let Some(n) = vm.network {
+                n.leave_to_exit();
+            }
+            outcome
         }
         Err(e) => Outcome {
             code: pod::protocol::EXIT_LAUNCHER,
