@@ -271,7 +271,21 @@ pub fn start(
     let mut ports = reserve(&reqs)?;
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
     ports.release();
-    let backend = passt::Passt::start(&binary, &ports.published, theirs, mtu(engine))?;
+    let backend = match passt::Passt::start(&binary, &ports.published, theirs, mtu(engine)) {
+        Ok(b) => b,
+        // A host passt cannot serve (e.g. no routable interface: "External interface not
+        // usable") runs a pod that asked for nothing network-related without a network, as
+        // Docker runs a container on an offline host; one that asked is refused.
+        Err(NetError::PasstFailed(why)) if !asked => {
+            if !cfg.quiet {
+                eprintln!(
+                    "hyperlaunch: passt failed ({why}), so this pod has no network (--network none silences this)"
+                );
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     // passt skips a port it cannot bind without failing (it was taken between the check and
     // its start): each must be held now.
     if let Some(p) = ports

@@ -249,6 +249,32 @@ fn cases() -> Vec<Expect> {
     no_i.case.stdin = Some(b"not for the app\n".to_vec());
     no_i.stdout = Some(b"cat:0\nno-tty\n".to_vec());
     v.push(no_i);
+    // The default network (passt): a server on the machine's loopback (the host's, or the
+    // nested machine's for the KVM engine) reached through the gateway, the DNS server and the
+    // pod's own address as init wrote them.
+    let mut net = sh(
+        "network",
+        &[],
+        "wget -q -O- http://10.0.2.2:18481/; grep -o 'nameserver [0-9.]*' /etc/resolv.conf; \
+         ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; \
+         grep -w \"$(hostname)\" /etc/hosts | grep -o '^[0-9.]*'",
+        0,
+    );
+    net.case.setup = "mkdir www && echo from-the-host > www/index.html && \
+         { busybox httpd -f -p 127.0.0.1:18481 -h www & echo $! > httpd.pid; } && sleep 0.5"
+        .into();
+    net.case.post = "kill $(cat httpd.pid)".into();
+    net.stdout =
+        Some(b"from-the-host\nnameserver 10.0.2.3\ninet 10.0.2.15/24\n10.0.2.15\n".to_vec());
+    v.push(net);
+    let mut none = sh(
+        "network-none",
+        &["--network", "none"],
+        "ls /sys/class/net",
+        0,
+    );
+    none.stdout = Some(b"lo\n".to_vec());
+    v.push(none);
     v
 }
 
@@ -340,6 +366,19 @@ fn engines_agree_on_every_case() {
 
     // The KVM engine inside the nested machine.
     let mut files = vec![("bin/hyperlaunch".to_string(), hl.to_path_buf())];
+    // passt for the network cases, with the two files it loads (it needs only libc).
+    for (inside, host) in [
+        ("bin/passt", "/usr/bin/passt"),
+        ("lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2"),
+        (
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let real = std::fs::canonicalize(host)
+            .unwrap_or_else(|e| panic!("{host} (scripts/setup installs passt): {e}"));
+        files.push((inside.to_string(), real));
+    }
     for entry in std::fs::read_dir(&pods).unwrap() {
         let p = entry.unwrap().path();
         files.push((
