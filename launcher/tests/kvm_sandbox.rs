@@ -31,9 +31,10 @@ fn thread_seccomp(pid: u32) -> Vec<(String, u32, u32)> {
     out
 }
 
-/// A spinning probe with 2 vCPUs and stdin attached: main (vCPU 0), vcpu1, the supervisor and
-/// both forwarders must each run one filter of their own once the guest prints; the run then
-/// ends by its timeout (124), not by a SIGSYS (125).
+/// A spinning probe with 2 vCPUs, stdin attached and the default network (passt, which
+/// `scripts/setup` installs): main (vCPU 0), vcpu1, the supervisor, both forwarders and the
+/// network backend thread must each run one filter of their own once the guest prints; the run
+/// then ends by its timeout (124), not by a SIGSYS (125).
 #[test]
 fn kvm_every_launcher_thread_runs_under_its_seccomp_filter() {
     if !probes::kvm_available("kvm_every_launcher_thread_runs_under_its_seccomp_filter") {
@@ -73,7 +74,11 @@ fn kvm_every_launcher_thread_runs_under_its_seccomp_filter() {
         .filter(|(name, _, _)| !name.starts_with("kvm-"))
         .collect();
     eprintln!("threads: {threads:?}");
-    assert_eq!(threads.len(), 5, "{threads:?}");
+    assert_eq!(threads.len(), 6, "{threads:?}");
+    assert!(
+        threads.iter().any(|(name, _, _)| name == "net"),
+        "no network thread (is passt installed?): {threads:?}"
+    );
     for (name, mode, filters) in &threads {
         assert_eq!(*mode, 2, "thread {name} is not in seccomp filter mode");
         assert_eq!(*filters, 1, "thread {name} has {filters} filters");
