@@ -137,6 +137,28 @@ fn kvm_control_channel_floods_end_the_run_with_121_and_memory_stays_flat() {
     }
 }
 
+/// A guest repeating a valid control line forever (probes/ctlflood.c `MODE=4`, "T init"):
+/// nothing is refused, so only `--timeout` ends it (124); the lines are consumed as they come,
+/// not queued: the launcher's peak RSS after 4 s of it stays within 512 KiB of a calm probe's.
+#[test]
+fn kvm_an_endless_stream_of_valid_control_lines_keeps_memory_flat() {
+    if !probes::kvm_available("kvm_an_endless_stream_of_valid_control_lines") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let calm = probe_pod(dir.path(), "hello", &["EXIT_CODE=0"], "calm");
+    assert_eq!(probes::launch_peak_rss(&calm, &cache).0, 0);
+    let (_, baseline) = probes::launch_peak_rss(&calm, &cache);
+    let pod = probe_pod(dir.path(), "ctlflood", &["MODE=4"], "valid");
+    let mut m = probes::Measured::start(&pod, &cache, &["--timeout", "4"], Stdio::null());
+    let code = m.child.wait().unwrap().code();
+    let peak = m.peak_kib();
+    eprintln!("4 s of \"T init\" lines: exit {code:?}; peak RSS {peak} KiB vs calm {baseline} KiB");
+    assert_eq!(code, Some(124));
+    assert!(peak <= baseline + 512, "{peak} vs {baseline} KiB");
+}
+
 /// Feeds `total` bytes of a generated stream to `stdin` until the reader is gone; returns how
 /// many the pipe took.
 fn feed(mut stdin: std::process::ChildStdin, total: usize) -> usize {

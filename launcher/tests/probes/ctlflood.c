@@ -1,7 +1,8 @@
 /* A hostile control channel: after "T init", writes an endless stream to the control UART.
  * MODE=1: one line that never ends ('A' forever, no newline);
  * MODE=2: valid-looking but unknown lines ("Q <n>\n") forever;
- * MODE=3: garbage (pseudo-random bytes, a newline every 1 to 48 of them) forever.
+ * MODE=3: garbage (pseudo-random bytes, a newline every 1 to 48 of them) forever;
+ * MODE=4: a valid line ("T init") forever: nothing to refuse, only --timeout ends it.
  * It never stops by itself: the launcher must end the run. */
 #include "probe.h"
 
@@ -23,6 +24,8 @@ void probe_main(struct hvm_start_info *si) {
         while (m) line[k++] = d[--m];
         line[k++] = '\n'; line[k] = 0;
         uart_puts(CONTROL, line);
+#elif MODE == 4
+        uart_puts(CONTROL, "T init\n");
 #else
         x = x * 1103515245u + 12345u;
         u8 b = (u8)(x >> 16);
