@@ -1,5 +1,6 @@
-/* Odd accesses to the i8042 (0x60/0x64) and the exit port (0xf4): every access size (1, 2, 4
- * bytes), reads and writes, and pseudo-random values, none of which is a reset request; then
+/* Odd accesses to the i8042 (0x60/0x64), the exit port (0xf4) and both UARTs' non-data
+ * registers: every access size (1, 2, 4 bytes), reads and writes, and pseudo-random values,
+ * none of which is a reset request or a byte sent on a line; then
  * the final act chosen by FINAL:
  * FINAL=1: reports "X 5", then a 4-byte write of 0x12345607 to the exit port (its low byte, 7,
  *          is what the port takes; the X line's 5 is the status);
@@ -31,6 +32,23 @@ void probe_main(struct hvm_start_info *si) {
         sum += inb(0x60) + inb(0x64) + inw(0x60) + inw(0x64) + inl(0x60) + inl(0x64);
         /* Reads of the exit port (never a stop). */
         sum += inb(0xf4) + inw(0xf4) + inl(0xf4);
+        /* Both UARTs' registers other than the data register (IER, FCR, LCR, MCR, LSR, MSR,
+         * scratch), with every size; then reads of all eight. Loopback, divisor latch and FIFO
+         * settings come and go. */
+        for (u16 base = CONTROL; base; base = base == CONTROL ? CONSOLE : 0) {
+            u16 reg = (u16)(base + 1 + (x >> 3) % 7);
+            outb(reg, (u8)(x >> 20));
+            outw(reg, (u16)(x >> 9));
+            outl(reg, x ^ 0xa5a5a5a5u);
+            for (u16 r = 0; r < 8; r++) sum += inb((u16)(base + r)) + inw((u16)(base + r)) + inl((u16)(base + r));
+        }
+    }
+    /* Back to a sane line: divisor latch off, 8N1, FIFO on, loopback off, no interrupts. */
+    for (u16 base = CONTROL; base; base = base == CONTROL ? CONSOLE : 0) {
+        outb((u16)(base + 3), 0x03);
+        outb((u16)(base + 1), 0x00);
+        outb((u16)(base + 2), 0x07);
+        outb((u16)(base + 4), 0x03);
     }
     puts("PORTS DONE "); puthex(sum, 8); puts("\n");
 #if FINAL == 1
