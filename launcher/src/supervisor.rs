@@ -229,8 +229,12 @@ pub fn supervise(
     // Lines for init wait here until init has opened the control port (the UART drops what
     // comes before) and the machine takes them.
     let mut unsent: Vec<HostLine> = Vec::new();
-    // Refused control lines so far: a few are noted and ignored, a flood ends the run.
+    // Refused control lines so far: a few are noted and ignored, a flood ends the run. The
+    // notes are printed once the machine has ended: during the run this thread never writes to
+    // stderr, which a stalled reader could block (and with it the deadlines, while the events
+    // pile up).
     let mut bad_lines: u32 = 0;
+    let mut notes: Vec<String> = Vec::new();
     let ending = loop {
         if init.is_some() {
             while let Some(line) = unsent.first() {
@@ -286,7 +290,7 @@ pub fn supervise(
                         "more than {MAX_BAD_LINES} refused control lines (the last: {e})"
                     ));
                 }
-                eprintln!("hyperlaunch: ignoring control line: {e}");
+                notes.push(format!("hyperlaunch: ignoring control line: {e}"));
             }
             Ok(Event::Ended(end)) => break Ending::Machine(end),
             Ok(Event::Stop(why)) => break Ending::Requested(why),
@@ -335,6 +339,11 @@ pub fn supervise(
                 status = Some(code);
                 status_at = Some(at);
             }
+        }
+    }
+    if finished.is_ok() {
+        for n in &notes {
+            eprintln!("{n}");
         }
     }
     let report = Report {
