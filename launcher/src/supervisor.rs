@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use pod::protocol::{
-    EXIT_GRACE_KILLED, EXIT_INIT_PANIC, EXIT_LAUNCHER, EXIT_NO_STATUS, EXIT_TIMEOUT, GuestLine,
-    HostLine, LineError, Mark,
+    EXIT_GRACE_KILLED, EXIT_INIT_PANIC, EXIT_LAUNCHER, EXIT_NO_STATUS, EXIT_PROTOCOL, EXIT_TIMEOUT,
+    GuestLine, HostLine, LineError, MAX_BAD_LINES, Mark,
 };
 
 /// How often the supervisor retries handing a line to a busy machine.
@@ -54,6 +54,8 @@ pub enum Ending {
     /// Init reported the status but the machine did not end within [`END_AFTER_STATUS`].
     StatusButNoEnd,
     Requested(String),
+    /// The guest broke the control protocol (one line saying how).
+    Protocol(String),
 }
 
 /// How to supervise.
@@ -158,6 +160,10 @@ pub fn outcome(why: &Ending, status: Option<u8>, panic: Option<&str>) -> Outcome
             EXIT_GRACE_KILLED,
             format!("the app did not exit within {d:?} of the stop signal; VM stopped"),
         ),
+        Ending::Protocol(why) => own(
+            EXIT_PROTOCOL,
+            format!("the guest broke the control protocol: {why}; VM stopped"),
+        ),
         Ending::Machine(MachineEnd::ExitPort(v)) => own(
             EXIT_NO_STATUS,
             format!("guest wrote {v} to the exit port without reporting a status"),
@@ -223,6 +229,12 @@ pub fn supervise(
     // Lines for init wait here until init has opened the control port (the UART drops what
     // comes before) and the machine takes them.
     let mut unsent: Vec<HostLine> = Vec::new();
+    // Refused control lines so far: a few are noted and ignored, a flood ends the run. The
+    // notes are printed once the machine has ended: during the run this thread never writes to
+    // stderr, which a stalled reader could block (and with it the deadlines, while the events
+    // pile up).
+    let mut bad_lines: u32 = 0;
+    let mut notes: Vec<String> = Vec::new();
     let ending = loop {
         if init.is_some() {
             while let Some(line) = unsent.first() {
@@ -265,7 +277,21 @@ pub fn supervise(
                     panic.get_or_insert(p);
                 }
             },
-            Ok(Event::Line(_, Err(e))) => eprintln!("hyperlaunch: ignoring control line: {e}"),
+            Ok(Event::Line(_, Err(e))) => {
+                if status.is_some() {
+                    continue;
+                }
+                if e == LineError::TooLong {
+                    break Ending::Protocol(e.to_string());
+                }
+                bad_lines += 1;
+                if bad_lines > MAX_BAD_LINES {
+                    break Ending::Protocol(format!(
+                        "more than {MAX_BAD_LINES} refused control lines (the last: {e})"
+                    ));
+                }
+                notes.push(format!("hyperlaunch: ignoring control line: {e}"));
+            }
             Ok(Event::Ended(end)) => break Ending::Machine(end),
             Ok(Event::Stop(why)) => break Ending::Requested(why),
             Ok(Event::Signal(sig)) => {
@@ -313,6 +339,11 @@ pub fn supervise(
                 status = Some(code);
                 status_at = Some(at);
             }
+        }
+    }
+    if finished.is_ok() {
+        for n in &notes {
+            eprintln!("{n}");
         }
     }
     let report = Report {

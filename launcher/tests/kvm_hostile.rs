@@ -3,7 +3,7 @@
 
 mod probes;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// A hostile virtio-blk driver (probes/hostile.c): every malformed request gets an error status
 /// or is dropped without a status, a live queue is not reconfigured, the run ends normally (0),
@@ -56,4 +56,297 @@ fn kvm_hostile_block_requests_get_error_statuses_and_memory_stays_flat() {
     assert_eq!(code, 0);
     eprintln!("peak RSS: 200 rounds {baseline} KiB, 4000 rounds {hostile} KiB");
     assert!(hostile <= baseline + 512, "{hostile} vs {baseline} KiB");
+}
+
+/// Seals probe `name` built with `defines` into `dir/<file>.pod`.
+fn probe_pod(
+    dir: &std::path::Path,
+    name: &str,
+    defines: &[&str],
+    file: &str,
+) -> std::path::PathBuf {
+    let kernel = probes::build(dir, name, defines);
+    let pod = dir.join(format!("{file}.pod"));
+    probes::seal_pod(&pod, &kernel, b"x", &[0x5a; 8 * 512], "probe=1 quiet");
+    pod
+}
+
+/// Runs `pod` on the KVM engine with `extra` options; (exit code, stderr).
+fn run(dir: &std::path::Path, pod: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32"])
+        .args(extra)
+        .arg(pod)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- exit {:?}\n{stderr}", out.status.code());
+    (
+        out.status.code().expect("hyperlaunch killed by a signal"),
+        stderr,
+    )
+}
+
+/// A guest flooding the control channel (probes/ctlflood.c) with one line that never ends, with
+/// valid-looking unknown lines, or with garbage: each run ends by itself, well inside its
+/// `--timeout`, with exit 121 and one `the guest broke the control protocol` line; at most
+/// `MAX_BAD_LINES` notices before it; no panic; and the launcher's peak RSS stays within
+/// 512 KiB of a calm probe's.
+#[test]
+fn kvm_control_channel_floods_end_the_run_with_121_and_memory_stays_flat() {
+    if !probes::kvm_available("kvm_control_channel_floods_end_the_run_with_121") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let calm = probe_pod(dir.path(), "hello", &["EXIT_CODE=0"], "calm");
+    assert_eq!(probes::launch_peak_rss(&calm, &cache).0, 0);
+    let (_, baseline) = probes::launch_peak_rss(&calm, &cache);
+    for (mode, what, reason) in [
+        (1, "overlong", "control line longer than 64 bytes"),
+        (
+            2,
+            "unknown",
+            "more than 16 refused control lines (the last: unknown control line \"Q 16\")",
+        ),
+        (3, "garbage", "more than 16 refused control lines"),
+    ] {
+        let pod = probe_pod(dir.path(), "ctlflood", &[&format!("MODE={mode}")], what);
+        let started = std::time::Instant::now();
+        let (code, stderr) = run(dir.path(), &pod, &["--timeout", "30"]);
+        let took = started.elapsed();
+        assert_eq!(code, pod::protocol::EXIT_PROTOCOL, "{what}: {stderr}");
+        assert_eq!(code, 121);
+        assert!(
+            stderr.contains("flooding the control channel"),
+            "{what}: {stderr}"
+        );
+        let last = stderr.lines().last().unwrap_or_default();
+        let want = format!("hyperlaunch: the guest broke the control protocol: {reason}");
+        assert!(last.starts_with(&want), "{what}: {last:?}");
+        assert!(last.ends_with("; VM stopped"), "{what}: {last:?}");
+        let notes = stderr.matches("hyperlaunch: ignoring control line").count();
+        let want = if mode == 1 { 0 } else { 16 };
+        assert_eq!(notes, want, "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        let (code, peak) = probes::launch_peak_rss(&pod, &cache);
+        assert_eq!(code, 121, "{what}");
+        eprintln!("{what}: ended in {took:?}; peak RSS {peak} KiB vs calm {baseline} KiB");
+        assert!(peak <= baseline + 512, "{what}: {peak} vs {baseline} KiB");
+    }
+}
+
+/// A guest repeating a valid control line forever (probes/ctlflood.c `MODE=4`, "T init"):
+/// nothing is refused, so only `--timeout` ends it (124); the lines are consumed as they come,
+/// not queued: the launcher's peak RSS after 4 s of it stays within 512 KiB of a calm probe's.
+#[test]
+fn kvm_an_endless_stream_of_valid_control_lines_keeps_memory_flat() {
+    if !probes::kvm_available("kvm_an_endless_stream_of_valid_control_lines") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let calm = probe_pod(dir.path(), "hello", &["EXIT_CODE=0"], "calm");
+    assert_eq!(probes::launch_peak_rss(&calm, &cache).0, 0);
+    let (_, baseline) = probes::launch_peak_rss(&calm, &cache);
+    let pod = probe_pod(dir.path(), "ctlflood", &["MODE=4"], "valid");
+    let mut m = probes::Measured::start(&pod, &cache, &["--timeout", "4"], Stdio::null());
+    let code = m.child.wait().unwrap().code();
+    let peak = m.peak_kib();
+    eprintln!("4 s of \"T init\" lines: exit {code:?}; peak RSS {peak} KiB vs calm {baseline} KiB");
+    assert_eq!(code, Some(124));
+    assert!(peak <= baseline + 512, "{peak} vs {baseline} KiB");
+}
+
+/// Feeds `total` bytes of a generated stream to `stdin` until the reader is gone; returns how
+/// many the pipe took.
+fn feed(mut stdin: std::process::ChildStdin, total: usize) -> usize {
+    use std::io::Write;
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut taken = 0;
+    while taken < total {
+        match stdin.write(&chunk[..chunk.len().min(total - taken)]) {
+            Ok(n) => taken += n,
+            Err(_) => break,
+        }
+    }
+    taken
+}
+
+/// A guest that never reads its stdin (probes/nostdin.c: `T exec`, then no receive buffer ever
+/// posted) while the host offers 200 MiB on the launcher's stdin (`-i`): the launcher takes no
+/// more than its one read buffer and the pipe hold (backpressure, not buffering: under 1 MiB
+/// taken), its peak RSS stays within 512 KiB of the same run with an empty stdin, and the run
+/// ends normally with the guest's code (3); a guest that never ends is stopped by `--timeout`
+/// (124) the same way.
+#[test]
+fn kvm_a_guest_that_never_reads_stdin_holds_back_200_mib_without_buffering() {
+    if !probes::kvm_available("kvm_a_guest_that_never_reads_stdin") {
+        return;
+    }
+    const OFFERED: usize = 200 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // About 2 s of TSC at this host's 2.6 GHz.
+    let pod = probe_pod(
+        dir.path(),
+        "nostdin",
+        &["SPIN_MCYCLES=5000", "EXIT_CODE=3"],
+        "nostdin",
+    );
+    let mut calm = probes::Measured::start(&pod, &cache, &["-i"], Stdio::null());
+    assert_eq!(calm.child.wait().unwrap().code(), Some(3));
+    let baseline = calm.peak_kib();
+    for (extra, want) in [(&["-i"][..], 3), (&["-i", "--timeout", "2"][..], 124)] {
+        let pod = if want == 3 {
+            pod.clone()
+        } else {
+            probe_pod(dir.path(), "nostdin", &[], "nostdin-forever")
+        };
+        let started = std::time::Instant::now();
+        let mut m = probes::Measured::start(&pod, &cache, extra, Stdio::piped());
+        let stdin = m.child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || feed(stdin, OFFERED));
+        let code = m.child.wait().unwrap().code();
+        let took = started.elapsed();
+        let taken = feeder.join().unwrap();
+        let peak = m.peak_kib();
+        eprintln!(
+            "{extra:?}: exit {code:?} after {took:?}; {taken} of {OFFERED} bytes taken; \
+             peak RSS {peak} KiB vs {baseline} KiB with an empty stdin"
+        );
+        assert_eq!(code, Some(want), "{extra:?}");
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "{extra:?}: {took:?}"
+        );
+        assert!(taken < 1 << 20, "{extra:?}: {taken} bytes taken");
+        assert!(
+            peak <= baseline + 512,
+            "{extra:?}: {peak} vs {baseline} KiB"
+        );
+    }
+}
+
+/// Odd accesses to the i8042, the exit port and both UARTs' non-data registers (probes/ports.c):
+/// 1-, 2- and 4-byte reads and writes of pseudo-random values (never the reset command) do
+/// nothing; the exit port ends the
+/// run on its first write of any size, taking the low byte; the reported status wins over both
+/// the exit port's value and an i8042 reset (5, 6); without one, 122 naming the value. No panic,
+/// and peak RSS after 8000 rounds stays within 512 KiB of that after 200.
+#[test]
+fn kvm_i8042_and_exit_port_odd_accesses_follow_the_protocol() {
+    if !probes::kvm_available("kvm_i8042_and_exit_port_odd_accesses_follow_the_protocol") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for (final_act, want, line) in [
+        (1, 5, None),
+        (
+            2,
+            122,
+            Some("hyperlaunch: guest wrote 52 to the exit port without reporting a status"),
+        ),
+        (3, 6, None),
+    ] {
+        let pod = probe_pod(
+            dir.path(),
+            "ports",
+            &["ROUNDS=2000", &format!("FINAL={final_act}")],
+            &format!("ports{final_act}"),
+        );
+        let (code, stderr) = run(dir.path(), &pod, &["--timeout", "60"]);
+        assert_eq!(code, want, "FINAL={final_act}: {stderr}");
+        assert!(stderr.contains("PORTS DONE"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if let Some(line) = line {
+            assert!(stderr.lines().any(|l| l == line), "{stderr}");
+        }
+    }
+    let few = probe_pod(dir.path(), "ports", &["ROUNDS=200", "FINAL=1"], "few");
+    let many = probe_pod(dir.path(), "ports", &["ROUNDS=8000", "FINAL=1"], "many");
+    assert_eq!(probes::launch_peak_rss(&few, &cache).0, 5);
+    let (code, baseline) = probes::launch_peak_rss(&few, &cache);
+    assert_eq!(code, 5);
+    let (code, peak) = probes::launch_peak_rss(&many, &cache);
+    assert_eq!(code, 5);
+    eprintln!("peak RSS: 200 rounds {baseline} KiB, 8000 rounds {peak} KiB");
+    assert!(peak <= baseline + 512, "{peak} vs {baseline} KiB");
+}
+
+/// A console flood (probes/spin.c `CHATTY`) with the host never reading the launcher's stdout
+/// or stderr (where the console goes): the launcher's peak RSS (`VmHWM`) 6 s into the stall is
+/// within 512 KiB of that at 1.5 s (the guest is held back, nothing queues up), and SIGTERM with
+/// `--grace` still ends the run with 137.
+#[test]
+fn kvm_console_flood_with_the_host_reader_stalled_keeps_memory_flat() {
+    if !probes::kvm_available("kvm_console_flood_with_the_host_reader_stalled") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = probe_pod(dir.path(), "spin", &["CHATTY=1"], "chatty");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32", "--grace", "0.3"])
+        .arg(&pod)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held, never read.
+    let (_out, _err) = (child.stdout.take(), child.stderr.take());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let early = probes::hwm_kib(child.id()).expect("launcher running");
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let late = probes::hwm_kib(child.id()).expect("launcher running");
+    // SAFETY: sending a signal to our own child process by pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the launcher ignored SIGTERM and --grace while its output was stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    eprintln!("stalled console: VmHWM {early} KiB at 1.5 s, {late} KiB at 6 s");
+    assert_eq!(status.code(), Some(137));
+    assert!(late <= early + 512, "{late} vs {early} KiB");
+}
+
+/// The stdio console's hostile driver (probes/vcon.c `HOSTILE NO_RX`: loops, descriptors outside
+/// the queue or RAM, overflowing addresses, 6 MiB chains, writable or indirect descriptors,
+/// queue rewrites after DRIVER_OK, a queue moved outside RAM, reset) through the launcher
+/// binary: the probe checks every refusal itself (0, or 98 with the reason), no panic, and the
+/// launcher's peak RSS after 300 rounds stays within 512 KiB of that after 10.
+#[test]
+fn kvm_hostile_stdio_console_chains_through_the_launcher_keep_memory_flat() {
+    if !probes::kvm_available("kvm_hostile_stdio_console_chains_through_the_launcher") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
+    let pod_of = |rounds: u32| {
+        let repeat = format!("REPEAT={rounds}");
+        let defines = ["HOSTILE", "NO_RX", vcon.as_str(), repeat.as_str()];
+        probe_pod(dir.path(), "vcon", &defines, &format!("vcon{rounds}"))
+    };
+    let (few, many) = (pod_of(10), pod_of(300));
+    let (code, stderr) = run(dir.path(), &many, &["--timeout", "60"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("PROBE FAIL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(probes::launch_peak_rss(&few, &cache).0, 0);
+    let (code, baseline) = probes::launch_peak_rss(&few, &cache);
+    assert_eq!(code, 0);
+    let (code, peak) = probes::launch_peak_rss(&many, &cache);
+    assert_eq!(code, 0);
+    eprintln!("hostile stdio console: peak RSS 10 rounds {baseline} KiB, 300 rounds {peak} KiB");
+    assert!(peak <= baseline + 512, "{peak} vs {baseline} KiB");
 }

@@ -45,6 +45,9 @@ pub const NET_INTERFACE: &str = "eth0";
 /// Exit status byte init writes to the exit port when it panics (the `P` line says why).
 pub const PANIC_CODE: u8 = 123;
 
+/// Launcher exit code: the guest broke the control protocol (an overlong control line, or more
+/// than [`MAX_BAD_LINES`] refused ones), so the VM was stopped.
+pub const EXIT_PROTOCOL: i32 = 121;
 /// Launcher exit code: the guest ended without reporting a status.
 pub const EXIT_NO_STATUS: i32 = 122;
 /// Launcher exit code: init panicked (`P` line).
@@ -66,6 +69,9 @@ pub const STATUS_NOT_FOUND: u8 = 127;
 
 /// Longest control line, without its `\n`.
 pub const MAX_LINE: usize = 64;
+/// How many refused (unknown or malformed, but not overlong) control lines the launcher notes
+/// and ignores; one more ends the run with [`EXIT_PROTOCOL`].
+pub const MAX_BAD_LINES: u32 = 16;
 
 /// A guest timing mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

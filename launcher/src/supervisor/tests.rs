@@ -182,3 +182,62 @@ fn a_silent_channel_is_a_failure() {
     );
     assert_eq!(r.outcome().code, EXIT_LAUNCHER);
 }
+
+#[test]
+fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
+    let bad = |e: LineError| Event::Line(Instant::now(), Err(e));
+    // One overlong line ends the run at once.
+    let (tx, rx) = mpsc::channel();
+    tx.send(bad(LineError::Unknown("Q".into()))).unwrap();
+    tx.send(bad(LineError::TooLong)).unwrap();
+    let mut m = Fake::default();
+    let r = supervise(&Options::default(), &rx, &mut m, &StdinGate::default());
+    assert_eq!(m.finished, Some(true));
+    let o = r.outcome();
+    assert_eq!(o.code, EXIT_PROTOCOL);
+    assert_eq!(o.code, 121);
+    assert!(o.message.unwrap().contains("longer than 64 bytes"));
+    // MAX_BAD_LINES refused lines are tolerated; one more ends the run.
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..MAX_BAD_LINES {
+        tx.send(bad(LineError::NotAscii)).unwrap();
+    }
+    tx.send(Event::Ended(MachineEnd::ExitPort(0))).unwrap();
+    let r = supervise(
+        &Options::default(),
+        &rx,
+        &mut Fake::default(),
+        &StdinGate::default(),
+    );
+    assert_eq!(r.ending, Ending::Machine(MachineEnd::ExitPort(0)));
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..=MAX_BAD_LINES {
+        tx.send(bad(LineError::Unknown("Q 1".into()))).unwrap();
+    }
+    tx.send(Event::Ended(MachineEnd::ExitPort(0))).unwrap();
+    let r = supervise(
+        &Options::default(),
+        &rx,
+        &mut Fake::default(),
+        &StdinGate::default(),
+    );
+    let o = r.outcome();
+    assert_eq!(o.code, EXIT_PROTOCOL);
+    assert!(
+        o.message
+            .unwrap()
+            .contains("more than 16 refused control lines")
+    );
+    // Once the status is in, a flood changes nothing.
+    let (tx, rx) = mpsc::channel();
+    tx.send(line(GuestLine::Exit(7))).unwrap();
+    tx.send(bad(LineError::TooLong)).unwrap();
+    tx.send(Event::Ended(MachineEnd::ExitPort(7))).unwrap();
+    let r = supervise(
+        &Options::default(),
+        &rx,
+        &mut Fake::default(),
+        &StdinGate::default(),
+    );
+    assert_eq!(r.outcome().code, 7);
+}

@@ -365,22 +365,58 @@ pub fn launch(dir: &Path, pod: &Path, extra: &[&str], app_args: &[&str]) -> Run 
 /// report at least this test process's RSS, which an exec after a vfork carries into the
 /// child's `ru_maxrss`.
 pub fn launch_peak_rss(pod: &std::path::Path, cache: &std::path::Path) -> (i32, i64) {
-    let report = cache.with_extension(format!("rss-{}", std::process::id()));
-    let status = std::process::Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(&report)
-        .arg(env!("CARGO_BIN_EXE_hyperlaunch"))
-        .args(["--engine", "kvm", "--memory", "32"])
-        .arg(pod)
-        .env("XDG_CACHE_HOME", cache)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run /usr/bin/time (Debian package time, scripts/setup installs it)");
-    let kib = std::fs::read_to_string(&report).unwrap();
-    let kib = kib.lines().last().unwrap().trim().parse().unwrap();
-    (status.code().expect("exit code"), kib)
+    let mut m = Measured::start(pod, cache, &[], std::process::Stdio::null());
+    let status = m.child.wait().unwrap();
+    (status.code().expect("exit code"), m.peak_kib())
+}
+
+/// A `hyperlaunch --engine kvm --memory 32 EXTRA POD` running under GNU time (see
+/// [`launch_peak_rss`]), its stdout and stderr discarded.
+pub struct Measured {
+    pub child: std::process::Child,
+    report: PathBuf,
+}
+
+impl Measured {
+    pub fn start(
+        pod: &std::path::Path,
+        cache: &std::path::Path,
+        extra: &[&str],
+        stdin: std::process::Stdio,
+    ) -> Measured {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let report = cache.with_extension(format!("rss-{}-{n}", std::process::id()));
+        let child = std::process::Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .arg(env!("CARGO_BIN_EXE_hyperlaunch"))
+            .args(["--engine", "kvm", "--memory", "32"])
+            .args(extra)
+            .arg(pod)
+            .env("XDG_CACHE_HOME", cache)
+            .stdin(stdin)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run /usr/bin/time (Debian package time, scripts/setup installs it)");
+        Measured { child, report }
+    }
+
+    /// The launcher's peak RSS in KiB, once the child has been waited for.
+    pub fn peak_kib(&mut self) -> i64 {
+        let kib = std::fs::read_to_string(&self.report).unwrap();
+        kib.lines().last().unwrap().trim().parse().unwrap()
+    }
+}
+
+/// `VmHWM` (peak RSS so far) of a running process, in KiB; `None` once it is gone.
+pub fn hwm_kib(pid: u32) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -3,7 +3,8 @@
  * ECHO=n: posts NRX receive buffers of RXLEN bytes, collects n bytes from the host (reposting each
  *   buffer once read), then sends them all back on the transmitq.
  * HOSTILE: malformed chains on both queues, a queue reconfigured after DRIVER_OK, a reset and a
- *   second set-up; well-formed markers between them on the transmitq.
+ *   second set-up; well-formed markers between them on the transmitq. REPEAT=n: all of it n
+ *   times; NO_RX: without the receiveq part (it needs the host to push "hello" on "R?").
  * BENCH_MIB=n: sends n MiB in 4 KiB chains, BATCH chains per kick.
  * RELAY: plays init's part of the stdio protocol: "T init" and "T exec" on the control port,
  *   collects stdin frames until the end-of-file frame, then sends their payload back as one
@@ -189,9 +190,14 @@ static void refused_tx(void) {
     if (next_used(&txq, 0) != 0) fail("malformed chain used length is not 0");
 }
 
+#ifndef REPEAT
+#define REPEAT 1
+#endif
+
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     setup();
+    for (u32 round = 0; round < REPEAT; round++) {
     for (u32 i = 0; i < 0x1000; i++) ((volatile u8 *)TXBUF)[0x1000 + i] = 'X';
     u32 bad = TXBUF + 0x1000;
     send("M1");
@@ -214,6 +220,7 @@ void probe_main(struct hvm_start_info *si) {
     offer(&txq, two, 2);
     if (next_used(&txq, 0) != 0) fail("M2 used length");
 
+#ifndef NO_RX
     /* receiveq: readable, empty, outside RAM, a loop, overflowing, then one good buffer. */
     for (u32 i = 0; i < 64; i++) ((volatile u8 *)RXBUF)[i] = 0;
     set_desc(&rxq, 0, RXBUF, 16, 0, 0);
@@ -234,6 +241,7 @@ void probe_main(struct hvm_start_info *si) {
     for (u32 i = 0; i < 5; i++)
         if (((volatile u8 *)RXBUF)[32 + i] != (u8)hello[i]) fail("wrong bytes received");
     send("M3");
+#endif
 
     /* While ready, a queue's size and addresses are fixed. */
     *reg(0x030) = 1; *reg(0x080) = 0xdead0000u; *reg(0x038) = 2;
@@ -252,6 +260,7 @@ void probe_main(struct hvm_start_info *si) {
     /* Reset and set up again: the console works as new. */
     setup();
     send("END");
+    }
     probe_exit(0);
 }
 #elif defined(BENCH_MIB)
