@@ -61,7 +61,15 @@ fn hyperlaunch() -> Command {
     let bin =
         std::env::var_os("HYPERLAUNCH").unwrap_or_else(|| env!("CARGO_BIN_EXE_hyperlaunch").into());
     let mut c = Command::new(bin);
-    c.args(["--engine", "kvm", "--memory", &MEMORY_MIB.to_string()]);
+    // The VMM alone: the default network (passt) is measured apart (docs/BENCHMARKS.md).
+    c.args([
+        "--engine",
+        "kvm",
+        "--network",
+        "none",
+        "--memory",
+        &MEMORY_MIB.to_string(),
+    ]);
     c
 }
 
