@@ -543,6 +543,11 @@ fn engines_agree_on_every_case() {
         }
     }
     // The outer KVM is never asked for an MSR it does not handle.
+    if let Some(why) = &boot.retried {
+        summary.push(format!(
+            "note: the outer machine stalled once and was booted again ({why})"
+        ));
+    }
     if let Some(path) = std::env::var_os("HYPERPOD_NESTED_SUMMARY") {
         let text: String = summary.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("HYPERPOD_NESTED_SUMMARY: {e}"));
