@@ -53,8 +53,9 @@ struct Console {
     refused: u64,
 }
 
-/// Reads descriptor `i` of the table at `table`.
-fn read_desc(mem: &GuestMemoryMmap, table: u64, i: u16) -> Option<RawDesc> {
+/// Reads descriptor `i` of the table at `table` (the virtio-net device reads its chains with it
+/// too).
+pub(crate) fn read_desc(mem: &GuestMemoryMmap, table: u64, i: u16) -> Option<RawDesc> {
     let mut b = [0u8; 16];
     let at = table.checked_add(u64::from(i) * 16)?;
     mem.read_slice(&mut b, GuestAddress(at)).ok()?;

@@ -28,9 +28,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::console_chain::{Buf, RawDesc};
+use super::console_chain::Buf;
 use super::net_chain::{self, HDR_LEN, MAX_FRAME_LEN, MTU, NetHeader, RxBuffer, TxFrame};
 use super::net_stream::{self, Decoded, FrameDecoder, PREFIX_LEN};
+use super::virtio_console::read_desc;
 use super::virtio_mmio::{F_VERSION_1, VirtioDevice, VirtioMmio, VirtioMmioError};
 
 /// virtio device ID of a network card.
@@ -132,14 +133,6 @@ struct Net {
     /// wakes it (other kicks do not, sparing a wake-up per reposted buffer).
     rx_waiting: bool,
     counters: NetCounters,
-}
-
-/// Reads descriptor `i` of the table at `table`.
-fn read_desc(mem: &GuestMemoryMmap, table: u64, i: u16) -> Option<RawDesc> {
-    let mut b = [0u8; 16];
-    let at = table.checked_add(u64::from(i) * 16)?;
-    mem.read_slice(&mut b, GuestAddress(at)).ok()?;
-    Some(RawDesc::from_bytes(&b))
 }
 
 fn parse_tx(
