@@ -31,10 +31,9 @@ fn exec_ns(stderr: &str) -> u128 {
     stderr
         .lines()
         .find_map(|l| {
-            l.strip_prefix("hyperlaunch timing: exec at CLOCK_MONOTONIC ")?
-                .strip_suffix(" ns")?
-                .parse()
-                .ok()
+            let rest = l.strip_prefix("hyperlaunch timing: engine ")?;
+            let (_, clock) = rest.split_once(", exec at CLOCK_MONOTONIC ")?;
+            clock.strip_suffix(" ns")?.parse().ok()
         })
         .expect("timing output has the exec clock")
 }
