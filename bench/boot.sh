@@ -49,13 +49,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-icount_sleep=on vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0
+icount_sleep=on cpu=max vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0 profile=0
 verity=--no-verity
 while [ $# -gt 0 ]; do
   case "$1" in
     --vcpus) vcpus=${2:?--vcpus needs a number}; shift 2 ;;
     --memory) memory=${2:?--memory needs MiB}; shift 2 ;;
     --kernel) kernel=${2:?--kernel needs a file}; shift 2 ;;
+    --cpu) cpu=${2:?--cpu needs a QEMU CPU model}; shift 2 ;;
     --diagnostic) diagnostic=1; shift ;;
     --append) append=${2:?--append needs words}; shift 2 ;;
     --pod) pod=${2:?--pod needs a file}; shift 2 ;;
@@ -63,6 +64,7 @@ while [ $# -gt 0 ]; do
     --check) check=${2:?--check needs milliseconds}; shift 2 ;;
     --keep) keep=${2:?--keep needs a directory}; shift 2 ;;
     --net) net=1; shift ;;
+    --profile) profile=1; shift ;;
     --icount-sleep)
       icount_sleep=${2:?--icount-sleep needs on or off}; shift 2
       case "$icount_sleep" in on | off) ;; *) echo "boot.sh: --icount-sleep: on or off" >&2; exit 2 ;; esac ;;
@@ -88,7 +90,7 @@ if [ -z "$pod" ]; then
     cargo build --release --quiet -p init --target x86_64-unknown-linux-gnu
   image=$(./scripts/make-demo-image "$work/oci")
   pod=$work/demo.pod
-  HYPERPOD_INIT="$root/target/x86_64-unknown-linux-gnu/release/hyperpod-init" \
+  HYPERPOD_INIT="${HYPERPOD_INIT:-$root/target/x86_64-unknown-linux-gnu/release/hyperpod-init}" \
     target/release/hyperbuild --quiet ${verity:+"$verity"} "$image" -o "$pod" --kernel "$kernel_default" \
     --user root --entrypoint "$(printf '["/bin/sh","-c",%s]' "$(printf '%s' "$PROBE" | sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$/"/')")" >&2
 fi
@@ -96,21 +98,26 @@ fi
 [ -x target/release/hyperbuild ] || cargo build --release --quiet -p builder
 target/release/hyperbuild inspect --json "$pod" >"$work/inspect.json"
 
-# Section offsets and sizes, the manifest's command line and resources (flat JSON scan; the
-# format is ours, written by hyperbuild).
-field() { # field SECTION KEY -> number
-  tr -d '\n ' <"$work/inspect.json" | grep -o "\"$1\":{\"offset\"[^}]*}" | grep -o "\"$2\":[0-9]*" | cut -d: -f2
+# Section offsets and sizes, the manifest's command line and resources, from
+# `hyperbuild inspect --json` read by python3's json module (the command line can hold quoted
+# words such as dm-mod.create="...", which no line-based scan gets right).
+inspect() { # inspect KEY... -> the value under those keys (empty when absent)
+  python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else v)' "$work/inspect.json" "$@"
 }
-k_off=$(field kernel offset) k_len=$(field kernel size)
-i_off=$(field initramfs offset) i_len=$(field initramfs size)
-r_off=$(field "rootfs\\.ext4" offset) r_len=$(field "rootfs\\.ext4" size)
+k_off=$(inspect sections kernel offset) k_len=$(inspect sections kernel size)
+i_off=$(inspect sections initramfs offset) i_len=$(inspect sections initramfs size)
+r_off=$(inspect sections rootfs.ext4 offset) r_len=$(inspect sections rootfs.ext4 size)
 # The guest's disk is the rootfs through the end of its dm-verity tree when the pod has one
 # (`Pod::rootfs_disk`): the manifest's `dm-mod.create=` finds the tree there.
-v_off=$(field "rootfs\\.verity" offset) v_len=$(field "rootfs\\.verity" size)
+v_off=$(inspect sections rootfs.verity offset) v_len=$(inspect sections rootfs.verity size)
 if [ -n "$v_off" ]; then r_len=$((v_off + v_len - r_off)); fi
-cmdline=$(tr -d '\n' <"$work/inspect.json" | grep -o '"kernel_cmdline": *"[^"]*"' | sed 's/^"kernel_cmdline": *"//; s/"$//')
-[ -n "$memory" ] || memory=$(tr -d '\n ' <"$work/inspect.json" | grep -o '"memory_mib":[0-9]*' | cut -d: -f2)
-[ -n "$vcpus" ] || vcpus=$(tr -d '\n ' <"$work/inspect.json" | grep -o '"vcpus":[0-9]*' | cut -d: -f2)
+cmdline=$(inspect manifest kernel_cmdline)
+[ -n "$memory" ] || memory=$(inspect manifest resources memory_mib)
+[ -n "$vcpus" ] || vcpus=$(inspect manifest resources vcpus)
 cut_out() { dd if="$pod" of="$3" iflag=skip_bytes,count_bytes skip="$1" count="$2" bs=1M status=none; }
 cut_out "$k_off" "$k_len" "$work/vmlinux"
 cut_out "$i_off" "$i_len" "$work/initramfs"
@@ -153,9 +160,15 @@ fi
 # The launcher's QEMU command line (launcher/src/qemu.rs, Accel::Tcg) plus icount; the
 # console and the control channel go to files.
 full_cmdline="$cmdline console=ttyS0 printk.time=1 hyperpod.debug $append"
+profargs=()
+if [ "$profile" = 1 ]; then
+  profargs=(-monitor "unix:$work/monitor,server=on,wait=off")
+  python3 bench/boot-profile.py sample "$work/monitor" "$work/samples" &
+  sampler=$!
+fi
 start=$(date +%s.%N)
 set +e
-${wrap[@]+"${wrap[@]}"} qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu max \
+${wrap[@]+"${wrap[@]}"} qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu "$cpu" \
   -icount "shift=0,sleep=$icount_sleep" -m "${memory}M" -smp "$vcpus" \
   -nodefaults -no-user-config -nographic -no-reboot \
   -chardev file,id=con,path="$work/console" \
@@ -165,7 +178,7 @@ ${wrap[@]+"${wrap[@]}"} qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -a
   -device isa-debug-exit,iobase=0xf4,iosize=0x01 \
   -kernel "$kernel" -initrd "$work/initramfs" -append "$full_cmdline" \
   -drive "driver=raw,offset=$r_off,size=$r_len,file.driver=file,file.filename=$pod,if=none,id=rootfs,readonly=on" \
-  -device virtio-blk-device,drive=rootfs ${netargs[@]+"${netargs[@]}"} </dev/null >"$work/qemu.out" 2>&1
+  -device virtio-blk-device,drive=rootfs ${netargs[@]+"${netargs[@]}"} ${profargs[@]+"${profargs[@]}"} </dev/null >"$work/qemu.out" 2>&1
 status=$?
 set -e
 wall=$(echo "$(date +%s.%N) - $start" | bc)
@@ -180,7 +193,14 @@ if ! grep -q '^bench-app: now at' "$work/console"; then
 fi
 
 echo "== bench/boot.sh $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')"
-echo "kernel $(basename "$(dirname "$kernel")")/$(basename "$kernel"), $vcpus vCPU, $memory MiB, icount shift=0 (1 insn = 1 ns), sleep=$icount_sleep, wall ${wall%.*} s"
+echo "kernel $(basename "$(dirname "$kernel")")/$(basename "$kernel"), -cpu $cpu, $vcpus vCPU, $memory MiB, icount shift=0 (1 insn = 1 ns), sleep=$icount_sleep, wall ${wall%.*} s"
 echo "cmdline: $full_cmdline"
 [ "$net" = 0 ] || echo "network: passt + virtio-net-device (--net)"
 tr -d '\r' <"$work/console" | awk -v check="$check" -f bench/boot-table.awk
+if [ "$profile" = 1 ]; then
+  wait "$sampler" || true
+  echo
+  echo "where the vCPU was (sampled in host time, bench/boot-profile.py):"
+  python3 bench/boot-profile.py report "$kernel" "$work/samples" 30
+  [ -z "$keep" ] || cp "$work/samples" "$keep/"
+fi

@@ -251,6 +251,10 @@ struct BuildArgs {
     /// Leave out the rootfs's dm-verity hash tree (the guest then reads the rootfs unchecked).
     #[arg(long)]
     no_verity: bool,
+    /// Append a word to the guest kernel's command line (repeatable; a later word overrides an
+    /// earlier one of the same name, e.g. `--kernel-arg rodata=on`).
+    #[arg(long = "kernel-arg", value_name = "WORD")]
+    kernel_arg: Vec<String>,
 }
 
 fn pod_error_code(e: &pod::PodError) -> u8 {
@@ -327,6 +331,9 @@ fn run_build(a: BuildArgs) -> ExitCode {
         (Ok(e), Ok(c)) => (e, c),
         (Err(m), _) | (_, Err(m)) => return usage(m),
     };
+    if let Some(e) = a.kernel_arg.iter().find_map(|w| build::check_kernel_arg(w).err()) {
+        return usage(format!("--kernel-arg {e}"));
+    }
     let opts = BuildOptions {
         image: a.image.unwrap_or_default(),
         output: a.output.unwrap_or_default(),
@@ -356,6 +363,7 @@ fn run_build(a: BuildArgs) -> ExitCode {
         quiet: a.quiet,
         spool: !a.no_spool,
         verity: !a.no_verity,
+        kernel_args: a.kernel_arg,
     };
     if !pod::manifest::MEMORY_MIB_RANGE.contains(&opts.resources.memory_mib) {
         return usage(format!(

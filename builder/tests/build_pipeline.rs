@@ -348,6 +348,20 @@ fn bad_input_gets_a_one_line_error_and_its_exit_code() {
             2,
             "--platform linux/arm64: a pod's kernel and init are linux/amd64",
         ),
+        // A kernel argument that would split or quote the command line.
+        (
+            vec![
+                demo_image().into(),
+                "-o".into(),
+                "a.pod".into(),
+                "--kernel-arg".into(),
+                "rodata=on".into(),
+                "--kernel-arg".into(),
+                "a=\"b".into(),
+            ],
+            2,
+            "--kernel-arg \"a=\\\"b\": '\"' is not allowed",
+        ),
     ];
     for (args, code, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
