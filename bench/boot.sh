@@ -13,6 +13,7 @@
 #
 # Usage: bench/boot.sh [--vcpus N] [--memory MIB] [--kernel VMLINUX] [--diagnostic]
 #                      [--append WORDS] [--pod FILE] [--verity] [--check MS] [--keep DIR] [--net]
+#                      [--cpu MODEL] [--profile]
 #   --vcpus N, --memory MIB  the VM's size (default: the pod's, 1 vCPU / 128 MiB)
 #   --kernel VMLINUX         boot this kernel instead of the pod's (a variant being tried)
 #   --diagnostic             boot the diagnostic kernel (build-kernel.sh --diagnostic) and add
@@ -26,6 +27,10 @@
 #                            reads here say nothing about a KVM host (bench/verity.sh measures it)
 #   --check MS               exit 1 when the KVM-equivalent time to the app exceeds MS
 #   --keep DIR               keep the console, control channel and kernel log in DIR
+#   --cpu MODEL              QEMU's -cpu (default max); e.g. max,-erms,-fsrm to see how much
+#                            string instructions weigh under icount (measured: 0.9 ms)
+#   --profile                sample the vCPU through QEMU's monitor and list the kernel
+#                            functions it was found in (bench/boot-profile.py; host time)
 #   --net                    with the network `hyperlaunch` gives by default: passt on a
 #                            socketpair, a virtio-net device on it, and the overrides archive
 #                            carrying the guest's addressing (launcher/src/net.rs), so init
@@ -68,7 +73,7 @@ while [ $# -gt 0 ]; do
     --icount-sleep)
       icount_sleep=${2:?--icount-sleep needs on or off}; shift 2
       case "$icount_sleep" in on | off) ;; *) echo "boot.sh: --icount-sleep: on or off" >&2; exit 2 ;; esac ;;
-    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "boot.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
