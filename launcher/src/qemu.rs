@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pod::protocol::{CONSOLE_UART, CONTROL_UART, EXIT_PORT};
+use pod::protocol::{CONSOLE_UART, CONTROL_UART, EXIT_PORT, stdio};
 use pod::{Pod, PodError, Section, SectionLoc};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -261,13 +261,16 @@ pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
     a
 }
 
-/// The kernel command line: the manifest's, then the console.
+/// The kernel command line: the manifest's, then the console and the stdio window (QEMU's
+/// virtio console drops what its chardev does not take, so init sends only what the launcher
+/// has room for: `pod::protocol::stdio::WINDOW_ARG`).
 pub fn kernel_cmdline(manifest_cmdline: &str) -> String {
+    let tail = format!("console=ttyS0 {}{}", stdio::WINDOW_ARG, stdio::QEMU_WINDOW);
     let base = manifest_cmdline.trim();
     if base.is_empty() {
-        "console=ttyS0".to_string()
+        tail
     } else {
-        format!("{base} console=ttyS0")
+        format!("{base} {tail}")
     }
 }
 

@@ -71,9 +71,22 @@ fn command_line_has_the_machine_devices_and_boot_files() {
     let devices = values(&args, "-device");
     assert!(devices.contains(&"virtio-serial-device,max_ports=1"));
     assert!(devices.contains(&"virtconsole,chardev=stdio"));
-    assert!(devices.contains(&"isa-serial,chardev=con,index=0,iobase=0x3f8,irq=4"));
-    assert!(devices.contains(&"isa-serial,chardev=ctl,index=1,iobase=0x2f8,irq=3"));
-    assert!(devices.contains(&"isa-debug-exit,iobase=0xf4,iosize=0x01"));
+    // The guest protocol's ports and IRQs (`pod::protocol`: 0x3f8/4, 0x2f8/3, exit port).
+    let (con, ctl) = (pod::protocol::CONSOLE_UART, pod::protocol::CONTROL_UART);
+    let exit = pod::protocol::EXIT_PORT;
+    for d in [
+        format!(
+            "isa-serial,chardev=con,index=0,iobase={:#x},irq={}",
+            con.port, con.irq
+        ),
+        format!(
+            "isa-serial,chardev=ctl,index=1,iobase={:#x},irq={}",
+            ctl.port, ctl.irq
+        ),
+        format!("isa-debug-exit,iobase={exit:#x},iosize=0x01"),
+    ] {
+        assert!(devices.contains(&d.as_str()), "{d}");
+    }
 
     let mut kvm = plan();
     kvm.accel = Accel::Kvm;
@@ -131,9 +144,12 @@ fn non_utf8_paths_pass_through() {
 fn kernel_command_line_ends_with_the_console() {
     assert_eq!(
         kernel_cmdline("reboot=k panic=-1 quiet"),
-        "reboot=k panic=-1 quiet console=ttyS0"
+        "reboot=k panic=-1 quiet console=ttyS0 hyperpod.stdio_window=65536"
     );
-    assert_eq!(kernel_cmdline("  "), "console=ttyS0");
+    assert_eq!(
+        kernel_cmdline("  "),
+        "console=ttyS0 hyperpod.stdio_window=65536"
+    );
 }
 
 #[test]
