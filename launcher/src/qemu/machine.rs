@@ -163,8 +163,10 @@ struct QemuMachine {
 impl Machine for QemuMachine {
     fn send_line(&mut self, line: &HostLine) -> bool {
         // The stdio thread is sending a credit (and may wait for room): retry soon.
-        let Ok(control) = self.control.try_lock() else {
-            return false;
+        let control = match self.control.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         let bytes = line.format();
         // SAFETY: sends from a live buffer on our own socket; MSG_DONTWAIT never blocks.
