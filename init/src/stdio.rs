@@ -493,3 +493,6 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
