@@ -10,9 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pod::protocol::stdio::{
-    Credits, Decoder, HEADER_LEN, MIN_WINDOW, Piece, Window, frame_cost,
-};
+use pod::protocol::stdio::{Credits, Decoder, HEADER_LEN, MIN_WINDOW, Piece, Window, frame_cost};
 
 fuzz_target!(|data: &[u8]| {
     let [step, w, stream @ ..] = data else {
@@ -69,14 +67,19 @@ fuzz_target!(|data: &[u8]| {
         } else {
             taken = sent.min(taken + u64::from(b) * 97);
         }
-        assert!(sent - taken <= u64::from(window), "more than the window in flight");
+        assert!(
+            sent - taken <= u64::from(window),
+            "more than the window in flight"
+        );
         if let Some(c) = credits.due(taken, window) {
             win.credit(c);
         }
     }
     // Everything arrives: a sender out of room is owed a credit that gives it room.
     if win.room(usize::MAX) == 0 {
-        let c = credits.due(sent, window).expect("a full window is owed a credit");
+        let c = credits
+            .due(sent, window)
+            .expect("a full window is owed a credit");
         win.credit(c);
         assert!(win.room(usize::MAX) > 0);
     }
