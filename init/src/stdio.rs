@@ -385,7 +385,7 @@ impl Relay {
         };
         let mut buf = vec![0u8; room];
         let n = loop {
-            // SAFETY: reads into a live buffer of `READ_MAX` bytes from our own descriptor.
+            // SAFETY: reads into a live buffer of `buf.len()` bytes from our own descriptor.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n >= 0 {
                 break n as usize;
@@ -438,7 +438,11 @@ impl Relay {
             };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
-                continue;
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.window = None;
+                return;
             }
             let mut buf = [0u8; 256];
             match control::read_available(fd, &mut buf) {
