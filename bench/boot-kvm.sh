@@ -47,6 +47,7 @@ if [ "$verdict" != 0 ]; then
 fi
 
 cargo build --release -p builder >&2
+cargo build --release -p launcher --example qemu_argv >&2
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release -p init --target "$host" >&2
 cargo test --release -p launcher --test kvm_vmm_compare --no-run >&2
@@ -82,7 +83,14 @@ tab=$'\t'
 {
   printf 'hyperlaunch%s%s%s--engine%skvm%s%s\n' "$tab" "$launch" "$tab" "$tab" "$tab" "$pod"
   if command -v qemu-system-x86_64 >/dev/null; then
-    printf '%s\n' "qemu-microvm${tab}$(command -v qemu-system-x86_64)${tab}-M${tab}microvm,acpi=off,isa-serial=off${tab}-accel${tab}kvm${tab}-cpu${tab}host${tab}-m${tab}128M${tab}-smp${tab}1${tab}-nodefaults${tab}-no-user-config${tab}-nographic${tab}-no-reboot${tab}-chardev${tab}stdio,id=con,signal=off${tab}-device${tab}isa-serial,chardev=con,index=0,iobase=0x3f8,irq=4${tab}-chardev${tab}null,id=ctl${tab}-device${tab}isa-serial,chardev=ctl,index=1,iobase=0x2f8,irq=3${tab}-device${tab}isa-debug-exit,iobase=0xf4,iosize=0x01${tab}-kernel${tab}$work/vmlinux${tab}-initrd${tab}$work/initramfs${tab}-append${tab}$cmdline console=ttyS0${tab}-drive${tab}driver=raw,offset=$r_off,size=$r_len,file.driver=file,file.filename=$pod,if=none,id=rootfs,readonly=on${tab}-device${tab}virtio-blk-device,drive=rootfs"
+    # hyperlaunch's QEMU engine command line on KVM, from the launcher's own builder
+    # (launcher/examples/qemu_argv.rs), the control channel to /dev/null.
+    mapfile -d '' -t qemu < <("$CARGO_TARGET_DIR/release/examples/qemu_argv" "$pod" --accel kvm \
+      --kernel "$work/vmlinux" --initrd "$work/initramfs" --memory 128 --vcpus 1 --control /dev/null)
+    qemu[0]=$(command -v qemu-system-x86_64)
+    printf 'qemu-microvm'
+    printf "${tab}%s" "${qemu[@]}"
+    printf '\n'
   fi
   if command -v firecracker >/dev/null; then
     cat >"$work/fc.json" <<JSON

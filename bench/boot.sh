@@ -3,8 +3,11 @@
 # clock. One command: builds the demo pod (scripts/make-demo-image + hyperbuild, its app replaced
 # by a probe that reads the kernel clock and prints the kernel log), boots it under
 #   qemu-system-x86_64 -M microvm -accel tcg -cpu max -icount shift=0,sleep=on
-# with the argv `hyperlaunch --engine qemu` uses (same kernel, initramfs, rootfs window of the pod
-# file, serial ports, exit port), and prints the per-step table:
+# with the argv `hyperlaunch --engine qemu` uses, built by the launcher's own builder
+# (launcher/examples/qemu_argv.rs: same machine, serial ports, exit port, sandbox, rootfs window of
+# the pod file and kernel command line; the kernel and initramfs from files, the console and the
+# control channel to files, no stdio console: the app runs on the console), and prints the
+# per-step table:
 #   - kernel steps from dmesg timestamps (`printk.time=1`),
 #   - init's steps from its `hyperpod.debug` marks (`steps:` and `init->exec`),
 #   - the app's first reading of CLOCK_MONOTONIC (/proc/timer_list "now at").
@@ -101,6 +104,7 @@ if [ -z "$pod" ]; then
 fi
 [ -f "$pod" ] || { echo "boot.sh: pod not found: $pod" >&2; exit 2; }
 [ -x target/release/hyperbuild ] || cargo build --release --quiet -p builder
+cargo build --release --quiet -p launcher --example qemu_argv
 target/release/hyperbuild inspect --json "$pod" >"$work/inspect.json"
 
 # Section offsets and sizes, the manifest's command line and resources, from
@@ -115,12 +119,6 @@ print("" if v is None else v)' "$work/inspect.json" "$@"
 }
 k_off=$(inspect sections kernel offset) k_len=$(inspect sections kernel size)
 i_off=$(inspect sections initramfs offset) i_len=$(inspect sections initramfs size)
-r_off=$(inspect sections rootfs.ext4 offset) r_len=$(inspect sections rootfs.ext4 size)
-# The guest's disk is the rootfs through the end of its dm-verity tree when the pod has one
-# (`Pod::rootfs_disk`): the manifest's `dm-mod.create=` finds the tree there.
-v_off=$(inspect sections rootfs.verity offset) v_len=$(inspect sections rootfs.verity size)
-if [ -n "$v_off" ]; then r_len=$((v_off + v_len - r_off)); fi
-cmdline=$(inspect manifest kernel_cmdline)
 [ -n "$memory" ] || memory=$(inspect manifest resources memory_mib)
 [ -n "$vcpus" ] || vcpus=$(inspect manifest resources vcpus)
 cut_out() { dd if="$pod" of="$3" iflag=skip_bytes,count_bytes skip="$1" count="$2" bs=1M status=none; }
@@ -132,10 +130,30 @@ if [ "$diagnostic" = 1 ]; then
 fi
 [ -n "$kernel" ] || kernel=$work/vmlinux
 
+# The launcher's QEMU command line for this pod (qemu_argv: NUL-separated), icount added, the
+# console and the control channel to files.
+argv=(target/release/examples/qemu_argv "$pod" --kernel "$kernel" --initrd "$work/initramfs"
+  --memory "$memory" --vcpus "$vcpus" --append "printk.time=1 hyperpod.debug $append"
+  --console "$work/console" --control "$work/control" --icount-sleep "$icount_sleep")
+mapfile -d '' -t qemu < <("${argv[@]}")
+[ "${#qemu[@]}" -gt 1 ] || { echo "boot.sh: qemu_argv gave no command line" >&2; exit 2; }
+full_cmdline=""
+for i in "${!qemu[@]}"; do [ "${qemu[$i]}" != -append ] || full_cmdline=${qemu[$((i + 1))]}; done
+# --cpu: the engine's `-cpu max` replaced; --profile: QEMU's monitor on a socket for the sampler.
+for i in "${!qemu[@]}"; do [ "${qemu[$i]}" != -cpu ] || qemu[$((i + 1))]=$cpu; done
+extra=()
+if [ "$profile" = 1 ]; then
+  extra=(-monitor "unix:$work/monitor,server=on,wait=off")
+  python3 bench/boot-profile.py sample "$work/monitor" "$work/samples" &
+  sampler=$!
+fi
+
 # --net: what the launcher does for its default network (launcher/src/net.rs, net/passt.rs):
 # the guest's addressing in an overrides archive appended to the initramfs, passt on one end of
-# a socketpair, QEMU's virtio-net on the other (`@NETFD@` below becomes its descriptor).
-wrap=() netargs=()
+# a socketpair, QEMU's virtio-net on the other (qemu_argv --net-fd: `@NETFD@` becomes its
+# descriptor, known once the socketpair exists).
+start=$(date +%s.%N)
+set +e
 if [ "$net" = 1 ]; then
   command -v passt >/dev/null || { echo "boot.sh: passt not found (apt-get install passt)" >&2; exit 2; }
   mkdir -p "$work/ov/hyperpod"
@@ -144,7 +162,7 @@ if [ "$net" = 1 ]; then
   size=$(stat -c %s "$work/initramfs")
   head -c $(((4 - size % 4) % 4)) /dev/zero >>"$work/initramfs"
   (cd "$work/ov" && find hyperpod | cpio -o -H newc --quiet) >>"$work/initramfs"
-  wrap=(python3 -c '
+  BOOT_CPU=$cpu BOOT_MONITOR=${extra[1]-} python3 -c '
 import os, socket, subprocess, sys
 ours, theirs = socket.socketpair()
 os.set_inheritable(ours.fileno(), True)
@@ -153,37 +171,19 @@ passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--one-off", "--fd
     "--gateway", "fd00:0:0:2::2", "--mtu", "65520", "--dns-forward", "10.0.2.3",
     "--no-dhcp", "--no-dhcpv6", "--no-ra"], pass_fds=[theirs.fileno()], stderr=subprocess.DEVNULL)
 theirs.close()
-rc = subprocess.call([a.replace("@NETFD@", str(ours.fileno())) for a in sys.argv[1:]], pass_fds=[ours.fileno()])
+argv = subprocess.check_output([a.replace("@NETFD@", str(ours.fileno())) for a in sys.argv[1:]])
+argv = [a.decode() for a in argv.split(b"\0")[:-1]]
+argv = [os.environ["BOOT_CPU"] if i and argv[i - 1] == "-cpu" else a for i, a in enumerate(argv)]
+if os.environ.get("BOOT_MONITOR"):
+    argv += ["-monitor", os.environ["BOOT_MONITOR"]]
+rc = subprocess.call(argv, pass_fds=[ours.fileno()])
 ours.close()
 passt.wait(timeout=10)
 sys.exit(rc)
-' )
-  netargs=(-netdev "stream,id=net0,server=off,addr.type=fd,addr.str=@NETFD@"
-    -device "virtio-net-device,netdev=net0,mac=02:68:70:00:00:01")
+' "${argv[@]}" --net-fd @NETFD@ </dev/null >"$work/qemu.out" 2>&1
+else
+  "${qemu[@]}" ${extra[@]+"${extra[@]}"} </dev/null >"$work/qemu.out" 2>&1
 fi
-
-# The launcher's QEMU command line (launcher/src/qemu.rs, Accel::Tcg) plus icount; the
-# console and the control channel go to files.
-full_cmdline="$cmdline console=ttyS0 printk.time=1 hyperpod.debug $append"
-profargs=()
-if [ "$profile" = 1 ]; then
-  profargs=(-monitor "unix:$work/monitor,server=on,wait=off")
-  python3 bench/boot-profile.py sample "$work/monitor" "$work/samples" &
-  sampler=$!
-fi
-start=$(date +%s.%N)
-set +e
-${wrap[@]+"${wrap[@]}"} qemu-system-x86_64 -M microvm,acpi=off,isa-serial=off -accel tcg -cpu "$cpu" \
-  -icount "shift=0,sleep=$icount_sleep" -m "${memory}M" -smp "$vcpus" \
-  -nodefaults -no-user-config -nographic -no-reboot \
-  -chardev file,id=con,path="$work/console" \
-  -device isa-serial,chardev=con,index=0,iobase=0x3f8,irq=4 \
-  -chardev file,id=ctl,path="$work/control" \
-  -device isa-serial,chardev=ctl,index=1,iobase=0x2f8,irq=3 \
-  -device isa-debug-exit,iobase=0xf4,iosize=0x01 \
-  -kernel "$kernel" -initrd "$work/initramfs" -append "$full_cmdline" \
-  -drive "driver=raw,offset=$r_off,size=$r_len,file.driver=file,file.filename=$pod,if=none,id=rootfs,readonly=on" \
-  -device virtio-blk-device,drive=rootfs ${netargs[@]+"${netargs[@]}"} ${profargs[@]+"${profargs[@]}"} </dev/null >"$work/qemu.out" 2>&1
 status=$?
 set -e
 wall=$(echo "$(date +%s.%N) - $start" | bc)

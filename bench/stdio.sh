@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/stdio.sh: throughput of the app's stdio through hyperlaunch, both ways:
-#   - out: the app writes 100 MiB to its stdout (`head -c 100M /dev/zero`), the host reads it
-#     into /dev/null;
+#   - out: the app writes 100 MiB to its stdout (`head -c 100M /dev/zero`), the host counts it
+#     (`wc -c`: every byte must arrive);
 #   - in:  the host pipes 100 MiB (`yes | head -c 100M`) into `hyperlaunch -i`, the app counts
 #     it (`wc -c`).
 # Each is timed against the same launch moving 0 bytes, so the boot is taken out:
@@ -28,7 +28,7 @@ seconds() { # seconds of wall time of "$@"
 }
 run() { "$launch" --engine "$engine" --timeout 600 --entrypoint /bin/sh "$work/demo.pod" -- -c "$1"; }
 out_zero() { run 'head -c 0 /dev/zero' >/dev/null; }
-out_big() { run 'head -c 104857600 /dev/zero' >/dev/null; }
+out_big() { run 'head -c 104857600 /dev/zero' | wc -c >"$work/out"; }
 in_zero() { head -c 0 /dev/zero | "$launch" --engine "$engine" -i --timeout 600 --entrypoint /bin/sh "$work/demo.pod" -- -c 'wc -c' >"$work/in0"; }
 in_big() { yes | head -c 104857600 | "$launch" --engine "$engine" -i --timeout 600 --entrypoint /bin/sh "$work/demo.pod" -- -c 'wc -c' >"$work/in"; }
 
@@ -36,7 +36,9 @@ echo "== hyperlaunch stdio throughput, engine $engine"
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 t0=$(seconds out_zero); t1=$(seconds out_big)
-printf 'guest -> host: 100 MiB in %.2f s beyond a %.2f s empty run: %.1f MiB/s\n' \
+got=$(tr -d ' ' <"$work/out")
+[ "$got" = 104857600 ] || { echo "stdout: the host got $got bytes, not 104857600" >&2; exit 1; }
+printf 'guest -> host: 100 MiB in %.2f s beyond a %.2f s empty run: %.1f MiB/s (all bytes arrived)\n' \
   "$(echo "$t1 - $t0" | bc -l)" "$t0" "$(echo "100 / ($t1 - $t0)" | bc -l)"
 t0=$(seconds in_zero); t1=$(seconds in_big)
 got=$(tr -d ' ' <"$work/in")

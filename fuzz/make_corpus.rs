@@ -541,6 +541,27 @@ fn net_stream(out: &Path) {
     }
 }
 
+fn stdio_frames(out: &Path) {
+    use pod::protocol::stdio::{Kind, encode};
+    let mut frames = Vec::new();
+    encode(Kind::Stdout, b"hello\n", &mut frames);
+    encode(Kind::Stderr, b"err\n", &mut frames);
+    encode(Kind::Stdout, &[b'x'; 40_000], &mut frames);
+    encode(Kind::StdinEof, b"", &mut frames);
+    // An unknown kind, an end of file with a payload, and a frame cut short.
+    let odd = [9, 2, 0, b'a', b'b', 4, 1, 0, b'z', 1, 200, 0, b'c'];
+    let seeds: [(&str, u8, u8, &[u8]); 3] = [
+        ("frames", 6, 0, &frames),
+        ("odd_kinds_and_cut", 0, 60, &odd),
+        ("large_window", 255, 255, &frames),
+    ];
+    for (name, step, window, stream) in seeds {
+        let mut b = vec![step, window];
+        b.extend_from_slice(stream);
+        write(out, name, &b);
+    }
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
@@ -554,7 +575,7 @@ fn main() {
     let scratch = out.join(".scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     type Gen = fn(&Path);
-    let gens: [(&str, Gen); 13] = [
+    let gens: [(&str, Gen); 14] = [
         ("tar_header", tar_header),
         ("pax_records", pax_records),
         ("apply_tar", apply_tar),
@@ -568,6 +589,7 @@ fn main() {
         ("virtio_console_queue", virtio_console_queue),
         ("net_chain", net_chain),
         ("net_stream", net_stream),
+        ("stdio_frames", stdio_frames),
     ];
     for (target, generate) in gens {
         let dir = out.join(target);

@@ -6,7 +6,10 @@
 //!   dm-verity device the kernel's `dm-mod.create=` made; `pod::verity`). Fails closed: a
 //!   missing device is an error, never a fallback to the unverified disk.
 //! * `hyperpod.debug`: print init's timings on the console.
+//! * `hyperpod.stdio_window=N`: keep at most `N` cost units of the app's output unacknowledged
+//!   on the stdio device (`pod::protocol::stdio::WINDOW_ARG`; the QEMU engine sets it).
 
+use pod::protocol::stdio::{MIN_WINDOW, WINDOW_ARG};
 use thiserror::Error;
 
 /// Where init reads the kernel command line.
@@ -21,6 +24,8 @@ pub struct Options {
     pub root: Option<String>,
     /// Whether `hyperpod.debug` is present.
     pub debug: bool,
+    /// The stdio output window (`hyperpod.stdio_window=`), when the launcher credits output.
+    pub stdio_window: Option<u32>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum CmdlineError {
     BadUpper(String),
     #[error("hyperpod.root={0:?} is not a /dev/ path")]
     BadRoot(String),
+    #[error("{WINDOW_ARG}{0:?} is not a number of at least {MIN_WINDOW}")]
+    BadWindow(String),
 }
 
 /// `/dev/NAME` with a plain NAME, or `None`.
@@ -47,6 +54,12 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
             opts.upper = Some(dev_path(dev).ok_or_else(|| CmdlineError::BadUpper(dev.into()))?);
         } else if let Some(dev) = word.strip_prefix("hyperpod.root=") {
             opts.root = Some(dev_path(dev).ok_or_else(|| CmdlineError::BadRoot(dev.into()))?);
+        } else if let Some(n) = word.strip_prefix(WINDOW_ARG) {
+            let window = n
+                .parse::<u32>()
+                .ok()
+                .filter(|w| *w >= MIN_WINDOW && n.bytes().all(|b| b.is_ascii_digit()));
+            opts.stdio_window = Some(window.ok_or_else(|| CmdlineError::BadWindow(n.into()))?);
         }
     }
     Ok(opts)
@@ -69,6 +82,18 @@ mod tests {
             parse("hyperpod.root=/dev/../vda"),
             Err(CmdlineError::BadRoot("/dev/../vda".into()))
         );
+        assert_eq!(
+            parse("console=ttyS0 hyperpod.stdio_window=65536")
+                .unwrap()
+                .stdio_window,
+            Some(65536)
+        );
+        for bad in ["", "x", "+4096", "4095", "-1", "99999999999"] {
+            assert_eq!(
+                parse(&format!("hyperpod.stdio_window={bad}")),
+                Err(CmdlineError::BadWindow(bad.into()))
+            );
+        }
         for bad in ["vdb", "/dev/", "/dev/../etc/x", "/dev/a/b", ""] {
             assert_eq!(
                 parse(&format!("hyperpod.upper={bad}")),

@@ -1,5 +1,6 @@
-//! Ending the VM: report the status, flush, then stop the machine through port 0xf4
-//! (`/dev/port`), falling back to `reboot(RB_POWER_OFF)`. init never returns and never hangs.
+//! Ending the VM: report the status, flush, then stop the machine through the exit port
+//! (`pod::protocol::EXIT_PORT`, written through `/dev/port`), falling back to
+//! `reboot(RB_POWER_OFF)`. init never returns and never hangs.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -70,16 +70,22 @@ fn run(t0: u64) -> Result<u8, InitError> {
     let signals = reap::Signals::block()?;
     spawn::ensure_workdir(&plan.workdir)?;
     let launch = spawn::Launch::new(&plan, &env, &user, opts.debug.then_some(t0))?;
-    let mut stdio = stdio::prepare(plan.tty, overrides.interactive, overrides.window_size)?;
+    let mut stdio = stdio::prepare(
+        plan.tty,
+        overrides.interactive,
+        overrides.window_size,
+        opts.stdio_window,
+    )?;
     let app = spawn::spawn(&launch, &stdio.child)?;
     stdio.forked();
 
     // 6. Reap, forward and relay until the app exits; then end what it left running and pass
     // on the last of its output before the status.
-    let status = reap::supervise(&signals, app, stdio.relay.as_mut())?;
+    let mut lines = pod::protocol::LineSplitter::default();
+    let status = reap::supervise(&signals, app, stdio.relay.as_mut(), &mut lines)?;
     reap::end_all();
     if let Some(r) = stdio.relay.as_mut() {
-        r.drain();
+        r.drain(&mut lines);
     }
     if opts.root.is_some() {
         verity::report();

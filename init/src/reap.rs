@@ -87,14 +87,15 @@ fn deliver(app: libc::pid_t, sig: libc::c_int) {
     unsafe { libc::kill(app, sig) };
 }
 
-/// Runs until the app exits, returning its wait status.
+/// Runs until the app exits, returning its wait status. `lines` keeps a control line cut by
+/// the return for the relay's drain.
 pub fn supervise(
     signals: &Signals,
     app: libc::pid_t,
     mut relay: Option<&mut Relay>,
+    lines: &mut LineSplitter,
 ) -> Result<libc::c_int, ReapError> {
     let mut ctl = control::fd();
-    let mut lines = LineSplitter::default();
     loop {
         if let Some(status) = reap_all(app) {
             return Ok(status);
@@ -139,6 +140,11 @@ pub fn supervise(
                             Ok(HostLine::WindowSize { rows, cols }) => {
                                 if let Some(r) = relay.as_deref() {
                                     r.window_size(rows, cols);
+                                }
+                            }
+                            Ok(HostLine::Credit(cost)) => {
+                                if let Some(r) = relay.as_deref_mut() {
+                                    r.credit(cost);
                                 }
                             }
                             Err(e) => control::say(&format!("control channel: {e}")),

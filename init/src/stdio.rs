@@ -8,7 +8,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use pod::protocol::stdio::{self, Decoder, Kind, Piece};
+use pod::protocol::stdio::{self, Decoder, Kind, Piece, Window};
+use pod::protocol::{HostLine, LineSplitter};
 use thiserror::Error;
 
 use crate::control;
@@ -111,11 +112,14 @@ pub fn set_window_size(fd: RawFd, rows: u16, cols: u16) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
-/// Prepares the app's stdio for `tty` (`-t`), `interactive` (`-i`) and the host window size.
+/// Prepares the app's stdio for `tty` (`-t`), `interactive` (`-i`), the host window size and
+/// the output window the launcher asked for (`hyperpod.stdio_window=`: the launcher credits
+/// output on the control channel).
 pub fn prepare(
     tty: bool,
     interactive: bool,
     window: Option<[u16; 2]>,
+    credit: Option<u32>,
 ) -> Result<Prepared, StdioError> {
     let Some(dev) = control::open_raw(pod::protocol::STDIO_DEV) else {
         return Ok(Prepared {
@@ -138,6 +142,7 @@ pub fn prepare(
                 None,
                 [None, None],
                 interactive,
+                credit.map(Window::new),
             )),
         });
     }
@@ -170,6 +175,7 @@ pub fn prepare(
             stdin_ours,
             [Some(out_r), Some(err_r)],
             interactive,
+            credit.map(Window::new),
         )),
     })
 }
@@ -190,6 +196,8 @@ pub struct Relay {
     eof: bool,
     /// Whether the host's stdin is forwarded at all (`-i`).
     interactive: bool,
+    /// The output window, when the launcher credits what it has taken (`C` lines).
+    window: Option<Window>,
 }
 
 /// What one poll slot of the relay is.
@@ -208,6 +216,7 @@ impl Relay {
         stdin: Option<OwnedFd>,
         outputs: [Option<OwnedFd>; 2],
         interactive: bool,
+        window: Option<Window>,
     ) -> Relay {
         Relay {
             dev,
@@ -218,6 +227,19 @@ impl Relay {
             held: Vec::new(),
             eof: false,
             interactive,
+            window,
+        }
+    }
+
+    /// The largest piece of output that may be sent now (0: wait for credit).
+    fn room(&self) -> usize {
+        self.window.map_or(READ_MAX, |w| w.room(READ_MAX))
+    }
+
+    /// Takes a `C` line's credit.
+    pub fn credit(&mut self, cost: u32) {
+        if let Some(w) = &mut self.window {
+            w.credit(cost);
         }
     }
 
@@ -232,12 +254,16 @@ impl Relay {
         if self.interactive && !self.eof && self.held.len() < STDIN_HELD_MAX {
             v.push((Slot::Device, pfd(self.dev.as_raw_fd(), libc::POLLIN)));
         }
+        // Output waits while the window is full (a credit on the control channel opens it).
+        let room = self.room() > 0;
         if let Some(p) = &self.pty {
-            let mut ev = libc::POLLIN;
+            let mut ev = if room { libc::POLLIN } else { 0 };
             if !self.held.is_empty() {
                 ev |= libc::POLLOUT;
             }
-            v.push((Slot::Pty, pfd(p.as_raw_fd(), ev)));
+            if ev != 0 {
+                v.push((Slot::Pty, pfd(p.as_raw_fd(), ev)));
+            }
         }
         if let Some(s) = &self.stdin {
             if !self.held.is_empty() {
@@ -245,7 +271,9 @@ impl Relay {
             }
         }
         for (i, o) in self.outputs.iter().enumerate() {
-            if let Some(o) = o {
+            if let Some(o) = o
+                && room
+            {
                 v.push((Slot::Output(i), pfd(o.as_raw_fd(), libc::POLLIN)));
             }
         }
@@ -260,7 +288,8 @@ impl Relay {
                 if revents & libc::POLLOUT != 0 {
                     self.write_held();
                 }
-                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && self.room() > 0
+                {
                     self.forward_output(None);
                 }
             }
@@ -333,9 +362,14 @@ impl Relay {
         }
     }
 
-    /// Reads one piece of output (`Some(i)`: that pipe; `None`: the pty) and sends it as a
-    /// frame; closes the source at its end.
+    /// Reads one piece of output (`Some(i)`: that pipe; `None`: the pty), as large as the
+    /// window allows, and sends it as a frame; closes the source at its end. `false` when
+    /// nothing was sent.
     fn forward_output(&mut self, which: Option<usize>) -> bool {
+        let room = self.room();
+        if room == 0 {
+            return false;
+        }
         let (fd, kind) = match which {
             Some(i) => match &self.outputs[i] {
                 Some(o) => (
@@ -349,9 +383,9 @@ impl Relay {
                 None => return false,
             },
         };
-        let mut buf = vec![0u8; READ_MAX];
+        let mut buf = vec![0u8; room];
         let n = loop {
-            // SAFETY: reads into a live buffer of `READ_MAX` bytes from our own descriptor.
+            // SAFETY: reads into a live buffer of `buf.len()` bytes from our own descriptor.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n >= 0 {
                 break n as usize;
@@ -374,14 +408,83 @@ impl Relay {
         let mut frame = Vec::with_capacity(n + stdio::HEADER_LEN);
         stdio::encode(kind, &buf[..n], &mut frame);
         control::write_all(self.dev.as_raw_fd(), &frame);
+        if let Some(w) = &mut self.window {
+            w.sent(n);
+        }
         true
     }
 
+    /// Whether `which` still has output to pass on (it is open).
+    fn open(&self, which: Option<usize>) -> bool {
+        match which {
+            Some(i) => self.outputs[i].is_some(),
+            None => self.pty.is_some(),
+        }
+    }
+
+    /// Blocks until the launcher credits output on the control channel (`lines` holds what the
+    /// reap loop left of a line). Without a control channel there is nothing to wait for: the
+    /// window is dropped.
+    fn wait_for_credit(&mut self, lines: &mut LineSplitter) {
+        let Some(fd) = control::fd() else {
+            self.window = None;
+            return;
+        };
+        while self.room() == 0 {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.window = None;
+                return;
+            }
+            let mut buf = [0u8; 256];
+            match control::read_available(fd, &mut buf) {
+                Ok(0) => {
+                    self.window = None;
+                    return;
+                }
+                Ok(n) => {
+                    for line in lines.push(&buf[..n]) {
+                        // The app is gone: signals and sizes have no one to go to.
+                        if let Ok(HostLine::Credit(c)) = HostLine::parse(&line) {
+                            self.credit(c);
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(_) => {
+                    self.window = None;
+                    return;
+                }
+            }
+        }
+    }
+
     /// After the app and everything it started are gone: passes on the output still in the
-    /// pipes (or the pty), to its end, then waits until the device has sent it all.
-    pub fn drain(&mut self) {
+    /// pipes (or the pty), to its end (waiting for credit when the window is full), then waits
+    /// until the device has sent it all.
+    pub fn drain(&mut self, lines: &mut LineSplitter) {
         for which in [Some(0), Some(1), None] {
-            while self.forward_output(which) {}
+            while self.open(which) {
+                if self.room() == 0 {
+                    self.wait_for_credit(lines);
+                }
+                if !self.forward_output(which) && self.room() > 0 {
+                    // Nothing there now (a pty master with no writer left reads EAGAIN).
+                    break;
+                }
+            }
         }
         // SAFETY: tcdrain on our own open terminal descriptor.
         unsafe { libc::tcdrain(self.dev.as_raw_fd()) };
@@ -394,3 +497,6 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

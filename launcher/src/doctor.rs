@@ -443,7 +443,7 @@ fn probe_code(iterations: u32) -> Vec<u8> {
     code.extend_from_slice(&iterations.to_le_bytes());
     code.extend_from_slice(&[
         0xff, 0xc9, 0x75, 0xfc, 0xe6, 0x11, 0xe4, 0x12, 0x84, 0xc0, 0x74, 0xef, 0xb8, 0x0f, 0x0f,
-        0x00, 0x00, 0xf3, 0x0f, 0xb8, 0xc0, 0xe6, 0x10, 0xf4,
+        0x00, 0x00, 0xf3, 0x0f, 0xb8, 0xc0, 0xe6, 0x10, 0xf4, // ... out 0x10, al; hlt
     ]);
     code
 }
@@ -650,7 +650,7 @@ mod tests {
         // jnz at 7 (rel8 at 8) targets `dec ecx` at 5; jz at 15 targets 0.
         assert_eq!(9 + code[8] as i8 as isize, 5);
         assert_eq!(17 + code[16] as i8 as isize, 0);
-        assert_eq!(code.last(), Some(&0xf4));
+        assert_eq!(code.last(), Some(&0xf4)); // hlt
     }
 
     #[test]

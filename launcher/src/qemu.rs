@@ -17,21 +17,23 @@
 //! Everything else — signals, deadlines, exit codes, timing — is the shared
 //! [`crate::supervisor`]'s.
 
+pub mod argv;
 mod machine;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pod::protocol::{CONSOLE_UART, CONTROL_UART, EXIT_PORT};
+use pod::protocol::stdio;
 use pod::{Pod, PodError, Section, SectionLoc};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+pub use argv::{Chardev, Drive, Microvm};
 
 use crate::config::{Disk, LaunchConfig};
 use crate::supervisor::Outcome;
@@ -121,153 +123,45 @@ pub struct NetPlan {
     pub mac: [u8; 6],
 }
 
-/// Doubles commas, QEMU's escape inside `key=value,...` option strings.
-fn opt_escape(path: &Path) -> OsString {
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        out.push(b);
-        if b == b',' {
-            out.push(b',');
-        }
-    }
-    OsString::from_vec(out)
-}
-
-fn os_concat(parts: &[&OsStr]) -> OsString {
-    let mut s = OsString::new();
-    for p in parts {
-        s.push(p);
-    }
-    s
-}
-
 /// QEMU's arguments (without the binary) for `plan`. Pure.
 pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
-    // acpi=off: our kernel has no ACPI, and only then does QEMU describe the virtio-mmio devices
-    // on the kernel command line (virtio_mmio.device=...). isa-serial=off: both serial ports are
-    // declared below, explicitly.
-    push("-M");
-    push("microvm,acpi=off,isa-serial=off");
-    match plan.accel {
-        Accel::Kvm => {
-            push("-accel");
-            push("kvm");
-            push("-cpu");
-            push("host");
-        }
-        Accel::Tcg => {
-            push("-accel");
-            push("tcg");
-            push("-cpu");
-            push("max");
-        }
+    let mut vm = Microvm::new(&plan.kernel, plan.cmdline.clone())
+        .accel(plan.accel)
+        .memory_mib(plan.memory_mib)
+        .vcpus(plan.vcpus)
+        .initrd(&plan.initrd)
+        .console(Chardev::Stdio)
+        .control(Chardev::SocketFd(plan.control_fd))
+        // Drives: the rootfs first (/dev/vda), then the extra disks in order (/dev/vdb, ...).
+        .drive(Drive {
+            path: plan.pod.clone(),
+            window: Some((plan.rootfs.offset, plan.rootfs.len)),
+            read_only: true,
+        });
+    for d in &plan.disks {
+        vm = vm.drive(Drive {
+            path: d.path.clone(),
+            window: None,
+            read_only: d.read_only,
+        });
     }
-    push("-m");
-    push(&format!("{}M", plan.memory_mib));
-    push("-smp");
-    push(&plan.vcpus.to_string());
-    for s in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
-        push(s);
+    vm = vm.stdio(Chardev::SocketFd(plan.stdio_fd));
+    if let Some(net) = plan.net {
+        vm = vm.net(net);
     }
-    push("-sandbox");
-    push(SANDBOX);
-    push("-chardev");
-    push("stdio,id=con,signal=off");
-    push("-device");
-    push(&format!(
-        "isa-serial,chardev=con,index=0,iobase={:#x},irq={}",
-        CONSOLE_UART.port, CONSOLE_UART.irq
-    ));
-    push("-chardev");
-    push(&format!("socket,id=ctl,fd={}", plan.control_fd));
-    push("-device");
-    push(&format!(
-        "isa-serial,chardev=ctl,index=1,iobase={:#x},irq={}",
-        CONTROL_UART.port, CONTROL_UART.irq
-    ));
-    push("-device");
-    push(&format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x01"));
-    a.push("-kernel".into());
-    a.push(plan.kernel.clone().into_os_string());
-    a.push("-initrd".into());
-    a.push(plan.initrd.clone().into_os_string());
-    a.push("-append".into());
-    a.push(plan.cmdline.clone().into());
-
-    // Drives: the rootfs first (/dev/vda), then the extra disks in order (/dev/vdb, ...).
-    let mut drives: Vec<(String, OsString)> = vec![(
-        "rootfs".into(),
-        os_concat(&[
-            OsStr::new(&format!(
-                "driver=raw,offset={},size={},file.driver=file,file.filename=",
-                plan.rootfs.offset, plan.rootfs.len
-            )),
-            &opt_escape(&plan.pod),
-            OsStr::new(",if=none,id=rootfs,readonly=on"),
-        ]),
-    )];
-    for (i, d) in plan.disks.iter().enumerate() {
-        let id = format!("disk{}", i + 1);
-        drives.push((
-            id.clone(),
-            os_concat(&[
-                OsStr::new("driver=raw,file.driver=file,file.filename="),
-                &opt_escape(&d.path),
-                OsStr::new(&format!(
-                    ",if=none,id={id},readonly={}",
-                    if d.read_only { "on" } else { "off" }
-                )),
-            ]),
-        ));
-    }
-    // QEMU plugs each virtio-blk-device into the free virtio-mmio transport with the highest
-    // address and lists the used transports on the kernel command line from the highest down,
-    // so Linux names them in declaration order (checked by the e2e test with two disks).
-    for (id, drive) in &drives {
-        a.push("-drive".into());
-        a.push(drive.clone());
-        a.push("-device".into());
-        a.push(format!("virtio-blk-device,drive={id}").into());
-    }
-    // The app's stdio: one virtio console port (max_ports=1: no multiport, so the guest sees
-    // /dev/hvc0 exactly as the KVM engine's device gives it).
-    for arg in [
-        "-chardev".to_string(),
-        format!("socket,id=stdio,fd={}", plan.stdio_fd),
-        "-device".into(),
-        "virtio-serial-device,max_ports=1".into(),
-        "-device".into(),
-        "virtconsole,chardev=stdio".into(),
-    ] {
-        a.push(arg.into());
-    }
-    // The network: one virtio-net device on the stream socket the launcher connected to its
-    // backend (4-byte big-endian length + Ethernet frame, passt's and QEMU's stream protocol).
-    if let Some(net) = &plan.net {
-        for arg in [
-            "-netdev".to_string(),
-            format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd),
-            "-device".into(),
-            format!(
-                "virtio-net-device,netdev=net0,mac={}",
-                crate::net::mac_text(net.mac)
-            ),
-        ] {
-            a.push(arg.into());
-        }
-    }
-    a
+    vm.args()
 }
 
-/// The kernel command line: the manifest's, then the console.
+/// The kernel command line: the manifest's, then the console and the stdio window (QEMU's
+/// virtio console drops what its chardev does not take, so init sends only what the launcher
+/// has room for: `pod::protocol::stdio::WINDOW_ARG`).
 pub fn kernel_cmdline(manifest_cmdline: &str) -> String {
+    let tail = format!("console=ttyS0 {}{}", stdio::WINDOW_ARG, stdio::QEMU_WINDOW);
     let base = manifest_cmdline.trim();
     if base.is_empty() {
-        "console=ttyS0".to_string()
+        tail
     } else {
-        format!("{base} console=ttyS0")
+        format!("{base} {tail}")
     }
 }
 

@@ -35,6 +35,12 @@ impl OutputDemux {
             }
         });
     }
+
+    /// The window cost (`pod::protocol::stdio::frame_cost`) of everything taken so far: what
+    /// the guest may be credited once it has been written out.
+    pub fn cost(&self) -> u64 {
+        self.decoder.cost()
+    }
 }
 
 /// Reads the launcher's stdin to its end on a thread, handing `deliver` the stream's frames

@@ -381,6 +381,59 @@ fn the_last_output_arrives_before_the_status_with_two_vcpus() {
     }
 }
 
+/// A reader of the launcher's stdout that pauses, then reads slowly: QEMU's virtio console
+/// drops what the launcher cannot take at once, so without the stdio window
+/// (`pod::protocol::stdio::WINDOW_ARG`) bytes went missing mid-frame and the launcher said
+/// "ignoring a frame the guest should not send on stdio".
+#[test]
+fn a_slow_reader_of_the_output_loses_no_byte() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let pod = build_pod(
+        dir.path(),
+        &shell_spec("yes 0123456789abcdef | head -c 4000000; echo done >&2"),
+        true,
+    );
+    let mut child = launch_cmd(&pod, &["--timeout", "80"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut out = child.stdout.take().unwrap();
+    // Nothing read for 3 s (the guest fills everything between it and the launcher), then
+    // small reads with pauses.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read stdout: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = child.wait().unwrap();
+    let err = String::from_utf8_lossy(&errors.join().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let want: Vec<u8> = b"0123456789abcdef\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4_000_000)
+        .collect();
+    assert_eq!(got.len(), want.len(), "{err}");
+    assert!(got == want, "the output differs from the app's");
+    assert!(err.contains("done\n"), "{err}");
+    assert!(!err.contains("should not send"), "{err}");
+}
+
 #[test]
 fn missing_qemu_is_a_launcher_error_that_says_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -99,6 +99,10 @@ pub enum HostLine {
     Signal(i32),
     /// `W <rows> <cols>`: the host terminal's size changed (with `-t`).
     WindowSize { rows: u16, cols: u16 },
+    /// `C <cost>`: the host has taken this much more of the guest's stdio output (in
+    /// [`stdio::frame_cost`] units), so the guest may send that much more (only when the
+    /// launch set a window, [`stdio::WINDOW_ARG`]).
+    Credit(u32),
 }
 
 /// Why a control line was refused.
@@ -116,6 +120,8 @@ pub enum LineError {
     BadSignal(String),
     #[error("bad window size {0:?}")]
     BadSize(String),
+    #[error("bad stdio credit {0:?}")]
+    BadCredit(String),
 }
 
 fn line_text(line: &[u8]) -> Result<&str, LineError> {
@@ -194,6 +200,10 @@ impl HostLine {
                 let cols = plain_number(c).ok_or_else(bad)?;
                 Ok(HostLine::WindowSize { rows, cols })
             }
+            Some(("C", cost)) => match plain_number::<u32>(cost) {
+                Some(c @ 1..) => Ok(HostLine::Credit(c)),
+                _ => Err(LineError::BadCredit(cost.to_string())),
+            },
             _ => Err(LineError::Unknown(text.to_string())),
         }
     }
@@ -203,6 +213,7 @@ impl HostLine {
         match self {
             HostLine::Signal(signo) => format!("S {signo}\n"),
             HostLine::WindowSize { rows, cols } => format!("W {rows} {cols}\n"),
+            HostLine::Credit(cost) => format!("C {cost}\n"),
         }
     }
 }

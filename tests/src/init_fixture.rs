@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use pod::spec::{Overrides, RunSpec};
 
 use crate::kernel::{self, workspace_root};
-use crate::qemu::{Control, Drive, Microvm};
+use crate::qemu::{CONSOLE, Chardev, Drive, Microvm};
 
 /// How long one boot may take before the test fails (TCG boots take a few seconds).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -214,17 +214,18 @@ pub fn boot(cfg: &BootConfig<'_>) -> Boot {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
 
-    let mut vm = Microvm::new(&kernel)
-        .initrd(&initrd_path)
-        .append("reboot=k panic=-1 quiet")
-        .append(cfg.cmdline)
-        .drive(Drive {
-            path: cfg.rootfs.to_path_buf(),
-            window: None,
-            read_only: true,
-        });
+    let mut vm = Microvm::new(
+        &kernel,
+        format!("{CONSOLE} reboot=k panic=-1 quiet {}", cfg.cmdline),
+    )
+    .initrd(&initrd_path)
+    .drive(Drive {
+        path: cfg.rootfs.to_path_buf(),
+        window: None,
+        read_only: true,
+    });
     if cfg.control {
-        vm = vm.control(Control::Connect(sock.clone()));
+        vm = vm.control(Chardev::Connect(sock.clone()));
     }
     if let Some(disk) = cfg.extra_disk {
         vm = vm.drive(Drive {
@@ -233,7 +234,7 @@ pub fn boot(cfg: &BootConfig<'_>) -> Boot {
             read_only: false,
         });
     }
-    let mut cmd = vm.command();
+    let mut cmd = crate::qemu::command(&vm);
     cmd.stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("qemu-system-x86_64 installed");
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hyperpod_tests::qemu::{Control, Drive, Microvm};
+use hyperpod_tests::qemu::{CONSOLE, Chardev, Drive, Microvm};
 use hyperpod_tests::{init_fixture, kernel};
 use pod::{Pod, Section};
 
@@ -103,21 +103,26 @@ fn boot_within(vcpus: u32, budget_ms: u32) {
     // The rootfs and its dm-verity tree: the disk the manifest's `dm-mod.create=` describes.
     let rootfs = pod.rootfs_disk();
     let m = pod.manifest();
-    let run = Microvm::new(&kernel_path)
-        .initrd(&initrd_path)
-        .append(&m.kernel_cmdline)
-        .append("printk.time=1 hyperpod.debug")
-        .memory_mib(m.resources.memory_mib)
-        .cpus(vcpus)
-        .control(Control::File(work.path().join("control")))
-        .drive(Drive {
-            path: pod_path.clone(),
-            window: Some((rootfs.offset, rootfs.len)),
-            read_only: true,
-        })
-        .icount_idle_in_real_time()
-        .run(Duration::from_secs(300))
-        .unwrap();
+    let vm = Microvm::new(
+        &kernel_path,
+        format!(
+            "{} {CONSOLE} printk.time=1 hyperpod.debug",
+            m.kernel_cmdline
+        ),
+    )
+    .initrd(&initrd_path)
+    .memory_mib(m.resources.memory_mib)
+    .vcpus(vcpus)
+    .control(Chardev::File(work.path().join("control")))
+    .drive(Drive {
+        path: pod_path.clone(),
+        window: Some((rootfs.offset, rootfs.len)),
+        read_only: true,
+    })
+    // Instructions counted, idle time (waits for disk reads) passing in real time: with
+    // sleep=off a read that finds the vCPU idle is charged up to the guest's next timer.
+    .icount(true);
+    let run = hyperpod_tests::qemu::run(&vm, Duration::from_secs(300)).unwrap();
     let console = run.console_text().replace('\r', "");
     let mut awk = Command::new("awk")
         .arg("-v")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyperpod_tests::kernel::{
     busybox_initramfs, fragments_dir, random_token, run_build_script, vmlinux,
 };
-use hyperpod_tests::qemu::{Control, Microvm};
+use hyperpod_tests::qemu::{CONSOLE, Chardev, EXIT_PORT, Microvm};
 
 /// Hard limit for one boot under TCG (a boot takes a few seconds).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ fi
 echo "HP-SYSCALLS $([ -e /proc/sys/fs/inotify/max_user_watches ] && echo inotify) $([ -e /proc/sys/fs/aio-max-nr ] && echo aio) $([ -d /proc/sys/fs/mqueue ] && echo mqueue)"
 echo "HP-TTYS1 $token" > /dev/ttyS1
 echo "HP-DONE"
-printf '\001' | $bb dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+printf '\001' | $bb dd of=/dev/port bs=1 seek=@EXIT_PORT@ count=1 2>/dev/null
 echo "HP-STILL-RUNNING"
 "#;
 
@@ -49,19 +49,24 @@ fn kernel_boots_busybox_init_under_tcg() {
     let kernel = vmlinux();
     let work = tempfile::tempdir().unwrap();
     let initrd = work.path().join("initrd.cpio");
-    std::fs::write(&initrd, busybox_initramfs(INIT)).unwrap();
+    std::fs::write(
+        &initrd,
+        busybox_initramfs(&INIT.replace("@EXIT_PORT@", &EXIT_PORT.to_string())),
+    )
+    .unwrap();
     let ctl = work.path().join("ttyS1.out");
     let token = random_token();
 
-    let vm = Microvm::new(kernel)
-        .initrd(&initrd)
-        .append(&format!("acpi=off reboot=k panic=-1 hp_token={token}"))
-        .cpus(2)
-        .memory_mib(128)
-        .control(Control::File(ctl.clone()));
-    let run = vm
-        .run(BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let vm = Microvm::new(
+        kernel,
+        format!("{CONSOLE} acpi=off reboot=k panic=-1 hp_token={token}"),
+    )
+    .initrd(&initrd)
+    .vcpus(2)
+    .memory_mib(128)
+    .control(Chardev::File(ctl.clone()));
+    let run =
+        hyperpod_tests::qemu::run(&vm, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("boot failed: {e}"));
     let console = run.console_text();
     let line = format!("HP-BOOT token={token} release=6.12");
     let seen = run.first_seen(&line).unwrap_or_else(|| {

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hyperpod_tests::kernel::{busybox_initramfs, random_token, vmlinux};
-use hyperpod_tests::qemu::{Drive, Microvm};
+use hyperpod_tests::qemu::{CONSOLE, Drive, EXIT_PORT, Microvm};
 use sha2::{Digest, Sha256};
 
 /// Hard limit for one boot under TCG (the boot itself takes a few seconds; the machine may be
@@ -172,7 +172,7 @@ if $bb touch /mnt/data/new 2>/dev/null; then echo "HP-WRITE allowed"; else echo 
 $bb umount /mnt && echo "HP-UMOUNT ok"
 $bb dmesg | $bb grep -i -e ext4 -e vda | $bb sed 's/^/HP-DMESG /'
 echo "HP-DONE {token}"
-printf '\001' | $bb dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+printf '\001' | $bb dd of=/dev/port bs=1 seek={EXIT_PORT} count=1 2>/dev/null
 echo "HP-STILL-RUNNING"
 "#
     )
@@ -217,18 +217,16 @@ fn kernel_mounts_the_pod_rootfs_read_only_and_reads_it_back() {
     let token = random_token();
     let initrd = work.path().join("initrd.cpio");
     std::fs::write(&initrd, busybox_initramfs(&init_script(&token))).unwrap();
-    let vm = Microvm::new(kernel)
+    let vm = Microvm::new(kernel, format!("{CONSOLE} acpi=off reboot=k panic=-1"))
         .initrd(&initrd)
-        .append("acpi=off reboot=k panic=-1")
         .memory_mib(256)
         .drive(Drive {
             path: pod_path.clone(),
             window: Some((rootfs.offset, rootfs.len)),
             read_only: true,
         });
-    let run = vm
-        .run(BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let run =
+        hyperpod_tests::qemu::run(&vm, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("boot failed: {e}"));
     let console = run.console_text();
     eprintln!(
         "rootfs_mount: image made with umoci in {} ms, pod built in {} ms; rootfs {} bytes at \

@@ -238,11 +238,14 @@ mod tests {
     #[test]
     fn exit_port_reset_and_serial_dispatch() {
         let (mut d, rx) = test_devices();
-        assert_eq!(d.pio_write(0xf4, &[9]), Some(DeviceStop::ExitPort(9)));
+        assert_eq!(
+            d.pio_write(pod::protocol::EXIT_PORT, &[9]),
+            Some(DeviceStop::ExitPort(9))
+        );
         assert_eq!(d.pio_write(0x64, &[0x12]), None);
         assert_eq!(d.pio_write(0x64, &[0xfe]), Some(DeviceStop::Reset));
         for &b in b"X 5\n" {
-            assert_eq!(d.pio_write(0x2f8, &[b]), None);
+            assert_eq!(d.pio_write(pod::protocol::CONTROL_UART.port, &[b]), None);
         }
         assert!(matches!(
             rx.try_recv(),

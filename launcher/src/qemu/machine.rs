@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pod::protocol::stdio::{self, Credits};
 use pod::protocol::{GuestLine, HostLine, LineSplitter};
 
 use super::{QemuError, QemuPlan, qemu_args};
@@ -64,6 +65,27 @@ fn spawn(plan: &QemuPlan, inherit: &[RawFd]) -> Result<Child, QemuError> {
         });
     }
     cmd.spawn().map_err(QemuError::Spawn)
+}
+
+/// Writes all of `bytes` to `sock`, waiting for room; gives up when the peer is gone (no
+/// SIGPIPE).
+fn send_all(sock: &UnixStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live buffer on our own socket.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Reads `r` to its end (or an error), handing each piece to `take`.
@@ -131,7 +153,7 @@ pub fn machine_end(code: Option<i32>, guest_seen: bool, stderr_tail: &str) -> Ma
 
 struct QemuMachine {
     pid: libc::pid_t,
-    control: UnixStream,
+    control: Arc<Mutex<UnixStream>>,
     /// Set once QEMU has exited (its streams may still be draining).
     exited: Arc<AtomicBool>,
     /// Signalled once QEMU has exited and its streams are drained.
@@ -140,11 +162,17 @@ struct QemuMachine {
 
 impl Machine for QemuMachine {
     fn send_line(&mut self, line: &HostLine) -> bool {
+        // The stdio thread is sending a credit (and may wait for room): retry soon.
+        let control = match self.control.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         let bytes = line.format();
         // SAFETY: sends from a live buffer on our own socket; MSG_DONTWAIT never blocks.
         let n = unsafe {
             libc::send(
-                self.control.as_raw_fd(),
+                control.as_raw_fd(),
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -153,7 +181,7 @@ impl Machine for QemuMachine {
         match usize::try_from(n) {
             Ok(n) if n < bytes.len() => {
                 // A few bytes of a short line: finish it (QEMU gone ends the write with EPIPE).
-                let _ = (&self.control).write_all(&bytes.as_bytes()[n..]);
+                send_all(&control, &bytes.as_bytes()[n..]);
                 true
             }
             Ok(_) => true,
@@ -208,6 +236,8 @@ pub fn run(
     let qemu_err: ChildStderr = child.stderr.take().expect("stderr is piped");
     let io_err = |e| QemuError::Supervise(e);
     let control_r = channels.control.try_clone().map_err(io_err)?;
+    // Written by the supervisor (its lines) and the stdio thread (credits), a line at a time.
+    let control = Arc::new(Mutex::new(channels.control));
     let stdio_w = channels.stdio.try_clone().map_err(io_err)?;
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     let mut start = |name: &str, f: Box<dyn FnOnce() + Send>| -> Result<(), QemuError> {
@@ -250,14 +280,20 @@ pub fn run(
         )?;
     }
     {
-        let (seen, stdio_r) = (guest_seen.clone(), channels.stdio);
+        let (seen, stdio_r, control) = (guest_seen.clone(), channels.stdio, control.clone());
         start(
             "stdio",
             Box::new(move || {
                 let mut demux = OutputDemux::default();
+                let mut credits = Credits::default();
                 pump(stdio_r, |data| {
                     seen.store(true, Ordering::SeqCst);
                     demux.write(data);
+                    // What is written out is credited back (kernel_cmdline set the window).
+                    if let Some(cost) = credits.due(demux.cost(), stdio::QEMU_WINDOW) {
+                        let c = control.lock().unwrap_or_else(|e| e.into_inner());
+                        send_all(&c, HostLine::Credit(cost).format().as_bytes());
+                    }
                 });
             }),
         )?;
@@ -315,7 +351,7 @@ pub fn run(
     };
     let mut machine = QemuMachine {
         pid,
-        control: channels.control,
+        control,
         exited,
         gone,
     };

@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 fn plan() -> QemuPlan {
     QemuPlan {
@@ -71,9 +72,22 @@ fn command_line_has_the_machine_devices_and_boot_files() {
     let devices = values(&args, "-device");
     assert!(devices.contains(&"virtio-serial-device,max_ports=1"));
     assert!(devices.contains(&"virtconsole,chardev=stdio"));
-    assert!(devices.contains(&"isa-serial,chardev=con,index=0,iobase=0x3f8,irq=4"));
-    assert!(devices.contains(&"isa-serial,chardev=ctl,index=1,iobase=0x2f8,irq=3"));
-    assert!(devices.contains(&"isa-debug-exit,iobase=0xf4,iosize=0x01"));
+    // The guest protocol's ports and IRQs, from `pod::protocol`.
+    let (con, ctl) = (pod::protocol::CONSOLE_UART, pod::protocol::CONTROL_UART);
+    let exit = pod::protocol::EXIT_PORT;
+    for d in [
+        format!(
+            "isa-serial,chardev=con,index=0,iobase={:#x},irq={}",
+            con.port, con.irq
+        ),
+        format!(
+            "isa-serial,chardev=ctl,index=1,iobase={:#x},irq={}",
+            ctl.port, ctl.irq
+        ),
+        format!("isa-debug-exit,iobase={exit:#x},iosize=0x01"),
+    ] {
+        assert!(devices.contains(&d.as_str()), "{d}");
+    }
 
     let mut kvm = plan();
     kvm.accel = Accel::Kvm;
@@ -131,9 +145,12 @@ fn non_utf8_paths_pass_through() {
 fn kernel_command_line_ends_with_the_console() {
     assert_eq!(
         kernel_cmdline("reboot=k panic=-1 quiet"),
-        "reboot=k panic=-1 quiet console=ttyS0"
+        "reboot=k panic=-1 quiet console=ttyS0 hyperpod.stdio_window=65536"
     );
-    assert_eq!(kernel_cmdline("  "), "console=ttyS0");
+    assert_eq!(
+        kernel_cmdline("  "),
+        "console=ttyS0 hyperpod.stdio_window=65536"
+    );
 }
 
 #[test]
@@ -178,4 +195,59 @@ fn network_device_only_with_a_network() {
     assert!(
         values(&args, "-device").contains(&"virtio-net-device,netdev=net0,mac=02:00:00:00:00:01")
     );
+}
+
+/// The builder as the tests and benches use it: chardevs to files and sockets (commas in paths
+/// doubled), no control channel means no second serial port, windowless drives, icount.
+#[test]
+fn the_builder_connects_serial_ports_drives_and_icount_as_asked() {
+    let bare = Microvm::new("/k/vmlinux", "console=ttyS0");
+    let a = strings(&bare.args());
+    assert_eq!(values(&a, "-chardev"), ["stdio,id=con,signal=off"]);
+    assert!(!a.iter().any(|x| x.contains("chardev=ctl")), "{a:?}");
+    assert!(!a.contains(&"-initrd".to_string()) && !a.contains(&"-icount".to_string()));
+    assert_eq!(values(&a, "-m"), ["256M"]);
+
+    let vm = Microvm::new("/k/vmlinux", "console=ttyS0 quiet")
+        .initrd("/k/initrd")
+        .vcpus(2)
+        .console(Chardev::File("/t/con,1".into()))
+        .control(Chardev::Connect("/t/ctl.sock".into()))
+        .drive(Drive {
+            path: "/d/root.img".into(),
+            window: None,
+            read_only: true,
+        })
+        .drive(Drive {
+            path: "/d/scratch,x.img".into(),
+            window: None,
+            read_only: false,
+        })
+        .icount(true);
+    let args = strings(&vm.args());
+    assert_eq!(
+        values(&args, "-chardev"),
+        [
+            "file,id=con,path=/t/con,,1",
+            "socket,id=ctl,path=/t/ctl.sock"
+        ]
+    );
+    assert_eq!(
+        values(&args, "-drive"),
+        [
+            "driver=raw,file.driver=file,file.filename=/d/root.img,if=none,id=rootfs,readonly=on",
+            "driver=raw,file.driver=file,file.filename=/d/scratch,,x.img,if=none,id=disk1,readonly=off"
+        ]
+    );
+    assert_eq!(values(&args, "-icount"), ["shift=0,sleep=on"]);
+    assert_eq!(values(&args, "-smp"), ["2"]);
+    assert_eq!(values(&args, "-append"), ["console=ttyS0 quiet"]);
+    assert_eq!(vm.cmdline(), "console=ttyS0 quiet");
+    let listen = Microvm::new("/k", "c").control(Chardev::Listen("/s".into()));
+    let l = strings(&listen.icount(false).args());
+    assert_eq!(
+        values(&l, "-chardev")[1],
+        "socket,id=ctl,path=/s,server=on,wait=off"
+    );
+    assert_eq!(values(&l, "-icount"), ["shift=0,sleep=off"]);
 }

@@ -25,7 +25,7 @@ pub enum Exit<'a> {
 /// Why a vCPU stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// A byte was written to the exit port (0xf4).
+    /// A byte was written to the exit port (`pod::protocol::EXIT_PORT`).
     ExitPort(u8),
     /// The guest reset the machine through the i8042.
     Reset,
@@ -96,6 +96,7 @@ pub fn handle_exit(exit: Exit<'_>, bus: &mut dyn Bus) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pod::protocol::{CONSOLE_UART, EXIT_PORT};
 
     #[derive(Default)]
     struct FakeBus {
@@ -110,7 +111,7 @@ mod tests {
         fn pio_write(&mut self, port: u16, data: &[u8]) -> Option<DeviceStop> {
             self.writes.push((port, data[0]));
             match port {
-                0xf4 => Some(DeviceStop::ExitPort(data[0])),
+                EXIT_PORT => Some(DeviceStop::ExitPort(data[0])),
                 0x64 if data[0] == 0xfe => Some(DeviceStop::Reset),
                 _ => None,
             }
@@ -135,11 +136,11 @@ mod tests {
         );
         assert_eq!(buf, [0xfd, 0xfd]);
         assert_eq!(
-            handle_exit(Exit::IoOut(0x3f8, b"a"), &mut bus),
+            handle_exit(Exit::IoOut(CONSOLE_UART.port, b"a"), &mut bus),
             Action::Continue
         );
         assert_eq!(
-            handle_exit(Exit::IoOut(0xf4, &[3]), &mut bus),
+            handle_exit(Exit::IoOut(EXIT_PORT, &[3]), &mut bus),
             Action::Stop(StopReason::ExitPort(3))
         );
         assert_eq!(

@@ -15,12 +15,12 @@ startup_32:
 1:  movb (%esi), %al                /* 64-bit mode reads this as (%rsi), zero-extended esi */
     testb %al, %al
     jz 2f
-    movw $0x3f8, %dx
+    movw $CONSOLE, %dx
     outb %al, %dx
     addl $1, %esi                   /* not incl: 0x46 is a REX prefix in 64-bit mode */
     jmp 1b
 2:  movb $0xee, %al
-    outb %al, $0xf4
+    outb %al, $EXIT_PORT
 3:  hlt
     jmp 3b
 wrong_entry:

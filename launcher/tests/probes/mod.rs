@@ -25,10 +25,30 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// The guest protocol's ports as the probes' C and assembly name them (`probe.h`), from
+/// `pod::protocol`: the sources never spell a port number.
+pub fn protocol_defines() -> Vec<String> {
+    use pod::protocol::{CONSOLE_UART, CONTROL_UART, EXIT_PORT};
+    vec![
+        format!("-DCONSOLE={:#x}", CONSOLE_UART.port),
+        format!("-DCONTROL={:#x}", CONTROL_UART.port),
+        format!("-DEXIT_PORT={EXIT_PORT:#x}"),
+    ]
+}
+
+/// `gcc -c` of a probe's assembly start file (`gcc` runs the preprocessor on `.S`), with the
+/// protocol's ports defined.
+fn asm_cc(bits: &str) -> Command {
+    let mut cc = Command::new("gcc");
+    cc.args([bits, "-c"]).args(protocol_defines());
+    cc
+}
+
 /// `gcc -c` for a probe: freestanding, no libc, no SSE, warnings as errors, with the
-/// target's flags (`arch`) and a `-D` per define.
+/// target's flags (`arch`), the protocol's ports and a `-D` per define.
 fn freestanding_cc(arch: &[&str], defines: &[&str]) -> Command {
     let mut cc = Command::new("gcc");
+    cc.args(protocol_defines());
     cc.args(arch).args([
         "-O2",
         "-ffreestanding",
@@ -57,8 +77,8 @@ pub fn build_flat(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
     let start_o = dir.join(format!("{probe}-start.o"));
     let main_o = dir.join(format!("{probe}.o"));
     let bin = dir.join(format!("{probe}.bin"));
-    run(Command::new("gcc")
-        .args(["-m32", "-c", "-o"])
+    run(asm_cc("-m32")
+        .arg("-o")
         .arg(&start_o)
         .arg(src.join("start.S")));
     let mut cc = freestanding_cc(&["-m32", "-march=i686"], defines);
@@ -219,8 +239,8 @@ pub fn build_bz_payload(dir: &Path, load: u64, defines: &[&str]) -> BzPayload {
     let main_o = dir.join("bz.o");
     let elf = dir.join("bz.elf");
     let bin = dir.join("bz.bin");
-    run(Command::new("gcc")
-        .args(["-m64", "-c", "-o"])
+    run(asm_cc("-m64")
+        .arg("-o")
         .arg(&start_o)
         .arg(src.join("bzstart.S")));
     let mut cc = freestanding_cc(&["-m64", "-mcmodel=small", "-mno-red-zone"], defines);
@@ -299,7 +319,7 @@ pub fn bzimage(payload: &[u8], h: &BzHeader) -> Vec<u8> {
     let mut img = vec![0u8; setup_len];
     let mut put = |off: usize, bytes: &[u8]| img[off..off + bytes.len()].copy_from_slice(bytes);
     // Boot sector and setup entry (real mode): cli; hlt; jmp back to the hlt.
-    let halt = [0xfa, 0xf4, 0xeb, 0xfd];
+    let halt = [0xfa, 0xf4, 0xeb, 0xfd]; // cli; hlt; jmp -3
     put(0, &halt);
     const SETUP_CODE: usize = 0x280;
     put(SETUP_CODE, &halt);

@@ -1,4 +1,4 @@
-/* Odd accesses to the i8042 (0x60/0x64), the exit port (0xf4) and both UARTs' non-data
+/* Odd accesses to the i8042 (0x60/0x64), the exit port and both UARTs' non-data
  * registers: every access size (1, 2, 4 bytes), reads and writes, and pseudo-random values,
  * none of which is a reset request or a byte sent on a line; then
  * the final act chosen by FINAL:
@@ -31,7 +31,7 @@ void probe_main(struct hvm_start_info *si) {
         outl(0x64, (x & 0xffffff00u) | v);
         sum += inb(0x60) + inb(0x64) + inw(0x60) + inw(0x64) + inl(0x60) + inl(0x64);
         /* Reads of the exit port (never a stop). */
-        sum += inb(0xf4) + inw(0xf4) + inl(0xf4);
+        sum += inb(EXIT_PORT) + inw(EXIT_PORT) + inl(EXIT_PORT);
         /* Both UARTs' registers other than the data register (IER, FCR, LCR, MCR, LSR, MSR,
          * scratch), with every size; then reads of all eight. Loopback, divisor latch and FIFO
          * settings come and go. */

@@ -4,9 +4,11 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define CONSOLE 0x3f8
-#define CONTROL 0x2f8
-#define EXIT_PORT 0xf4
+/* The guest protocol's ports come from pod::protocol, passed by the probe build (probes/mod.rs,
+ * `protocol_defines`) as -D CONSOLE=, CONTROL=, EXIT_PORT=: no port number is written here. */
+#if !defined(CONSOLE) || !defined(CONTROL) || !defined(EXIT_PORT)
+#error "build the probes through launcher/tests/probes/mod.rs (it defines the protocol's ports)"
+#endif
 
 struct hvm_start_info {
     u32 magic, version, flags, nr_modules;

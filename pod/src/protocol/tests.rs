@@ -51,6 +51,8 @@ fn host_lines_round_trip_and_refuse_garbage() {
             rows: 65535,
             cols: 0,
         },
+        HostLine::Credit(1),
+        HostLine::Credit(u32::MAX),
     ] {
         let s = l.format();
         assert_eq!(HostLine::parse(s.trim_end_matches('\n').as_bytes()), Ok(l));
@@ -60,6 +62,15 @@ fn host_lines_round_trip_and_refuse_garbage() {
             matches!(
                 HostLine::parse(bad.as_bytes()),
                 Err(LineError::BadSignal(_))
+            ),
+            "{bad}"
+        );
+    }
+    for bad in ["C 0", "C ", "C -1", "C 4294967296", "C 1 2", "C x"] {
+        assert!(
+            matches!(
+                HostLine::parse(bad.as_bytes()),
+                Err(LineError::BadCredit(_))
             ),
             "{bad}"
         );
