@@ -2,12 +2,13 @@
 //! calls that thread makes once the guest may run (ioctl limited to `KVM_RUN` and the terminal
 //! requests, mmap/mprotect never executable). Built with `seccompiler`.
 //!
-//! Use: [`prepare`] once on the main thread before any run thread is started (compiles every
-//! filter, installs the SIGSYS reporter and expects `threads` other threads); then each thread's
-//! first act is [`enter`] with its kind; the main thread calls [`enter_and_wait`] last, which
-//! returns only when every other thread has its filter, so no guest instruction runs before the
-//! whole process is filtered. Filters are per thread and can only be added to: what a thread
-//! starts after [`enter`] inherits its filter.
+//! Use: a run's threads are a [`Crew`] (sandbox/crew.rs), started before the VM is built: each
+//! compiles (once per process and kind, only the kinds the run has) and installs its own filter
+//! as its first act, on another core while the main thread builds the VM, and then waits for
+//! its work. The main thread installs its own last ([`Gate::enter_main_and_wait`]), which
+//! returns only when every thread of the crew has its filter, so no guest instruction runs
+//! before the whole process is filtered. Filters are per thread and can only be added to: what
+//! a thread starts after entering inherits its filter.
 //!
 //! A system call outside a thread's list raises SIGSYS (`SECCOMP_RET_TRAP`); the handler writes
 //! one line naming the call and the thread kind, restores the terminal and ends the process with
@@ -15,9 +16,8 @@
 //! never runs a guest unfiltered. The lists are documented in `docs/SECURITY.md`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -27,10 +27,12 @@ use thiserror::Error;
 
 use pod::protocol::EXIT_LAUNCHER;
 
+#[path = "sandbox/crew.rs"]
+mod crew;
+pub use crew::{Crew, Gate, Plan, Ready};
+
 /// `_IO(KVMIO, 0x80)`: the only KVM ioctl a running vCPU makes.
 pub const KVM_RUN: u64 = 0xae80;
-/// How long [`enter_and_wait`] waits for the other threads' filters.
-const WAIT: Duration = Duration::from_secs(2);
 
 /// The kinds of thread of a KVM run, each with its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +88,8 @@ pub enum SandboxError {
     Install(&'static str, seccompiler::Error),
     #[error("installing the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    #[error("cannot start the {0} thread: {1}")]
+    Spawn(String, std::io::Error),
 }
 
 /// An argument condition on a system call.
@@ -299,87 +303,18 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     filter.try_into().map_err(err)
 }
 
-/// The filters of one process, compiled once, and the count of threads of the current run
-/// still to enter (a process may run several VMs one after another, as tests do).
-struct Sandbox {
-    programs: Vec<(ThreadKind, BpfProgram)>,
-    pending: Mutex<usize>,
-    entered: Condvar,
-}
+/// The filters of this process, each compiled the first time a thread of its kind enters it.
+static PROGRAMS: [OnceLock<BpfProgram>; ThreadKind::ALL.len()] =
+    [const { OnceLock::new() }; ThreadKind::ALL.len()];
 
-static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-
-/// Compiles every filter and installs the SIGSYS reporter; `threads` is how many threads other
-/// than the caller will [`enter`] before [`enter_and_wait`] may return.
-pub fn prepare(threads: usize) -> Result<(), SandboxError> {
-    if SANDBOX.get().is_none() {
-        let programs = ThreadKind::ALL
-            .into_iter()
-            .map(|k| Ok((k, compile(k)?)))
-            .collect::<Result<Vec<_>, SandboxError>>()?;
-        let _ = SANDBOX.set(Sandbox {
-            programs,
-            pending: Mutex::new(0),
-            entered: Condvar::new(),
-        });
+/// `kind`'s compiled filter (compiled on first use; a race compiles it twice, harmlessly).
+fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SandboxError> {
+    let cell = &PROGRAMS[kind as usize - 1];
+    if let Some(p) = cell.get() {
+        return Ok(p);
     }
-    install_sigsys_reporter()?;
-    let sb = SANDBOX.get().expect("set above");
-    *sb.pending.lock().unwrap_or_else(|e| e.into_inner()) = threads;
-    Ok(())
-}
-
-/// [`prepare`] for a KVM run: `vcpus` vCPUs (vCPU 0 on the calling thread, which enters last),
-/// a supervisor, the forwarders asked for and the network thread if there is a network device.
-pub fn prepare_run(
-    vcpus: usize,
-    forward_signals: bool,
-    stdin: bool,
-    net: bool,
-) -> Result<(), SandboxError> {
-    prepare(
-        vcpus.saturating_sub(1)
-            + 1
-            + usize::from(forward_signals)
-            + usize::from(stdin)
-            + usize::from(net),
-    )
-}
-
-/// Installs `kind`'s filter on the calling thread (a no-op before [`prepare`], as in unit tests
-/// of the run loop). A failure ends the process: no guest runs unfiltered.
-pub fn enter(kind: ThreadKind) {
-    let Some(sb) = SANDBOX.get() else {
-        return;
-    };
-    if let Err(e) = install(sb, kind) {
-        fatal(&format!("hyperlaunch: sandbox: {e}"));
-    }
-    let mut pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
-    *pending = pending.saturating_sub(1);
-    sb.entered.notify_all();
-}
-
-/// Installs `kind`'s filter on the calling thread, then waits until every thread counted by
-/// [`prepare`] has entered its own.
-pub fn enter_and_wait(kind: ThreadKind) {
-    let Some(sb) = SANDBOX.get() else {
-        return;
-    };
-    if let Err(e) = install(sb, kind) {
-        fatal(&format!("hyperlaunch: sandbox: {e}"));
-    }
-    let pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
-    let (pending, timeout) = sb
-        .entered
-        .wait_timeout_while(pending, WAIT, |p| *p > 0)
-        .unwrap_or_else(|e| e.into_inner());
-    if timeout.timed_out() && *pending > 0 {
-        fatal(&format!(
-            "hyperlaunch: sandbox: {} thread(s) did not install their seccomp filter within {WAIT:?}",
-            *pending
-        ));
-    }
+    let p = compile(kind)?;
+    Ok(cell.get_or_init(|| p))
 }
 
 thread_local! {
@@ -387,14 +322,9 @@ thread_local! {
     static KIND: AtomicU8 = const { AtomicU8::new(0) };
 }
 
-fn install(sb: &Sandbox, kind: ThreadKind) -> Result<(), SandboxError> {
-    let (_, prog) = sb
-        .programs
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .expect("every kind is compiled");
-    KIND.with(|k| k.store(kind as u8, Ordering::Relaxed));
-    seccompiler::apply_filter(prog).map_err(|e| SandboxError::Install(kind.name(), e))
+/// Installs `kind`'s filter on the calling thread, compiling it first if no thread has yet.
+fn install(kind: ThreadKind) -> Result<(), SandboxError> {
+    install_on_this_thread(kind, program(kind)?)
 }
 
 /// Installs `prog` on the calling thread with `kind` recorded for the SIGSYS line (tests).

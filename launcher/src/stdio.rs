@@ -42,38 +42,45 @@ impl OutputDemux {
 /// bytes are taken and returns `false` once the machine is gone, which ends the thread.
 pub fn forward_stdin(
     gate: std::sync::Arc<crate::supervisor::StdinGate>,
-    mut deliver: impl FnMut(&[u8]) -> bool + Send + 'static,
+    deliver: impl FnMut(&[u8]) -> bool + Send + 'static,
 ) {
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
-        .spawn(move || {
-            // Seccomp on the KVM engine (sandbox.rs; a no-op otherwise), first thing.
-            crate::sandbox::enter(crate::sandbox::ThreadKind::StdinForwarder);
-            gate.wait();
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut frames = Vec::with_capacity(buf.len() + stdio::HEADER_LEN);
-            let mut stdin = io::stdin().lock();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // An unreadable stdin ends like an empty one.
-                    Err(_) => 0,
-                };
-                frames.clear();
-                if n == 0 {
-                    stdio::encode(Kind::StdinEof, &[], &mut frames);
-                    deliver(&frames);
-                    return;
-                }
-                stdio::encode(Kind::Stdin, &buf[..n], &mut frames);
-                if !deliver(&frames) {
-                    return;
-                }
-            }
-        });
+        .spawn(stdin_forwarder(gate, deliver));
     if let Err(e) = spawned {
         eprintln!("hyperlaunch: cannot start the stdin thread: {e}");
+    }
+}
+
+/// The work of [`forward_stdin`]'s thread, for a thread started elsewhere (the KVM engine's
+/// crew, already under its seccomp filter).
+pub fn stdin_forwarder(
+    gate: std::sync::Arc<crate::supervisor::StdinGate>,
+    mut deliver: impl FnMut(&[u8]) -> bool + Send + 'static,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        gate.wait();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut frames = Vec::with_capacity(buf.len() + stdio::HEADER_LEN);
+        let mut stdin = io::stdin().lock();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // An unreadable stdin ends like an empty one.
+                Err(_) => 0,
+            };
+            frames.clear();
+            if n == 0 {
+                stdio::encode(Kind::StdinEof, &[], &mut frames);
+                deliver(&frames);
+                return;
+            }
+            stdio::encode(Kind::Stdin, &buf[..n], &mut frames);
+            if !deliver(&frames) {
+                return;
+            }
+        }
     }
 }
 
@@ -135,22 +142,28 @@ fn launch_signals() -> libc::sigset_t {
 
 /// Takes the blocked signals with `sigwait` on a thread and hands each to `send` (until it
 /// returns `false`).
-pub fn forward_signals(mut send: impl FnMut(i32) -> bool + Send + 'static) {
-    let set = launch_signals();
+pub fn forward_signals(send: impl FnMut(i32) -> bool + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            // Seccomp on the KVM engine (sandbox.rs; a no-op otherwise), first thing.
-            crate::sandbox::enter(crate::sandbox::ThreadKind::SignalForwarder);
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } != 0 || !send(sig) {
-                    return;
-                }
-            }
-        });
+        .spawn(signal_forwarder(send));
     if let Err(e) = spawned {
         eprintln!("hyperlaunch: cannot start the signal thread: {e}");
+    }
+}
+
+/// The work of [`forward_signals`]'s thread, for a thread started elsewhere (the KVM engine's
+/// crew, already under its seccomp filter). The signals must be blocked in that thread.
+pub fn signal_forwarder(
+    mut send: impl FnMut(i32) -> bool + Send + 'static,
+) -> impl FnOnce() + Send + 'static {
+    let set = launch_signals();
+    move || {
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 || !send(sig) {
+                return;
+            }
+        }
     }
 }
