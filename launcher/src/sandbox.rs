@@ -282,7 +282,26 @@ fn condition(arg: Arg) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     }
 }
 
+/// `BPF_LD | BPF_W | BPF_ABS` of the low word of `seccomp_data.args[0]` (offset 16): the first
+/// instruction of every filter (see [`compile`]).
+const LOAD_ARG0: seccompiler::sock_filter = seccompiler::sock_filter {
+    code: 0x20,
+    jt: 0,
+    jf: 0,
+    k: 16,
+};
+
 /// The compiled filter of `kind`: listed calls allowed, anything else traps (SIGSYS).
+///
+/// It starts with a load of an argument that the next instruction (seccompiler's load of the
+/// architecture) overwrites: the filter decides exactly as without it, but the kernel's
+/// per-call action cache sees a filter that reads arguments first and is not built. Building
+/// it emulates the filter for each of the ~450 call numbers, walking seccompiler's linear list
+/// each time: about 80 µs of the ~100 µs an install takes on this host, and the main thread's
+/// install sits between the VM's setup and the guest's first instruction. Without the cache a
+/// call with no argument condition runs the (JIT-compiled) filter instead: tens of
+/// nanoseconds on a call; the calls with conditions (`ioctl`, `mmap`) run it anyway
+/// (docs/BENCHMARKS.md, "cost of the seccomp sandbox").
 pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     let err = |e| SandboxError::Build(kind.name(), e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -300,7 +319,8 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
         TargetArch::x86_64,
     )
     .map_err(err)?;
-    filter.try_into().map_err(err)
+    let listed: BpfProgram = filter.try_into().map_err(err)?;
+    Ok([LOAD_ARG0].into_iter().chain(listed).collect())
 }
 
 /// The filters of this process, each compiled the first time a thread of its kind enters it.

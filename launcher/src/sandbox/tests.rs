@@ -9,7 +9,11 @@ use std::process::Command;
 fn every_kind_compiles_and_lists_each_call_once() {
     for kind in ThreadKind::ALL {
         let prog = compile(kind).unwrap();
-        assert!(!prog.is_empty());
+        // An argument load first (no per-call cache to build on install), then seccompiler's
+        // own program, which loads the architecture (offset 4) before anything else.
+        let (first, second) = (&prog[0], &prog[1]);
+        assert_eq!((first.code, first.k), (LOAD_ARG0.code, 16), "{kind:?}");
+        assert_eq!((second.code, second.k), (0x20, 4), "{kind:?}");
         let list = allowed(kind);
         let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
         nrs.sort_unstable();
