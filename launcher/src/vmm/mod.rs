@@ -15,7 +15,7 @@ pub mod term;
 pub mod trust;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -173,7 +173,7 @@ fn create_devices(
     console_out: Box<dyn Write + Send>,
     stdio_out: ConsoleSink,
     net: Option<NetBackend>,
-    events: mpsc::Sender<Event>,
+    events: crate::supervisor::EventSender,
 ) -> Result<Devices, VmmError> {
     if disks.len() > layout::VIRTIO_IRQS.len() {
         return Err(VmmError::TooManyDisks(disks.len()));
@@ -276,7 +276,7 @@ pub fn build_vm_with_cache(
     marks.kernel_loaded = Some(Instant::now());
 
     // 4. Devices, then the command line and boot information that name them.
-    let (events_tx, events) = mpsc::channel();
+    let (events_tx, events) = crate::supervisor::event_queue();
     let devices = create_devices(
         &vm,
         &mem,

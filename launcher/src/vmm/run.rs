@@ -2,7 +2,6 @@
 //! supervisor ([`crate::supervisor`]) on its own thread, signal and stdin forwarding.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, Once, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use super::exit::{Action, Exit, StopReason, handle_exit};
 use crate::devices::Devices;
 use crate::devices::serial;
 use crate::sandbox;
-use crate::supervisor::{self, Machine, MachineEnd};
+use crate::supervisor::{self, EventReceiver, EventSender, Machine, MachineEnd};
 pub use crate::supervisor::{Event, Outcome};
 pub use crate::timing::Marks;
 
@@ -72,7 +71,7 @@ fn vcpu_loop(
     id: usize,
     devices: Arc<Mutex<Devices>>,
     stop: Arc<AtomicBool>,
-    tx: Sender<Event>,
+    tx: EventSender,
     first_run: Arc<OnceLock<Instant>>,
     first_exit: Arc<OnceLock<Instant>>,
 ) {
@@ -139,8 +138,8 @@ fn block_stop_signals() {
 pub struct Runner {
     pub vcpus: Vec<VcpuFd>,
     pub devices: Arc<Mutex<Devices>>,
-    pub events: Receiver<Event>,
-    pub events_tx: Sender<Event>,
+    pub events: EventReceiver,
+    pub events_tx: EventSender,
     /// The run's threads when they were started while the VM was built (sandbox.rs); `None`:
     /// [`run`] starts them.
     pub crew: Option<sandbox::Crew>,
