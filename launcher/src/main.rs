@@ -58,12 +58,17 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
         },
         _ => launcher::vmm::launch(&cfg, &mut marks),
     };
-    if let Some(m) = &outcome.message {
-        eprintln!("hyperlaunch: {m}");
-    }
+    // The run is over: its last lines never hold up the exit on a stalled stderr (stdio.rs).
+    let mut last = outcome
+        .message
+        .as_ref()
+        .map(|m| format!("hyperlaunch: {m}\n"))
+        .unwrap_or_default();
     if cfg.timing {
-        eprint!("{}{notes}", marks.report());
+        last.push_str(&marks.report());
+        last.push_str(&notes);
     }
+    launcher::stdio::eprint_last(&last);
     outcome.code
 }
 

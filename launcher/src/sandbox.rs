@@ -145,13 +145,6 @@ const MAIN_IOCTLS: &[u64] = &[
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// `fcntl(fd, F_GETFD)`: std's debug builds check a descriptor is open before closing it.
 const FCNTL_GETFD: &[u64] = &[libc::F_GETFD as u64];
-/// The supervisor's: `F_GETFD`, and `F_GETFL`/`F_SETFL` to make stderr non-blocking for its last
-/// line when a vCPU is stuck (supervisor.rs).
-const FCNTL_SUPERVISOR: &[u64] = &[
-    libc::F_GETFD as u64,
-    libc::F_GETFL as u64,
-    libc::F_SETFL as u64,
-];
 
 /// What every thread of the run needs: memory (never executable), locks, time, sleeping,
 /// signal returns, its own end and the process's, and writing (stderr, eventfds).
@@ -193,9 +186,10 @@ const VCPU: &[Allowed] = &[
 ];
 
 /// The main thread: what a vCPU does, then tearing the VM down (close), the terminal restored
-/// and the report written.
+/// and the report written (waiting for a slow stderr with `poll`, stdio.rs).
 const MAIN: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, MAIN_IOCTLS)),
+    any("poll", libc::SYS_poll),
     any("sendto", libc::SYS_sendto),
     any("pread64", libc::SYS_pread64),
     any("pwrite64", libc::SYS_pwrite64),
@@ -205,11 +199,13 @@ const MAIN: &[Allowed] = &[
 ];
 
 /// The supervisor: waits on its channel, kicks vCPUs (tgkill, in COMMON), feeds control lines
-/// (eventfd writes), and on a stuck vCPU restores the terminal and exits.
+/// (eventfd writes), writes its notes once the machine has ended (waiting for a slow stderr
+/// with `poll`, stdio.rs), and on a stuck vCPU restores the terminal and exits.
 const SUPERVISOR: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, TERMINAL_IOCTLS)),
+    any("poll", libc::SYS_poll),
     any("close", libc::SYS_close),
-    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_SUPERVISOR)),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
 /// The signal forwarder: waits for SIGINT/SIGTERM.

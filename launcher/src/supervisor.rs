@@ -430,9 +430,9 @@ pub fn supervise(
         }
     }
     if finished.is_ok() {
-        for n in &notes {
-            eprintln!("{n}");
-        }
+        // Never blocking for long on a stalled stderr (stdio.rs).
+        let text: String = notes.iter().map(|n| format!("{n}\n")).collect();
+        crate::stdio::eprint_last(&text);
     }
     let report = Report {
         ending,
@@ -446,15 +446,9 @@ pub fn supervise(
     if let Err(why) = finished {
         let o = report.outcome();
         let m = o.message.map(|m| format!("{m}; ")).unwrap_or_default();
-        // The stuck vCPU may be the one writing to a stalled stderr (holding its lock): write
-        // around the lock, without blocking.
-        let line = format!("hyperlaunch: {m}{why}; exiting\n");
-        // SAFETY: fcntl and write on our own standard error; the process ends right after.
-        unsafe {
-            let flags = libc::fcntl(2, libc::F_GETFL);
-            libc::fcntl(2, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            libc::write(2, line.as_ptr().cast(), line.len());
-        }
+        // The stuck vCPU may be the one writing to a stalled stderr: write around any lock,
+        // never blocking for long.
+        crate::stdio::eprint_last(&format!("hyperlaunch: {m}{why}; exiting\n"));
         crate::vmm::term::restore();
         std::process::exit(o.code);
     }

@@ -461,3 +461,77 @@ fn kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back() {
     assert!(queued <= 2 * bound, "{queued} lines queued (bound {bound})");
     assert!(at_4s <= at_1s + 512, "RSS {at_1s} KiB -> {at_4s} KiB");
 }
+
+/// Runs `pod` on the KVM engine with `extra` options, its stdout discarded and its stderr a
+/// pipe that is full before it starts and never read; (exit code, how long the run took). A
+/// launcher still running after 30 s is killed and the test fails.
+fn run_with_stalled_stderr(
+    dir: &std::path::Path,
+    pod: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, std::time::Duration) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 just returned these two descriptors; each is owned once.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Fill the pipe: non-blocking while filling, blocking again for the launcher.
+    // SAFETY: fcntl and write on the pipe's write end, owned here, with a valid buffer.
+    unsafe {
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let chunk = [b'.'; 4096];
+        while libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        libc::fcntl(fds[1], libc::F_SETFL, flags);
+    }
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32"])
+        .args(extra)
+        .arg(pod)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the launcher did not end within 30 s with its stderr stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    drop(read_end);
+    (status.code(), started.elapsed())
+}
+
+/// The launcher never blocks for good on its own stderr: with stderr a full pipe nobody reads,
+/// (a) a guest whose console output (which goes to stderr) is stuck ends by `--timeout 2` with
+/// 124 within a second of the deadline, though its vCPU is blocked writing; (b) a guest that
+/// makes the launcher note refused control lines (probes/ctlflood.c `MODE=5`, no console output)
+/// ends with its own status (7) within 2 s, its notes and `--timing` lines dropped, not waited
+/// for past their 0.5 s.
+#[test]
+fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
+    if !probes::kvm_available("kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let chatty = probe_pod(dir.path(), "spin", &["CHATTY=1"], "chatty");
+    let (code, took) = run_with_stalled_stderr(dir.path(), &chatty, &["--timeout", "2"]);
+    eprintln!("console stuck, --timeout 2: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(124));
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    let noted = probe_pod(dir.path(), "ctlflood", &["MODE=5"], "noted");
+    let (code, took) =
+        run_with_stalled_stderr(dir.path(), &noted, &["--timeout", "20", "--timing"]);
+    eprintln!("refused lines noted, status 7: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(7));
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}

@@ -192,6 +192,7 @@ impl Machine for KvmMachine {
 /// VM was built and fits the run, else one started here) are handed their work first.
 pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     install_kick_handler();
+    crate::stdio::set_stopping(false);
     if opts.forward_signals {
         // Every thread started from here inherits this mask; the forwarding thread takes the
         // signals with sigwait.
@@ -383,6 +384,8 @@ fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd, limit: Duration) {
 /// returned. False if one has not within 2 s.
 fn stop_vcpus(stop: &AtomicBool, vcpus: &[VcpuThread]) -> bool {
     stop.store(true, Ordering::SeqCst);
+    // A vCPU blocked writing output to a stalled reader gives up when kicked.
+    crate::stdio::set_stopping(true);
     let give_up = Instant::now() + Duration::from_secs(2);
     for v in vcpus {
         while !v.done.load(Ordering::SeqCst) {
