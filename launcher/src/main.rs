@@ -58,12 +58,17 @@ fn launch(cfg: LaunchConfig, exec: Instant) -> i32 {
         },
         _ => launcher::vmm::launch(&cfg, &mut marks),
     };
-    if let Some(m) = &outcome.message {
-        eprintln!("hyperlaunch: {m}");
-    }
+    // The run is over: its last lines never hold up the exit on a stalled stderr (stdio.rs).
+    let mut last = outcome
+        .message
+        .as_ref()
+        .map(|m| format!("hyperlaunch: {m}\n"))
+        .unwrap_or_default();
     if cfg.timing {
-        eprint!("{}{notes}", marks.report());
+        last.push_str(&marks.report());
+        last.push_str(&notes);
     }
+    launcher::stdio::eprint_last(&last);
     outcome.code
 }
 
@@ -94,6 +99,11 @@ fn sanitize_standard_fds() {
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let exec = Instant::now();
+    // One malloc arena for every thread: a run's threads (sandbox crew) then map no arena of
+    // their own while the main thread creates the VM, which takes the same address-space lock.
+    // SAFETY: mallopt only changes the allocator's settings; no allocation is live across it
+    // that depends on them.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     sanitize_standard_fds();

@@ -2,12 +2,13 @@
 //! calls that thread makes once the guest may run (ioctl limited to `KVM_RUN` and the terminal
 //! requests, mmap/mprotect never executable). Built with `seccompiler`.
 //!
-//! Use: [`prepare`] once on the main thread before any run thread is started (compiles every
-//! filter, installs the SIGSYS reporter and expects `threads` other threads); then each thread's
-//! first act is [`enter`] with its kind; the main thread calls [`enter_and_wait`] last, which
-//! returns only when every other thread has its filter, so no guest instruction runs before the
-//! whole process is filtered. Filters are per thread and can only be added to: what a thread
-//! starts after [`enter`] inherits its filter.
+//! Use: a run's threads are a [`Crew`] (sandbox/crew.rs), started before the VM is built: each
+//! compiles (once per process and kind, only the kinds the run has) and installs its own filter
+//! as its first act, on another core while the main thread builds the VM, and then waits for
+//! its work. The main thread installs its own last ([`Gate::enter_main_and_wait`]), which
+//! returns only when every thread of the crew has its filter, so no guest instruction runs
+//! before the whole process is filtered. Filters are per thread and can only be added to: what
+//! a thread starts after entering inherits its filter.
 //!
 //! A system call outside a thread's list raises SIGSYS (`SECCOMP_RET_TRAP`); the handler writes
 //! one line naming the call and the thread kind, restores the terminal and ends the process with
@@ -15,9 +16,8 @@
 //! never runs a guest unfiltered. The lists are documented in `docs/SECURITY.md`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -27,10 +27,12 @@ use thiserror::Error;
 
 use pod::protocol::EXIT_LAUNCHER;
 
+#[path = "sandbox/crew.rs"]
+mod crew;
+pub use crew::{Crew, Gate, Plan, Ready};
+
 /// `_IO(KVMIO, 0x80)`: the only KVM ioctl a running vCPU makes.
 pub const KVM_RUN: u64 = 0xae80;
-/// How long [`enter_and_wait`] waits for the other threads' filters.
-const WAIT: Duration = Duration::from_secs(2);
 
 /// The kinds of thread of a KVM run, each with its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +88,8 @@ pub enum SandboxError {
     Install(&'static str, seccompiler::Error),
     #[error("installing the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    #[error("cannot start the {0} thread: {1}")]
+    Spawn(String, std::io::Error),
 }
 
 /// An argument condition on a system call.
@@ -141,13 +145,6 @@ const MAIN_IOCTLS: &[u64] = &[
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// `fcntl(fd, F_GETFD)`: std's debug builds check a descriptor is open before closing it.
 const FCNTL_GETFD: &[u64] = &[libc::F_GETFD as u64];
-/// The supervisor's: `F_GETFD`, and `F_GETFL`/`F_SETFL` to make stderr non-blocking for its last
-/// line when a vCPU is stuck (supervisor.rs).
-const FCNTL_SUPERVISOR: &[u64] = &[
-    libc::F_GETFD as u64,
-    libc::F_GETFL as u64,
-    libc::F_SETFL as u64,
-];
 
 /// What every thread of the run needs: memory (never executable), locks, time, sleeping,
 /// signal returns, its own end and the process's, and writing (stderr, eventfds).
@@ -189,9 +186,10 @@ const VCPU: &[Allowed] = &[
 ];
 
 /// The main thread: what a vCPU does, then tearing the VM down (close), the terminal restored
-/// and the report written.
+/// and the report written (waiting for a slow stderr with `poll`, stdio.rs).
 const MAIN: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, MAIN_IOCTLS)),
+    any("poll", libc::SYS_poll),
     any("sendto", libc::SYS_sendto),
     any("pread64", libc::SYS_pread64),
     any("pwrite64", libc::SYS_pwrite64),
@@ -201,11 +199,13 @@ const MAIN: &[Allowed] = &[
 ];
 
 /// The supervisor: waits on its channel, kicks vCPUs (tgkill, in COMMON), feeds control lines
-/// (eventfd writes), and on a stuck vCPU restores the terminal and exits.
+/// (eventfd writes), writes its notes once the machine has ended (waiting for a slow stderr
+/// with `poll`, stdio.rs), and on a stuck vCPU restores the terminal and exits.
 const SUPERVISOR: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, TERMINAL_IOCTLS)),
+    any("poll", libc::SYS_poll),
     any("close", libc::SYS_close),
-    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_SUPERVISOR)),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
 /// The signal forwarder: waits for SIGINT/SIGTERM.
@@ -278,7 +278,26 @@ fn condition(arg: Arg) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     }
 }
 
+/// `BPF_LD | BPF_W | BPF_ABS` of the low word of `seccomp_data.args[0]` (offset 16): the first
+/// instruction of every filter (see [`compile`]).
+const LOAD_ARG0: seccompiler::sock_filter = seccompiler::sock_filter {
+    code: 0x20,
+    jt: 0,
+    jf: 0,
+    k: 16,
+};
+
 /// The compiled filter of `kind`: listed calls allowed, anything else traps (SIGSYS).
+///
+/// It starts with a load of an argument that the next instruction (seccompiler's load of the
+/// architecture) overwrites: the filter decides exactly as without it, but the kernel's
+/// per-call action cache sees a filter that reads arguments first and is not built. Building
+/// it emulates the filter for each of the ~450 call numbers, walking seccompiler's linear list
+/// each time: about 80 µs of the ~100 µs an install takes on this host, and the main thread's
+/// install sits between the VM's setup and the guest's first instruction. Without the cache a
+/// call with no argument condition runs the (JIT-compiled) filter instead: tens of
+/// nanoseconds on a call; the calls with conditions (`ioctl`, `mmap`) run it anyway
+/// (docs/BENCHMARKS.md, "cost of the seccomp sandbox").
 pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     let err = |e| SandboxError::Build(kind.name(), e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -296,90 +315,22 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
         TargetArch::x86_64,
     )
     .map_err(err)?;
-    filter.try_into().map_err(err)
+    let listed: BpfProgram = filter.try_into().map_err(err)?;
+    Ok([LOAD_ARG0].into_iter().chain(listed).collect())
 }
 
-/// The filters of one process, compiled once, and the count of threads of the current run
-/// still to enter (a process may run several VMs one after another, as tests do).
-struct Sandbox {
-    programs: Vec<(ThreadKind, BpfProgram)>,
-    pending: Mutex<usize>,
-    entered: Condvar,
-}
+/// The filters of this process, each compiled the first time a thread of its kind enters it.
+static PROGRAMS: [OnceLock<BpfProgram>; ThreadKind::ALL.len()] =
+    [const { OnceLock::new() }; ThreadKind::ALL.len()];
 
-static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-
-/// Compiles every filter and installs the SIGSYS reporter; `threads` is how many threads other
-/// than the caller will [`enter`] before [`enter_and_wait`] may return.
-pub fn prepare(threads: usize) -> Result<(), SandboxError> {
-    if SANDBOX.get().is_none() {
-        let programs = ThreadKind::ALL
-            .into_iter()
-            .map(|k| Ok((k, compile(k)?)))
-            .collect::<Result<Vec<_>, SandboxError>>()?;
-        let _ = SANDBOX.set(Sandbox {
-            programs,
-            pending: Mutex::new(0),
-            entered: Condvar::new(),
-        });
+/// `kind`'s compiled filter (compiled on first use; a race compiles it twice, harmlessly).
+fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SandboxError> {
+    let cell = &PROGRAMS[kind as usize - 1];
+    if let Some(p) = cell.get() {
+        return Ok(p);
     }
-    install_sigsys_reporter()?;
-    let sb = SANDBOX.get().expect("set above");
-    *sb.pending.lock().unwrap_or_else(|e| e.into_inner()) = threads;
-    Ok(())
-}
-
-/// [`prepare`] for a KVM run: `vcpus` vCPUs (vCPU 0 on the calling thread, which enters last),
-/// a supervisor, the forwarders asked for and the network thread if there is a network device.
-pub fn prepare_run(
-    vcpus: usize,
-    forward_signals: bool,
-    stdin: bool,
-    net: bool,
-) -> Result<(), SandboxError> {
-    prepare(
-        vcpus.saturating_sub(1)
-            + 1
-            + usize::from(forward_signals)
-            + usize::from(stdin)
-            + usize::from(net),
-    )
-}
-
-/// Installs `kind`'s filter on the calling thread (a no-op before [`prepare`], as in unit tests
-/// of the run loop). A failure ends the process: no guest runs unfiltered.
-pub fn enter(kind: ThreadKind) {
-    let Some(sb) = SANDBOX.get() else {
-        return;
-    };
-    if let Err(e) = install(sb, kind) {
-        fatal(&format!("hyperlaunch: sandbox: {e}"));
-    }
-    let mut pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
-    *pending = pending.saturating_sub(1);
-    sb.entered.notify_all();
-}
-
-/// Installs `kind`'s filter on the calling thread, then waits until every thread counted by
-/// [`prepare`] has entered its own.
-pub fn enter_and_wait(kind: ThreadKind) {
-    let Some(sb) = SANDBOX.get() else {
-        return;
-    };
-    if let Err(e) = install(sb, kind) {
-        fatal(&format!("hyperlaunch: sandbox: {e}"));
-    }
-    let pending = sb.pending.lock().unwrap_or_else(|e| e.into_inner());
-    let (pending, timeout) = sb
-        .entered
-        .wait_timeout_while(pending, WAIT, |p| *p > 0)
-        .unwrap_or_else(|e| e.into_inner());
-    if timeout.timed_out() && *pending > 0 {
-        fatal(&format!(
-            "hyperlaunch: sandbox: {} thread(s) did not install their seccomp filter within {WAIT:?}",
-            *pending
-        ));
-    }
+    let p = compile(kind)?;
+    Ok(cell.get_or_init(|| p))
 }
 
 thread_local! {
@@ -387,14 +338,9 @@ thread_local! {
     static KIND: AtomicU8 = const { AtomicU8::new(0) };
 }
 
-fn install(sb: &Sandbox, kind: ThreadKind) -> Result<(), SandboxError> {
-    let (_, prog) = sb
-        .programs
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .expect("every kind is compiled");
-    KIND.with(|k| k.store(kind as u8, Ordering::Relaxed));
-    seccompiler::apply_filter(prog).map_err(|e| SandboxError::Install(kind.name(), e))
+/// Installs `kind`'s filter on the calling thread, compiling it first if no thread has yet.
+fn install(kind: ThreadKind) -> Result<(), SandboxError> {
+    install_on_this_thread(kind, program(kind)?)
 }
 
 /// Installs `prog` on the calling thread with `kind` recorded for the SIGSYS line (tests).

@@ -6,7 +6,11 @@
 //! An engine is only "how to start a machine and where its bytes come from": it feeds
 //! [`Event`]s into a channel and implements [`Machine`] (hand a line to init; end the machine).
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{
+    Receiver, RecvError, RecvTimeoutError, SendError, SyncSender, TryRecvError, TrySendError,
+};
 use std::time::{Duration, Instant};
 
 use pod::protocol::{
@@ -18,6 +22,87 @@ use pod::protocol::{
 const LINE_RETRY: Duration = Duration::from_millis(5);
 /// How long the machine may take to end after init reported the app's status.
 pub const END_AFTER_STATUS: Duration = Duration::from_secs(10);
+
+/// Events queued for the supervisor and not taken yet, at most: the queue holds at most this
+/// many (each a control line of at most 64 bytes, a signal number or an end).
+pub const EVENT_QUEUE: usize = 64;
+/// How often a sender waiting for room in the queue looks again (and whether the supervisor
+/// still takes events).
+const SEND_RETRY: Duration = Duration::from_millis(1);
+
+/// The queue of [`Event`]s from the engine's threads (the control port's lines on a vCPU
+/// thread, the signal forwarder, the end of the machine) to the supervisor, bounded to
+/// [`EVENT_QUEUE`] events. Policy: a sender finding it full waits for room — backpressure on
+/// the sender (a vCPU stops emulating the guest's write to the control port, and with it that
+/// guest vCPU, until the supervisor has caught up), never more memory — and gives up (the event
+/// is dropped) once the supervisor has stopped following events ([`EventReceiver::close`]):
+/// the end of a run never waits for a full queue.
+pub fn event_queue() -> (EventSender, EventReceiver) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(EVENT_QUEUE);
+    let closed = Arc::new(AtomicBool::new(false));
+    (
+        EventSender {
+            tx,
+            closed: closed.clone(),
+        },
+        EventReceiver { rx, closed },
+    )
+}
+
+/// The sending side of [`event_queue`].
+#[derive(Clone, Debug)]
+pub struct EventSender {
+    tx: SyncSender<Event>,
+    closed: Arc<AtomicBool>,
+}
+
+impl EventSender {
+    /// Queues `ev`, waiting while the queue is full; an error gives `ev` back when the
+    /// supervisor is gone or no longer follows events.
+    pub fn send(&self, ev: Event) -> Result<(), SendError<Event>> {
+        let mut ev = ev;
+        loop {
+            match self.tx.try_send(ev) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(e)) => return Err(SendError(e)),
+                Err(TrySendError::Full(e)) => {
+                    if self.closed.load(Ordering::SeqCst) {
+                        return Err(SendError(e));
+                    }
+                    ev = e;
+                    std::thread::sleep(SEND_RETRY);
+                }
+            }
+        }
+    }
+}
+
+/// The supervisor's side of [`event_queue`].
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: Receiver<Event>,
+    closed: Arc<AtomicBool>,
+}
+
+impl EventReceiver {
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        self.rx.recv()
+    }
+
+    pub fn recv_timeout(&self, limit: Duration) -> Result<Event, RecvTimeoutError> {
+        self.rx.recv_timeout(limit)
+    }
+
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// The supervisor follows events no more: a sender finding the queue full stops waiting
+    /// and drops its event (what is queued can still be taken).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
 
 /// What the supervisor hears about.
 #[derive(Debug)]
@@ -214,7 +299,7 @@ pub fn host_window_size() -> Option<(u16, u16)> {
 /// process (a vCPU stuck in the kernel would keep it alive).
 pub fn supervise(
     opts: &Options,
-    events: &Receiver<Event>,
+    events: &EventReceiver,
     machine: &mut dyn Machine,
     stdin: &StdinGate,
 ) -> Report {
@@ -330,6 +415,9 @@ pub fn supervise(
             }
         }
     };
+    // From here no sender waits for room: a vCPU blocked on a full queue would hold up its
+    // own stop.
+    events.close();
     let stop = !matches!(ending, Ending::Machine(_));
     let finished = machine.finish(stop);
     // Lines that arrived while the machine was ending still count (the status above all).
@@ -342,9 +430,9 @@ pub fn supervise(
         }
     }
     if finished.is_ok() {
-        for n in &notes {
-            eprintln!("{n}");
-        }
+        // Never blocking for long on a stalled stderr (stdio.rs).
+        let text: String = notes.iter().map(|n| format!("{n}\n")).collect();
+        crate::stdio::eprint_last(&text);
     }
     let report = Report {
         ending,
@@ -358,15 +446,9 @@ pub fn supervise(
     if let Err(why) = finished {
         let o = report.outcome();
         let m = o.message.map(|m| format!("{m}; ")).unwrap_or_default();
-        // The stuck vCPU may be the one writing to a stalled stderr (holding its lock): write
-        // around the lock, without blocking.
-        let line = format!("hyperlaunch: {m}{why}; exiting\n");
-        // SAFETY: fcntl and write on our own standard error; the process ends right after.
-        unsafe {
-            let flags = libc::fcntl(2, libc::F_GETFL);
-            libc::fcntl(2, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            libc::write(2, line.as_ptr().cast(), line.len());
-        }
+        // The stuck vCPU may be the one writing to a stalled stderr: write around any lock,
+        // never blocking for long.
+        crate::stdio::eprint_last(&format!("hyperlaunch: {m}{why}; exiting\n"));
         crate::vmm::term::restore();
         std::process::exit(o.code);
     }

@@ -350,3 +350,188 @@ fn kvm_hostile_stdio_console_chains_through_the_launcher_keep_memory_flat() {
     eprintln!("hostile stdio console: peak RSS 10 rounds {baseline} KiB, 300 rounds {peak} KiB");
     assert!(peak <= baseline + 512, "{peak} vs {baseline} KiB");
 }
+
+/// Set in the child process that runs the launcher's run loop for
+/// `kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back`.
+const SLOW_CHILD_ENV: &str = "HYPERPOD_KVM_SLOW_SUPERVISOR_CHILD";
+
+/// VmRSS of this process, in KiB.
+fn own_rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The queue from the control port to the supervisor is bounded (`supervisor::event_queue`):
+/// a guest writing valid control lines as fast as it can (probes/ctlflood.c `MODE=4`) to a
+/// supervisor that takes one every 10 ms is held back on its vCPU, not queued for: after 4 s no
+/// more than the queue's bound (plus what arrives while they are counted) wait in it, and the
+/// launcher's RSS 4 s into the flood is within 512 KiB of that at 1 s. The run loop is the
+/// launcher's own (`vmm::run::run`, in a child process: it installs seccomp filters on the
+/// test's thread); a thread of the test stands in for the slow supervisor on the control
+/// port's queue, then stops following it (`close`), and the run still ends by its
+/// `--timeout` (124): a vCPU waiting for room never holds up the end.
+#[test]
+fn kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back() {
+    if !probes::kvm_available("kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back") {
+        return;
+    }
+    if std::env::var_os(SLOW_CHILD_ENV).is_none() {
+        let name = "kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back";
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(SLOW_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success(), "the child run failed");
+        assert!(text.contains("1 passed"), "the child ran the test");
+        assert!(!text.contains("sandbox:"), "a filter stopped the run");
+        return;
+    }
+    use launcher::supervisor::event_queue;
+    use launcher::vmm::run::{Marks, RunOptions, run};
+    use launcher::vmm::{BootInputs, build_vm};
+    use std::time::{Duration, Instant};
+
+    let kernel = {
+        let dir = tempfile::tempdir().unwrap();
+        probes::build(dir.path(), "ctlflood", &["MODE=4"])
+        // The directory goes now: nothing may unlink files once the filters are in.
+    };
+    let inputs = BootInputs {
+        kernel: &kernel,
+        initramfs: Vec::new(),
+        cmdline: "probe=1".into(),
+        memory_mib: 64,
+        vcpus: 1,
+        disks: Vec::new(),
+        console: Box::new(std::io::sink()),
+        stdio: Box::new(|_| {}),
+        net: None,
+        use_pvh: true,
+        backing: None,
+    };
+    let mut marks = Marks::new(Instant::now(), "kvm");
+    let mut vm = build_vm(inputs, &mut marks).unwrap();
+    // The control port's lines stay on the VM's queue, for the slow reader below; the run's
+    // supervisor gets a queue of its own (the vCPU's end, its deadline).
+    let (tx, rx) = event_queue();
+    let control = std::mem::replace(&mut vm.runner.events, rx);
+    vm.runner.events_tx = tx;
+    let slow = std::thread::spawn(move || {
+        let start = Instant::now();
+        let (mut taken, mut at_1s) = (0u64, None);
+        while start.elapsed() < Duration::from_secs(4) {
+            if control.recv_timeout(Duration::from_millis(10)).is_ok() {
+                taken += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            if at_1s.is_none() && start.elapsed() >= Duration::from_secs(1) {
+                at_1s = Some(own_rss_kib());
+            }
+        }
+        let at_4s = own_rss_kib();
+        // What waits in the queue now: at most its bound (and what the guest adds while it is
+        // counted), where an unbounded queue would hold thousands of lines.
+        let mut queued = 0usize;
+        while control.try_recv().is_ok() && queued < 100_000 {
+            queued += 1;
+        }
+        control.close();
+        (taken, queued, at_1s.unwrap(), at_4s)
+    });
+    let opts = RunOptions {
+        timeout: Some(Duration::from_secs(6)),
+        ..Default::default()
+    };
+    let outcome = run(vm.runner, &opts, &mut marks);
+    // From here this thread runs under the main thread's filter.
+    let (taken, queued, at_1s, at_4s) = slow.join().unwrap();
+    eprintln!(
+        "control lines taken: {taken}, then {queued} queued; RSS at 1 s {at_1s} KiB, at 4 s {at_4s} KiB"
+    );
+    assert_eq!(outcome.code, 124, "{:?}", outcome.message);
+    assert!(taken > 100, "the guest was not flooding ({taken} lines)");
+    let bound = launcher::supervisor::EVENT_QUEUE;
+    assert!(queued <= 2 * bound, "{queued} lines queued (bound {bound})");
+    assert!(at_4s <= at_1s + 512, "RSS {at_1s} KiB -> {at_4s} KiB");
+}
+
+/// Runs `pod` on the KVM engine with `extra` options, its stdout discarded and its stderr a
+/// pipe that is full before it starts and never read; (exit code, how long the run took). A
+/// launcher still running after 30 s is killed and the test fails.
+fn run_with_stalled_stderr(
+    dir: &std::path::Path,
+    pod: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, std::time::Duration) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 just returned these two descriptors; each is owned once.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Fill the pipe: non-blocking while filling, blocking again for the launcher.
+    // SAFETY: fcntl and write on the pipe's write end, owned here, with a valid buffer.
+    unsafe {
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let chunk = [b'.'; 4096];
+        while libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        libc::fcntl(fds[1], libc::F_SETFL, flags);
+    }
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--memory", "32"])
+        .args(extra)
+        .arg(pod)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the launcher did not end within 30 s with its stderr stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    drop(read_end);
+    (status.code(), started.elapsed())
+}
+
+/// The launcher never blocks for good on its own stderr: with stderr a full pipe nobody reads,
+/// (a) a guest whose console output (which goes to stderr) is stuck ends by `--timeout 2` with
+/// 124 within a second of the deadline, though its vCPU is blocked writing; (b) a guest that
+/// makes the launcher note refused control lines (probes/ctlflood.c `MODE=5`, no console output)
+/// ends with its own status (7) within 2 s, its notes and `--timing` lines dropped, not waited
+/// for past their 0.5 s.
+#[test]
+fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
+    if !probes::kvm_available("kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let chatty = probe_pod(dir.path(), "spin", &["CHATTY=1"], "chatty");
+    let (code, took) = run_with_stalled_stderr(dir.path(), &chatty, &["--timeout", "2"]);
+    eprintln!("console stuck, --timeout 2: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(124));
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    let noted = probe_pod(dir.path(), "ctlflood", &["MODE=5"], "noted");
+    let (code, took) =
+        run_with_stalled_stderr(dir.path(), &noted, &["--timeout", "20", "--timing"]);
+    eprintln!("refused lines noted, status 7: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(7));
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}

@@ -67,13 +67,14 @@ impl Write for ControlSink {
     }
 }
 
-/// Writes to the launcher's stderr, where the console goes (stderr is unbuffered: every byte is
-/// shown as it arrives).
+/// Writes to the launcher's stderr, where the console goes (unbuffered: every byte is shown as
+/// it arrives; a stalled reader holds the guest back, until the run stops:
+/// [`crate::stdio::write_guest_output`]).
 pub struct Stderr;
 
 impl Write for Stderr {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        io::stderr().lock().write_all(data)?;
+        crate::stdio::write_guest_output(2, data);
         Ok(data.len())
     }
 

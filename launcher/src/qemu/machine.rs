@@ -226,7 +226,7 @@ pub fn run(
     opts: &supervisor::Options,
     marks: &mut Marks,
 ) -> Result<Report, QemuError> {
-    let (tx, events) = mpsc::channel::<Event>();
+    let (tx, events) = crate::supervisor::event_queue();
     let mut child = spawn(plan, inherit)?;
     marks.qemu_spawned = Some(Instant::now());
     drop(channels.theirs);

@@ -1,5 +1,3 @@
-use std::sync::mpsc;
-
 use super::*;
 
 #[test]
@@ -92,7 +90,7 @@ fn line(l: GuestLine) -> Event {
 
 #[test]
 fn lines_wait_for_init_and_a_free_machine() {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     let opts = Options {
         stop_signal: 15,
         grace: Duration::from_secs(60),
@@ -127,7 +125,7 @@ fn lines_wait_for_init_and_a_free_machine() {
 
 #[test]
 fn timeout_and_grace_stop_the_machine() {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     let opts = Options {
         timeout: Some(Duration::from_millis(30)),
         ..Options::default()
@@ -153,7 +151,7 @@ fn timeout_and_grace_stop_the_machine() {
 
 #[test]
 fn a_reported_status_ends_the_deadlines() {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     let opts = Options {
         timeout: Some(Duration::from_millis(10)),
         ..Options::default()
@@ -172,7 +170,7 @@ fn a_reported_status_ends_the_deadlines() {
 
 #[test]
 fn a_silent_channel_is_a_failure() {
-    let (tx, rx) = mpsc::channel::<Event>();
+    let (tx, rx) = event_queue();
     drop(tx);
     let r = supervise(
         &Options::default(),
@@ -187,7 +185,7 @@ fn a_silent_channel_is_a_failure() {
 fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
     let bad = |e: LineError| Event::Line(Instant::now(), Err(e));
     // One overlong line ends the run at once.
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     tx.send(bad(LineError::Unknown("Q".into()))).unwrap();
     tx.send(bad(LineError::TooLong)).unwrap();
     let mut m = Fake::default();
@@ -198,7 +196,7 @@ fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
     assert_eq!(o.code, 121);
     assert!(o.message.unwrap().contains("longer than 64 bytes"));
     // MAX_BAD_LINES refused lines are tolerated; one more ends the run.
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     for _ in 0..MAX_BAD_LINES {
         tx.send(bad(LineError::NotAscii)).unwrap();
     }
@@ -210,7 +208,7 @@ fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
         &StdinGate::default(),
     );
     assert_eq!(r.ending, Ending::Machine(MachineEnd::ExitPort(0)));
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     for _ in 0..=MAX_BAD_LINES {
         tx.send(bad(LineError::Unknown("Q 1".into()))).unwrap();
     }
@@ -229,7 +227,7 @@ fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
             .contains("more than 16 refused control lines")
     );
     // Once the status is in, a flood changes nothing.
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = event_queue();
     tx.send(line(GuestLine::Exit(7))).unwrap();
     tx.send(bad(LineError::TooLong)).unwrap();
     tx.send(Event::Ended(MachineEnd::ExitPort(7))).unwrap();
@@ -240,4 +238,46 @@ fn an_overlong_line_or_a_flood_of_refused_ones_ends_the_run_with_121() {
         &StdinGate::default(),
     );
     assert_eq!(r.outcome().code, 7);
+}
+
+/// The event queue holds at most EVENT_QUEUE events: a sender finding it full waits (it has
+/// sent no more after 100 ms), goes on as events are taken, and gives up once the supervisor
+/// closes the queue (the event comes back as an error), well within a second.
+#[test]
+fn a_full_event_queue_holds_its_sender_back_until_taken_or_closed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (tx, rx) = event_queue();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let sender = std::thread::spawn(move || {
+        loop {
+            if tx.send(Event::Signal(libc::SIGWINCH)).is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sent.load(Ordering::SeqCst), EVENT_QUEUE);
+    for _ in 0..3 {
+        assert!(matches!(rx.try_recv(), Ok(Event::Signal(libc::SIGWINCH))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sent.load(Ordering::SeqCst) < EVENT_QUEUE + 3 {
+        assert!(Instant::now() < deadline, "the sender did not go on");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(sent.load(Ordering::SeqCst), EVENT_QUEUE + 3);
+    let closed = Instant::now();
+    rx.close();
+    sender.join().unwrap();
+    assert!(closed.elapsed() < Duration::from_secs(1));
+    assert_eq!(sent.load(Ordering::SeqCst), EVENT_QUEUE + 3);
+    // What was queued can still be taken.
+    assert_eq!(
+        std::iter::from_fn(|| rx.try_recv().ok()).count(),
+        EVENT_QUEUE
+    );
 }

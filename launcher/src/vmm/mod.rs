@@ -15,7 +15,7 @@ pub mod term;
 pub mod trust;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -32,6 +32,7 @@ use crate::devices::virtio_blk::{DiskBackend, VirtioBlk, VirtioBlkError};
 use crate::devices::virtio_console::{ConsoleSink, VirtioConsole, VirtioConsoleError};
 use crate::devices::virtio_net::{NetBackend, VirtioNet, VirtioNetError};
 use crate::layout;
+use crate::sandbox;
 use run::{Event, Marks, Outcome, RunOptions, Runner};
 use source::{PodImage, SourceError};
 
@@ -172,7 +173,7 @@ fn create_devices(
     console_out: Box<dyn Write + Send>,
     stdio_out: ConsoleSink,
     net: Option<NetBackend>,
-    events: mpsc::Sender<Event>,
+    events: crate::supervisor::EventSender,
 ) -> Result<Devices, VmmError> {
     if disks.len() > layout::VIRTIO_IRQS.len() {
         return Err(VmmError::TooManyDisks(disks.len()));
@@ -275,7 +276,7 @@ pub fn build_vm_with_cache(
     marks.kernel_loaded = Some(Instant::now());
 
     // 4. Devices, then the command line and boot information that name them.
-    let (events_tx, events) = mpsc::channel();
+    let (events_tx, events) = crate::supervisor::event_queue();
     let devices = create_devices(
         &vm,
         &mem,
@@ -315,6 +316,7 @@ pub fn build_vm_with_cache(
             devices: Arc::new(Mutex::new(devices)),
             events,
             events_tx,
+            crew: None,
         },
         cpuid: cpuid_lookup,
         digests: None,
@@ -401,13 +403,30 @@ pub fn build_vm_for_boot(
         use_pvh: true,
         backing: image.backing(),
     };
+    // Seccomp (sandbox.rs): the run's threads start now, each compiling and installing its
+    // filter on another core while this thread builds the VM; `run::run` hands them their
+    // work. One that cannot start here is started again by `run::run`, which reports why.
+    let crew = (1..=u32::from(mptable::MAX_CPUS))
+        .contains(&inputs.vcpus)
+        .then(|| {
+            sandbox::Crew::start(sandbox::Plan {
+                vcpus: inputs.vcpus as usize,
+                signals: true,
+                stdin: cfg.interactive,
+                net: inputs.net.is_some(),
+            })
+            .ok()
+        })
+        .flatten();
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
     let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
+    vm.runner.crew = crew;
     vm.digests = Some(image.trust);
     vm.network = network;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
+        // As the crew above was planned.
         forward_signals: true,
         stop_signal: crate::config::stop_signal(&m.run.stop_signal),
         stdin: cfg.interactive,

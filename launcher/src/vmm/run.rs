@@ -1,9 +1,7 @@
 //! Running a built VM: one thread per vCPU (vCPU 0 on the calling thread), the engine-neutral
 //! supervisor ([`crate::supervisor`]) on its own thread, signal and stdin forwarding.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, Once, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,8 +12,8 @@ use pod::protocol::{EXIT_LAUNCHER, HostLine};
 use super::exit::{Action, Exit, StopReason, handle_exit};
 use crate::devices::Devices;
 use crate::devices::serial;
-use crate::sandbox::{self, ThreadKind};
-use crate::supervisor::{self, Machine, MachineEnd};
+use crate::sandbox;
+use crate::supervisor::{self, EventReceiver, EventSender, Machine, MachineEnd};
 pub use crate::supervisor::{Event, Outcome};
 pub use crate::timing::Marks;
 
@@ -73,7 +71,7 @@ fn vcpu_loop(
     id: usize,
     devices: Arc<Mutex<Devices>>,
     stop: Arc<AtomicBool>,
-    tx: Sender<Event>,
+    tx: EventSender,
     first_run: Arc<OnceLock<Instant>>,
     first_exit: Arc<OnceLock<Instant>>,
 ) {
@@ -140,8 +138,11 @@ fn block_stop_signals() {
 pub struct Runner {
     pub vcpus: Vec<VcpuFd>,
     pub devices: Arc<Mutex<Devices>>,
-    pub events: Receiver<Event>,
-    pub events_tx: Sender<Event>,
+    pub events: EventReceiver,
+    pub events_tx: EventSender,
+    /// The run's threads when they were started while the VM was built (sandbox.rs); `None`:
+    /// [`run`] starts them.
+    pub crew: Option<sandbox::Crew>,
 }
 
 /// A running vCPU thread as the supervisor sees it: where to send the kick, and whether its
@@ -187,11 +188,13 @@ impl Machine for KvmMachine {
 
 /// Runs the VM to its end; returns the launcher's exit code. vCPU 0 runs on the calling
 /// thread, so nothing but this thread's own work stands between the caller and the guest's
-/// first instruction; the supervisor thread and the other vCPUs' threads are started first.
+/// first instruction; the run's other threads (the runner's crew if it was started while the
+/// VM was built and fits the run, else one started here) are handed their work first.
 pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     install_kick_handler();
+    crate::stdio::set_stopping(false);
     if opts.forward_signals {
-        // Every thread of the run inherits this mask; the forwarding thread takes the
+        // Every thread started from here inherits this mask; the forwarding thread takes the
         // signals with sigwait.
         block_stop_signals();
     }
@@ -200,38 +203,43 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         devices,
         events,
         events_tx,
+        crew,
     } = runner;
-    // The network backend thread's handles, duplicated before any thread is filtered.
+    let fail = |message: String| Outcome {
+        code: EXIT_LAUNCHER,
+        message: Some(message),
+    };
+    if vcpus.is_empty() {
+        return fail("no vCPU to run".into());
+    }
+    // The network backend thread's handles and the stdin thread's wake-up eventfd, duplicated
+    // before any thread is handed its work.
     let net_io = match net_io(&devices) {
         Ok(io) => io,
-        Err(e) => {
-            return Outcome {
-                code: EXIT_LAUNCHER,
-                message: Some(format!("network device: {e}")),
-            };
-        }
+        Err(e) => return fail(format!("network device: {e}")),
     };
-    // Seccomp (sandbox.rs): every filter compiled before a run thread starts; each thread enters
-    // its own first thing, and vCPU 0 runs only once all have.
-    if let Err(e) = sandbox::prepare_run(
-        vcpus.len(),
-        opts.forward_signals,
-        opts.stdin,
-        net_io.is_some(),
-    ) {
-        return Outcome {
-            code: EXIT_LAUNCHER,
-            message: Some(e.to_string()),
-        };
-    }
+    let stdin_ready = match opts.stdin.then(|| stdin_ready(&devices)).transpose() {
+        Ok(ready) => ready,
+        Err(e) => return fail(format!("cannot watch the stdio device: {e}")),
+    };
+    // Seccomp (sandbox.rs): every thread of the run is under its own filter before it is
+    // handed its work, and vCPU 0 runs only once all are.
+    let plan = sandbox::Plan {
+        vcpus: vcpus.len(),
+        signals: opts.forward_signals,
+        stdin: stdin_ready.is_some(),
+        net: net_io.is_some(),
+    };
+    let crew = match crew.filter(|c| c.plan == plan) {
+        Some(c) => c,
+        None => match sandbox::Crew::start(plan) {
+            Ok(c) => c,
+            Err(e) => return fail(e.to_string()),
+        },
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut vcpus = vcpus.into_iter();
-    let Some(vcpu0) = vcpus.next() else {
-        return Outcome {
-            code: EXIT_LAUNCHER,
-            message: Some("no vCPU to run".into()),
-        };
-    };
+    let vcpu0 = vcpus.next().expect("checked above");
     let done0 = Arc::new(AtomicBool::new(false));
     // SAFETY: pthread_self has no preconditions.
     let this_thread = unsafe { libc::pthread_self() };
@@ -240,113 +248,73 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         done: done0.clone(),
     }];
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let mut failed = None;
-    for (id, vcpu) in vcpus.enumerate().map(|(i, v)| (i + 1, v)) {
+    for ((id, vcpu), thread) in (1..).zip(vcpus).zip(crew.vcpus) {
         let (d, s, tx) = (devices.clone(), stop.clone(), events_tx.clone());
         let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
         let done = Arc::new(AtomicBool::new(false));
         let finished = done.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                // Seccomp (sandbox.rs): this thread's filter, first thing.
-                sandbox::enter(ThreadKind::Vcpu);
-                block_stop_signals();
-                vcpu_loop(vcpu, id, d, s, tx, fr, fe);
-                finished.store(true, Ordering::SeqCst);
-            });
-        match spawned {
-            Ok(t) => {
-                kicks.push(VcpuThread {
-                    pthread: t.as_pthread_t(),
-                    done,
-                });
-                threads.push(t);
-            }
-            Err(e) => {
-                failed = Some(format!("cannot start vCPU thread: {e}"));
-                break;
-            }
-        }
+        kicks.push(VcpuThread {
+            pthread: thread.pthread(),
+            done,
+        });
+        threads.push(thread.run(move || {
+            block_stop_signals();
+            vcpu_loop(vcpu, id, d, s, tx, fr, fe);
+            finished.store(true, Ordering::SeqCst);
+        }));
     }
-    if let Some(io) = net_io.filter(|_| failed.is_none()) {
+    if let (Some(io), Some(thread)) = (net_io, crew.net) {
         let (d, s) = (devices.clone(), stop.clone());
-        let spawned = std::thread::Builder::new()
-            .name("net".into())
-            .spawn(move || {
-                // Seccomp (sandbox.rs): this thread's filter, first thing.
-                sandbox::enter(ThreadKind::Net);
-                block_stop_signals();
-                crate::devices::virtio_net::serve(io, &s, &*d);
-            });
         // The thread is not joined: it returns within 100 ms of the stop flag, or ends with the
         // process.
-        if let Err(e) = spawned {
-            failed = Some(format!("cannot start the network thread: {e}"));
-        }
+        thread.run(move || {
+            block_stop_signals();
+            crate::devices::virtio_net::serve(io, &s, &*d);
+        });
     }
     let kicks: Arc<[VcpuThread]> = kicks.into();
-    // The stdin thread waits on the stdio device's receive-ready eventfd (duplicated here,
-    // before any thread is filtered).
-    let stdin = match opts.stdin.then(|| stdin_ready(&devices)).transpose() {
-        Ok(ready) => ready.map(|r| (devices.clone(), r)),
-        Err(e) => {
-            failed.get_or_insert(format!("cannot watch the stdio device: {e}"));
-            None
-        }
+    if let Some(thread) = crew.signals {
+        let tx = events_tx.clone();
+        let forward =
+            crate::stdio::signal_forwarder(move |sig| tx.send(Event::Signal(sig)).is_ok());
+        thread.run(move || {
+            block_stop_signals();
+            forward();
+        });
+    }
+    let gate = Arc::new(supervisor::StdinGate::default());
+    if let (Some(ready), Some(thread)) = (stdin_ready, crew.stdin) {
+        thread.run(stdin_forwarder(
+            gate.clone(),
+            devices.clone(),
+            ready,
+            stop.clone(),
+        ));
+    }
+    let sup_opts = supervisor::Options {
+        timeout: opts.timeout,
+        grace: opts.grace,
+        stop_signal: opts.stop_signal,
+        tty: opts.tty,
     };
-    let supervisor = if failed.is_none() {
-        let sup_opts = supervisor::Options {
-            timeout: opts.timeout,
-            grace: opts.grace,
-            stop_signal: opts.stop_signal,
-            tty: opts.tty,
-        };
-        let forward = opts.forward_signals.then(|| events_tx.clone());
-        let gate = Arc::new(supervisor::StdinGate::default());
-        let mut machine = KvmMachine {
-            devices: devices.clone(),
-            stop: stop.clone(),
-            vcpus: kicks.clone(),
-        };
-        std::thread::Builder::new()
-            .name("supervisor".into())
-            .spawn(move || {
-                if let Some(tx) = forward {
-                    crate::stdio::forward_signals(move |sig| tx.send(Event::Signal(sig)).is_ok());
-                }
-                if let Some((devices, ready)) = stdin {
-                    forward_stdin(gate.clone(), devices, ready, machine.stop.clone());
-                }
-                // Seccomp (sandbox.rs): this thread's filter, once the forwarders are started.
-                sandbox::enter(ThreadKind::Supervisor);
-                supervisor::supervise(&sup_opts, &events, &mut machine, &gate)
-            })
-            .map_err(|e| failed = Some(format!("cannot start the supervisor thread: {e}")))
-            .ok()
-    } else {
-        None
+    let mut machine = KvmMachine {
+        devices: devices.clone(),
+        stop: stop.clone(),
+        vcpus: kicks,
     };
-    let Some(supervisor) = supervisor else {
-        // vCPU 0 has not run: only the started threads need stopping.
-        done0.store(true, Ordering::SeqCst);
-        stop_vcpus(&stop, &kicks);
-        join_finished(threads);
-        return Outcome {
-            code: EXIT_LAUNCHER,
-            message: failed,
-        };
-    };
+    let (report_tx, report) = std::sync::mpsc::sync_channel(1);
+    let supervisor = crew.supervisor.run(move || {
+        block_stop_signals();
+        let r = supervisor::supervise(&sup_opts, &events, &mut machine, &gate);
+        let _ = report_tx.send(r);
+    });
     let (fr, fe) = (marks.first_run.clone(), marks.first_exit.clone());
     // Seccomp (sandbox.rs): the main thread's filter; returns once every run thread has its own.
-    sandbox::enter_and_wait(ThreadKind::Main);
+    crew.gate.enter_main_and_wait();
     vcpu_loop(vcpu0, 0, devices, stop, events_tx, fr, fe);
     done0.store(true, Ordering::SeqCst);
-    let Ok(report) = supervisor.join() else {
-        return Outcome {
-            code: EXIT_LAUNCHER,
-            message: Some("the supervisor thread panicked".into()),
-        };
+    let Some(report) = supervisor.join().ok().and_then(|()| report.try_recv().ok()) else {
+        return fail("the supervisor thread panicked".into());
     };
     // The supervisor returned after every vCPU loop did.
     join_finished(threads);
@@ -369,16 +337,16 @@ fn stdin_ready(devices: &Mutex<Devices>) -> std::io::Result<vmm_sys_util::eventf
     d.stdio.rx_ready_evt().try_clone()
 }
 
-/// Feeds the launcher's stdin to the app through the stdio device, until the VM stops. When
-/// the guest has no receive buffer posted, waits for it to post some (`ready`, the device's
-/// eventfd), checking the stop flag every 50 ms.
-fn forward_stdin(
+/// The stdin thread's work: feeds the launcher's stdin to the app through the stdio device,
+/// until the VM stops. When the guest has no receive buffer posted, waits for it to post some
+/// (`ready`, the device's eventfd), checking the stop flag every 50 ms.
+fn stdin_forwarder(
     gate: Arc<supervisor::StdinGate>,
     devices: Arc<Mutex<Devices>>,
     ready: vmm_sys_util::eventfd::EventFd,
     stop: Arc<AtomicBool>,
-) {
-    crate::stdio::forward_stdin(gate, move |mut frames| {
+) -> impl FnOnce() + Send + 'static {
+    crate::stdio::stdin_forwarder(gate, move |mut frames| {
         while !frames.is_empty() {
             if stop.load(Ordering::SeqCst) {
                 return false;
@@ -393,7 +361,7 @@ fn forward_stdin(
             }
         }
         true
-    });
+    })
 }
 
 /// Waits up to `limit` for `evt` to be signalled and clears it.
@@ -416,6 +384,8 @@ fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd, limit: Duration) {
 /// returned. False if one has not within 2 s.
 fn stop_vcpus(stop: &AtomicBool, vcpus: &[VcpuThread]) -> bool {
     stop.store(true, Ordering::SeqCst);
+    // A vCPU blocked writing output to a stalled reader gives up when kicked.
+    crate::stdio::set_stopping(true);
     let give_up = Instant::now() + Duration::from_secs(2);
     for v in vcpus {
         while !v.done.load(Ordering::SeqCst) {

@@ -3,12 +3,18 @@
  * MODE=2: valid-looking but unknown lines ("Q <n>\n") forever;
  * MODE=3: garbage (pseudo-random bytes, a newline every 1 to 48 of them) forever;
  * MODE=4: a valid line ("T init") forever: nothing to refuse, only --timeout ends it.
- * It never stops by itself: the launcher must end the run. */
+ * Those never stop by themselves: the launcher must end the run.
+ * MODE=5: no flood and nothing on the console: three unknown lines (the launcher notes them),
+ * then the status 7 and the exit port. */
 #include "probe.h"
 
 void probe_main(struct hvm_start_info *si) {
     (void)si;
     uart_puts(CONTROL, "T init\n");
+#if MODE == 5
+    uart_puts(CONTROL, "Q 1\nQ 2\nQ 3\n");
+    probe_exit(7);
+#endif
     puts("flooding the control channel\n");
     u32 x = 0x12345678, n = 0;
     (void)x; (void)n;
