@@ -240,17 +240,47 @@ impl HostNetwork {
     }
 }
 
-/// Sets up the network for a launch on `engine` with image `exposed` ports: `None` for
-/// `--network none`. Prints each port whose host side the launcher chose (unless `quiet`).
-///
-/// Without passt installed, a launch that asked for nothing network-related (no `--network`,
-/// `-p` or `-P`) runs without a network, with a notice, as pods did before the network
-/// existed; one that asked is refused.
+/// Sets up the network for a launch on `engine` with image `exposed` ports and waits until it
+/// is ready: [`begin`], then [`PendingNetwork::ready`].
 pub fn start(
     cfg: &LaunchConfig,
     engine: Engine,
     exposed: &[String],
 ) -> Result<Option<HostNetwork>, NetError> {
+    match begin(cfg, engine, exposed)? {
+        Some(p) => p.ready(),
+        None => Ok(None),
+    }
+}
+
+/// A network whose backend is starting: the guest's side (stream, MAC, addressing) is known
+/// already, so the engine builds the VM meanwhile and calls [`PendingNetwork::ready`] just
+/// before the guest first runs.
+pub struct PendingNetwork {
+    /// The engine's end: QEMU stream protocol frames to and from the backend.
+    pub stream: UnixStream,
+    pub mac: [u8; 6],
+    pub guest: NetworkConfig,
+    pub published: Vec<Published>,
+    requests: Vec<PortRequest>,
+    /// The launch asked for a network (`--network`, `-p`, `-P`): a backend failure is then an
+    /// error, not a notice.
+    pub asked: bool,
+    quiet: bool,
+    backend: passt::Starting,
+}
+
+/// Starts the network for a launch on `engine` with image `exposed` ports, without waiting for
+/// the backend: `None` for `--network none`.
+///
+/// Without passt installed, a launch that asked for nothing network-related (no `--network`,
+/// `-p` or `-P`) runs without a network, with a notice, as pods did before the network
+/// existed; one that asked is refused.
+pub fn begin(
+    cfg: &LaunchConfig,
+    engine: Engine,
+    exposed: &[String],
+) -> Result<Option<PendingNetwork>, NetError> {
     if mode(cfg)? == NetworkMode::None {
         return Ok(None);
     }
@@ -267,48 +297,66 @@ pub fn start(
         }
         Err(e) => return Err(e),
     };
-    let reqs = requests(cfg, exposed)?;
-    let mut ports = reserve(&reqs)?;
+    let requests = requests(cfg, exposed)?;
+    let mut ports = reserve(&requests)?;
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
     ports.release();
-    let backend = match passt::Passt::start(&binary, &ports.published, theirs, mtu(engine)) {
-        Ok(b) => b,
-        // A host passt cannot serve (e.g. no routable interface: "External interface not
-        // usable") runs a pod that asked for nothing network-related without a network, as
-        // Docker runs a container on an offline host; one that asked is refused.
-        Err(NetError::PasstFailed(why)) if !asked => {
-            if !cfg.quiet {
-                eprintln!(
-                    "hyperlaunch: passt failed ({why}), so this pod has no network (--network none silences this)"
-                );
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    // passt skips a port it cannot bind without failing (it was taken between the check and
-    // its start): each must be held now.
-    if let Some(p) = ports
-        .published
-        .iter()
-        .find(|p| bind(p.host_ip, p.host_port, p.proto).is_ok())
-    {
-        return Err(NetError::NotForwarded(*p));
-    }
-    if !cfg.quiet {
-        for (q, p) in reqs.iter().zip(&ports.published) {
-            if q.host_port != HostPort::Fixed(p.host_port) {
-                eprintln!("hyperlaunch: published {p}");
-            }
-        }
-    }
-    Ok(Some(HostNetwork {
+    let backend = passt::Passt::spawn(&binary, &ports.published, theirs, mtu(engine))?;
+    Ok(Some(PendingNetwork {
         stream: ours,
         mac: GUEST_MAC,
         guest: guest_config(mtu(engine)),
         published: ports.published,
+        requests,
+        asked,
+        quiet: cfg.quiet,
         backend,
     }))
+}
+
+impl PendingNetwork {
+    /// Waits until the backend is ready and checks every published port is held by it, then
+    /// prints each port whose host side the launcher chose (unless `quiet`). `None`: the
+    /// backend failed on a launch that asked for nothing network-related, which then runs
+    /// without a network (with a notice), as Docker runs a container on an offline host (e.g.
+    /// passt's "External interface not usable" on a host with no routable interface).
+    pub fn ready(self) -> Result<Option<HostNetwork>, NetError> {
+        let backend = match self.backend.wait_ready() {
+            Ok(b) => b,
+            Err(NetError::PasstFailed(why)) if !self.asked => {
+                if !self.quiet {
+                    eprintln!(
+                        "hyperlaunch: passt failed ({why}), so this pod has no network (--network none silences this)"
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // passt skips a port it cannot bind without failing (it was taken between the check
+        // and its start): each must be held now.
+        if let Some(p) = self
+            .published
+            .iter()
+            .find(|p| bind(p.host_ip, p.host_port, p.proto).is_ok())
+        {
+            return Err(NetError::NotForwarded(*p));
+        }
+        if !self.quiet {
+            for (q, p) in self.requests.iter().zip(&self.published) {
+                if q.host_port != HostPort::Fixed(p.host_port) {
+                    eprintln!("hyperlaunch: published {p}");
+                }
+            }
+        }
+        Ok(Some(HostNetwork {
+            stream: self.stream,
+            mac: self.mac,
+            guest: self.guest,
+            published: self.published,
+            backend,
+        }))
+    }
 }
 
 #[cfg(test)]

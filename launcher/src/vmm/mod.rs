@@ -323,9 +323,10 @@ pub fn build_vm_with_cache(
 }
 
 /// Steps 1–4 for a launch: open the pod, start its network (`crate::net`: passt, unless
-/// `--network none`), then [`build_vm`] with its kernel, initramfs (+ the overrides archive,
-/// which carries the guest's addressing), command line, rootfs, `--disk`s and the network
-/// device on passt's stream.
+/// `--network none`) without waiting for it, [`build_vm`] meanwhile with the pod's kernel,
+/// initramfs (+ the overrides archive, which carries the guest's addressing), command line,
+/// rootfs, `--disk`s and the network device on passt's stream, then wait for passt to be ready
+/// (its published ports bound) before the guest first runs.
 pub fn build_vm_for_boot(
     cfg: &LaunchConfig,
     marks: &mut Marks,
@@ -336,18 +337,54 @@ pub fn build_vm_for_boot(
     marks.pod_opened = Some(Instant::now());
     let m = image.manifest();
 
-    // The network before the guest's overrides: they carry its addressing.
-    let network = crate::net::start(cfg, crate::config::Engine::Kvm, &m.run.exposed_ports)?;
+    // The network before the guest's overrides: they carry its addressing. passt sets itself
+    // up while the VM is built.
+    let pending = crate::net::begin(cfg, crate::config::Engine::Kvm, &m.run.exposed_ports)?;
+    let net = match &pending {
+        Some(p) => Some((
+            p.guest.clone(),
+            NetBackend {
+                stream: p.stream.try_clone().map_err(crate::net::NetError::Socket)?,
+                mac: p.mac,
+            },
+        )),
+        None => None,
+    };
+    let built = build_from_image(cfg, &image, net, marks)?;
+    let Some(pending) = pending else {
+        return Ok(built);
+    };
+    marks.published = pending.published.iter().map(ToString::to_string).collect();
+    let network = pending.ready()?;
+    marks.network_ready = Some(Instant::now());
+    let (mut vm, opts) = match network {
+        Some(_) => built,
+        // passt failed on a launch that asked for no network: the pod runs without one, as
+        // it would had passt not been found (a rare path, so the VM is simply built again).
+        None => {
+            marks.published.clear();
+            drop(built);
+            build_from_image(cfg, &image, None, marks)?
+        }
+    };
+    vm.network = network;
+    Ok((vm, opts))
+}
+
+/// Steps 2–4 from an open pod, with the network device on `net` (the guest's addressing for
+/// init, and the device's backend) when given.
+fn build_from_image(
+    cfg: &LaunchConfig,
+    image: &PodImage,
+    net: Option<(pod::spec::NetworkConfig, NetBackend)>,
+    marks: &mut Marks,
+) -> Result<(Vm, RunOptions), VmmError> {
+    let m = image.manifest();
     let mut guest_overrides = cfg.overrides.clone();
-    let mut net = None;
-    if let Some(n) = &network {
-        guest_overrides.network = Some(n.guest.clone());
-        marks.published = n.published.iter().map(ToString::to_string).collect();
-        net = Some(NetBackend {
-            stream: n.stream.try_clone().map_err(crate::net::NetError::Socket)?,
-            mac: n.mac,
-        });
-    }
+    let net = net.map(|(guest, backend)| {
+        guest_overrides.network = Some(guest);
+        backend
+    });
     let overrides =
         pod::protocol::overrides_archive(&guest_overrides).map_err(VmmError::Overrides)?;
     let mut initramfs = vec![image.initramfs()];
@@ -404,7 +441,6 @@ pub fn build_vm_for_boot(
     let cpuid_cache = cpuid_cache::CpuidCache::default_dir().map(cpuid_cache::CpuidCache::new);
     let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
     vm.digests = Some(image.trust);
-    vm.network = network;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,
