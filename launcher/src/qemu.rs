@@ -116,8 +116,10 @@ pub struct QemuPlan {
 /// The guest's network device on QEMU's command line.
 #[derive(Clone, Copy, Debug)]
 pub struct NetPlan {
-    /// A connected stream socket carrying QEMU stream-protocol frames (passt's other end).
+    /// A connected stream socket carrying QEMU stream-protocol frames (passt's other end), or
+    /// a TAP device (`tap`).
     pub fd: RawFd,
+    pub tap: bool,
     pub mac: [u8; 6],
 }
 
@@ -244,11 +246,17 @@ pub fn qemu_args(plan: &QemuPlan) -> Vec<OsString> {
         a.push(arg.into());
     }
     // The network: one virtio-net device on the stream socket the launcher connected to its
-    // backend (4-byte big-endian length + Ethernet frame, passt's and QEMU's stream protocol).
+    // backend (4-byte big-endian length + Ethernet frame, passt's and QEMU's stream protocol),
+    // or on the TAP device the launcher created (its descriptor, opened without a vnet header, which QEMU reads from the device).
     if let Some(net) = &plan.net {
+        let netdev = if net.tap {
+            format!("tap,id=net0,fd={}", net.fd)
+        } else {
+            format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd)
+        };
         for arg in [
             "-netdev".to_string(),
-            format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd),
+            netdev,
             "-device".into(),
             format!(
                 "virtio-net-device,netdev=net0,mac={}",
@@ -364,11 +372,14 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
     let binary = find_qemu(std::env::var_os("PATH").as_deref())?;
     let manifest = pod.manifest();
     // The network before the guest's overrides: they carry its addressing.
-    let net = crate::net::start(
+    let mut net = crate::net::start(
         cfg,
         crate::config::Engine::Qemu,
         &manifest.run.exposed_ports,
     )?;
+    if let Some(n) = &mut net {
+        n.spawn_forwarder()?;
+    }
     let mut overrides = cfg.overrides.clone();
     if let Some(n) = &net {
         overrides.network = Some(n.guest.clone());
@@ -422,7 +433,8 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         control_fd: ctl_theirs.as_raw_fd(),
         stdio_fd: io_theirs.as_raw_fd(),
         net: net.as_ref().map(|n| NetPlan {
-            fd: n.stream.as_raw_fd(),
+            fd: n.link.raw_fd(),
+            tap: n.link.is_tap(),
             mac: n.mac,
         }),
     };
@@ -433,7 +445,7 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         initrd.file.as_raw_fd(),
         pod.file().as_raw_fd(),
     ];
-    inherit.extend(net.as_ref().map(|n| n.stream.as_raw_fd()));
+    inherit.extend(net.as_ref().map(|n| n.link.raw_fd()));
     let opts = crate::supervisor::Options {
         timeout: cfg.timeout,
         grace: cfg.grace,

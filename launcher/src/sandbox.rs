@@ -49,16 +49,19 @@ pub enum ThreadKind {
     /// The network backend thread: frames from the backend socket into the guest, transmitted
     /// frames the socket held back.
     Net = 6,
+    /// The TAP backend's port forwarder (`net::forward`).
+    Forward = 7,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::Supervisor,
         ThreadKind::SignalForwarder,
         ThreadKind::StdinForwarder,
         ThreadKind::Net,
+        ThreadKind::Forward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl ThreadKind {
             ThreadKind::SignalForwarder => "signal forwarder",
             ThreadKind::StdinForwarder => "stdin forwarder",
             ThreadKind::Net => "net",
+            ThreadKind::Forward => "forward",
         }
     }
 
@@ -233,6 +237,22 @@ const NET: &[Allowed] = &[
     with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
+/// The TAP backend's port forwarder: waits (poll), accepts host connections (accept4), opens
+/// and connects sockets to the guest (socket, connect, getsockopt for the result), moves bytes
+/// and datagrams (recvfrom, sendto), passes a connection's end on (shutdown), closes.
+const FORWARD: &[Allowed] = &[
+    any("poll", libc::SYS_poll),
+    any("accept4", libc::SYS_accept4),
+    any("socket", libc::SYS_socket),
+    any("connect", libc::SYS_connect),
+    any("getsockopt", libc::SYS_getsockopt),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("shutdown", libc::SYS_shutdown),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
 /// The calls `kind` may make beyond [`COMMON`].
 fn own_list(kind: ThreadKind) -> &'static [Allowed] {
     match kind {
@@ -242,6 +262,7 @@ fn own_list(kind: ThreadKind) -> &'static [Allowed] {
         ThreadKind::SignalForwarder => SIGNAL_FORWARDER,
         ThreadKind::StdinForwarder => STDIN_FORWARDER,
         ThreadKind::Net => NET,
+        ThreadKind::Forward => FORWARD,
     }
 }
 
@@ -330,19 +351,22 @@ pub fn prepare(threads: usize) -> Result<(), SandboxError> {
 }
 
 /// [`prepare`] for a KVM run: `vcpus` vCPUs (vCPU 0 on the calling thread, which enters last),
-/// a supervisor, the forwarders asked for and the network thread if there is a network device.
+/// a supervisor, the forwarders asked for, the network thread if there is a network device and
+/// the port forwarder if the TAP backend publishes ports.
 pub fn prepare_run(
     vcpus: usize,
     forward_signals: bool,
     stdin: bool,
     net: bool,
+    ports: bool,
 ) -> Result<(), SandboxError> {
     prepare(
         vcpus.saturating_sub(1)
             + 1
             + usize::from(forward_signals)
             + usize::from(stdin)
-            + usize::from(net),
+            + usize::from(net)
+            + usize::from(ports),
     )
 }
 

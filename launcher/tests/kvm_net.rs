@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use launcher::devices::Devices;
-use launcher::devices::virtio_net::{NetBackend, NetCounters, serve};
+use launcher::devices::virtio_net::{NetBackend, NetCounters, NetLink, serve};
 use launcher::layout;
 use launcher::sandbox::{self, ThreadKind};
 use launcher::vmm::exit::{Action, Exit, StopReason, handle_exit};
@@ -104,7 +104,7 @@ fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, Un
         console: Box::new(serial.clone()),
         stdio: Box::new(|_| {}),
         net: Some(NetBackend {
-            stream: ours,
+            link: NetLink::Stream(ours),
             mac: MAC,
         }),
         use_pvh: true,
@@ -550,7 +550,7 @@ fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
         console: Box::new(Captured::default()),
         stdio: Box::new(|_| {}),
         net: Some(NetBackend {
-            stream: ours,
+            link: NetLink::Stream(ours),
             mac: MAC,
         }),
         use_pvh: true,

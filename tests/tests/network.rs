@@ -427,7 +427,7 @@ fn network_errors_exit_125_with_one_line_before_boot() {
         &format!("port 80/tcp -> 0.0.0.0:{port} is already in use"),
     );
     refused(&["--network", "none", "-p", "80"], None, "--network none");
-    refused(&["--network", "host"], None, "passt or none");
+    refused(&["--network", "host"], None, "passt, tap[:NAME] or none");
     // No passt on PATH (QEMU is there): named, with the package to install.
     let bin = tempfile::tempdir().unwrap();
     let qemu = std::env::var_os("PATH")

@@ -315,6 +315,7 @@ pub fn build_vm_with_cache(
             devices: Arc::new(Mutex::new(devices)),
             events,
             events_tx,
+            forwarder: None,
         },
         cpuid: cpuid_lookup,
         digests: None,
@@ -344,7 +345,7 @@ pub fn build_vm_for_boot(
         Some(p) => Some((
             p.guest.clone(),
             NetBackend {
-                stream: p.stream.try_clone().map_err(crate::net::NetError::Socket)?,
+                link: p.link.device_link().map_err(crate::net::NetError::Socket)?,
                 mac: p.mac,
             },
         )),
@@ -367,6 +368,12 @@ pub fn build_vm_for_boot(
             build_from_image(cfg, &image, None, marks)?
         }
     };
+    let mut network = network;
+    // The TAP backend's port forwarder runs on a thread of the run, under its own filter.
+    vm.runner.forwarder = network
+        .as_mut()
+        .and_then(|n| n.take_forwarder())
+        .map(|(f, _)| f);
     vm.network = network;
     Ok((vm, opts))
 }

@@ -142,6 +142,8 @@ pub struct Runner {
     pub devices: Arc<Mutex<Devices>>,
     pub events: Receiver<Event>,
     pub events_tx: Sender<Event>,
+    /// The TAP backend's port forwarder: run on a `forward` thread until the VM stops.
+    pub forwarder: Option<crate::net::forward::Forwarder>,
 }
 
 /// A running vCPU thread as the supervisor sees it: where to send the kick, and whether its
@@ -200,6 +202,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         devices,
         events,
         events_tx,
+        forwarder,
     } = runner;
     // The network backend thread's handles, duplicated before any thread is filtered.
     let net_io = match net_io(&devices) {
@@ -218,6 +221,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         opts.forward_signals,
         opts.stdin,
         net_io.is_some(),
+        forwarder.is_some(),
     ) {
         return Outcome {
             code: EXIT_LAUNCHER,
@@ -283,6 +287,21 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         // process.
         if let Err(e) = spawned {
             failed = Some(format!("cannot start the network thread: {e}"));
+        }
+    }
+    if let Some(f) = forwarder.filter(|_| failed.is_none()) {
+        let s = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("forward".into())
+            .spawn(move || {
+                // Seccomp (sandbox.rs): this thread's filter, first thing.
+                sandbox::enter(ThreadKind::Forward);
+                block_stop_signals();
+                f.run(&s);
+            });
+        // Not joined either: it returns within 100 ms of the stop flag.
+        if let Err(e) = spawned {
+            failed = Some(format!("cannot start the port forwarder thread: {e}"));
         }
     }
     let kicks: Arc<[VcpuThread]> = kicks.into();
