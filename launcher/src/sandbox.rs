@@ -237,13 +237,21 @@ const NET: &[Allowed] = &[
     with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
+/// `socket(AF_INET, …)`: the forwarder's connections to the guest, IPv4 only.
+const FORWARD_SOCKET_DOMAINS: &[u64] = &[libc::AF_INET as u64];
+
 /// The TAP backend's port forwarder: waits (poll), accepts host connections (accept4), opens
-/// and connects sockets to the guest (socket, connect, getsockopt for the result), moves bytes
-/// and datagrams (recvfrom, sendto), passes a connection's end on (shutdown), closes.
+/// IPv4 sockets and connects them to the guest (socket, connect, getsockopt for the result),
+/// moves bytes and datagrams (recvfrom, sendto), passes a connection's end on (shutdown),
+/// closes. The only thread that may create a socket.
 const FORWARD: &[Allowed] = &[
     any("poll", libc::SYS_poll),
     any("accept4", libc::SYS_accept4),
-    any("socket", libc::SYS_socket),
+    with(
+        "socket",
+        libc::SYS_socket,
+        Arg::OneOf(0, FORWARD_SOCKET_DOMAINS),
+    ),
     any("connect", libc::SYS_connect),
     any("getsockopt", libc::SYS_getsockopt),
     any("recvfrom", libc::SYS_recvfrom),
