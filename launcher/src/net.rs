@@ -443,8 +443,8 @@ fn begin_tap(
     let dns = std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| tap::resolvers(&t))
         .unwrap_or_default();
-    let forwarder = forward::Forwarder::new(ports.into_sockets(), link.guest)
-        .map_err(NetError::Forward)?;
+    let forwarder =
+        forward::Forwarder::new(ports.into_sockets(), link.guest).map_err(NetError::Forward)?;
     if !cfg.quiet && cfg.timing {
         eprintln!(
             "hyperlaunch: TAP device {} (host {}/{}, guest {})",

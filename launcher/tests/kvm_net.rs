@@ -88,11 +88,19 @@ fn filter(kind: ThreadKind, sandboxed: bool) {
 /// Builds probe `net` with `defines` into a 64 MiB, 1-vCPU VM whose network backend is one end
 /// of a socketpair, starts its vCPU and backend threads; returns it and the other end.
 fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (
+        start_on(dir, defines, sandboxed, NetLink::Stream(ours)),
+        theirs,
+    )
+}
+
+/// [`start`] with the device on `link`.
+fn start_on(dir: &std::path::Path, defines: &[&str], sandboxed: bool, link: NetLink) -> Probe {
     let mut all = vec![format!("VNET={:#x}u", layout::VIRTIO_NET_ADDR)];
     all.extend(defines.iter().map(|d| d.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let kernel = probes::build(dir, "net", &all);
-    let (ours, theirs) = UnixStream::pair().unwrap();
     let serial = Captured::default();
     let inputs = BootInputs {
         kernel: &kernel,
@@ -103,10 +111,7 @@ fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, Un
         disks: Vec::new(),
         console: Box::new(serial.clone()),
         stdio: Box::new(|_| {}),
-        net: Some(NetBackend {
-            link: NetLink::Stream(ours),
-            mac: MAC,
-        }),
+        net: Some(NetBackend { link, mac: MAC }),
         use_pvh: true,
         backing: None,
     };
@@ -129,15 +134,14 @@ fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, Un
         filter(ThreadKind::Vcpu, sandboxed);
         let _ = tx.send(vcpu_loop(vcpu, d));
     });
-    let probe = Probe {
+    Probe {
         _vm: vm,
         devices,
         serial,
         done,
         stop,
         net_thread: Some(net_thread),
-    };
-    (probe, theirs)
+    }
 }
 
 impl Probe {
@@ -657,4 +661,162 @@ fn bench_net_throughput() {
         frames as f64 / secs,
         mib(frames, secs)
     );
+}
+
+/// An `AF_PACKET` socket on one interface: what the host's side of a TAP device sees and sends.
+struct PacketSocket(std::os::fd::OwnedFd);
+
+impl PacketSocket {
+    fn bind(name: &str) -> PacketSocket {
+        use std::os::fd::FromRawFd;
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the descriptor is owned right below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(all),
+            )
+        };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by socket and is owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let cname = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert_ne!(index, 0, "{name} has no index");
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = index as i32;
+        // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 20,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid descriptor and a pointer to a timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        PacketSocket(fd)
+    }
+
+    /// The next frame that arrived on the interface (from the guest), not one sent on it.
+    fn recv(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: valid buffers of the sizes passed for the duration of the call.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            assert!(
+                n >= 0,
+                "no frame from the guest: {}",
+                std::io::Error::last_os_error()
+            );
+            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+                return buf[..n as usize].to_vec();
+            }
+        }
+    }
+
+    /// Sends `frame` out of the interface: to the TAP device's reader, the guest.
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: a valid buffer of the size passed.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn kvm_net_frames_flow_through_a_tap_device_under_the_seccomp_filters() {
+    let test = "kvm_net_frames_flow_through_a_tap_device_under_the_seccomp_filters";
+    if !probes::kvm_available(test) {
+        return;
+    }
+    let name = format!("hpk{}", std::process::id() % 100_000);
+    let tap = match launcher::net::tap::create(Some(&name)) {
+        Ok(t) => t,
+        Err(launcher::net::NetError::TapPermission) => {
+            hyperpod_tests::skip::skipped(test, "creating a TAP device needs CAP_NET_ADMIN");
+            return;
+        }
+        Err(e) => panic!("TAP device: {e}"),
+    };
+    // The guest echoes every frame it gets: no IPv6 autoconfiguration traffic on this link
+    // (and no IPv4 address, so none of that either).
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    launcher::net::tap::bring_up(&name, 1500).unwrap();
+    let host = PacketSocket::bind(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let echoes = 40usize;
+    let mut p = start_on(
+        dir.path(),
+        &[&format!("ECHO={echoes}")],
+        true,
+        NetLink::Tap(tap.fd),
+    );
+    // The guest's three frames, one per read of the device, without the virtio-net header.
+    let a = host.recv();
+    assert_eq!(
+        (a.len(), text_of(&a).as_str()),
+        (60, "hello from the guest")
+    );
+    let b = host.recv();
+    assert_eq!((b.len(), text_of(&b).as_str()), (1518, "largest frame"));
+    assert_eq!(host.recv().len(), 14);
+    // Frames sent on the interface reach the guest, which sends each back (up to the link's
+    // 1500-byte MTU plus the Ethernet header).
+    let sizes: Vec<usize> = (0..echoes).map(|i| 14 + (i * 379) % 1501).collect();
+    let mut sent = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let f = host_frame(n, i as u32);
+        host.send(&f);
+        sent.push(f);
+    }
+    for (i, f) in sent.iter().enumerate() {
+        assert_eq!(&host.recv(), f, "echo {i}");
+    }
+    p.expect_success(Duration::from_secs(20));
+    let k = p.counters();
+    assert_eq!(
+        (k.tx_frames, k.rx_frames),
+        (3 + echoes as u64, echoes as u64)
+    );
+    assert_eq!(k.rx_bytes, sizes.iter().sum::<usize>() as u64);
+    assert_eq!((k.tx_refused, k.rx_refused, k.rx_bad_length), (0, 0, 0));
+    drop(p);
+    // Not persistent: gone with the last descriptor.
+    assert!(!std::path::Path::new("/sys/class/net").join(&name).exists());
 }

@@ -533,7 +533,12 @@ fn tap_pod_reaches_a_host_server_and_its_device_goes_at_exit() {
     );
     let out = probe::launch(
         pod(),
-        &["--network", &format!("tap:{name}"), "--entrypoint", "/bin/sh"],
+        &[
+            "--network",
+            &format!("tap:{name}"),
+            "--entrypoint",
+            "/bin/sh",
+        ],
         &["-c", &script],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -589,7 +594,10 @@ fn tap_publishes_a_port_and_its_device_goes_after_sigkill() {
     assert_eq!(code, None, "{err}");
     // The device goes with the last descriptor (the launcher's, QEMU's), the port with the
     // launcher: nothing to clean.
-    assert!(device_gone(&name), "{name} left after SIGKILL of the launcher");
+    assert!(
+        device_gone(&name),
+        "{name} left after SIGKILL of the launcher"
+    );
     assert!(port_released(fixed), "port {fixed} still held");
 }
 

@@ -242,7 +242,11 @@ impl Net {
                 self.out_sent = self.out.len();
                 break;
             }
-            match send_nonblocking(self.socket.as_raw_fd(), &self.out[self.out_sent..], self.tap) {
+            match send_nonblocking(
+                self.socket.as_raw_fd(),
+                &self.out[self.out_sent..],
+                self.tap,
+            ) {
                 Ok(0) => return false,
                 Ok(n) => self.out_sent += n,
                 Err(_) => self.closed = true,

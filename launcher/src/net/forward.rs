@@ -219,12 +219,7 @@ impl Forwarder {
                     match *slot {
                         Slot::Port(i) => match self.ports[i].proto {
                             Proto::Tcp => accept(&self.ports[i], &mut conns),
-                            Proto::Udp => from_client(
-                                &self.ports,
-                                i,
-                                &mut peers,
-                                &mut datagram,
-                            ),
+                            Proto::Udp => from_client(&self.ports, i, &mut peers, &mut datagram),
                         },
                         Slot::Client(i) => {
                             let c = &mut conns[i];
@@ -305,10 +300,7 @@ fn from_client(ports: &[Port], i: usize, peers: &mut Vec<Peer>, buf: &mut [u8]) 
     else {
         return;
     };
-    let at = match peers
-        .iter()
-        .position(|p| p.port == i && p.client == client)
-    {
+    let at = match peers.iter().position(|p| p.port == i && p.client == client) {
         Some(at) => at,
         None => {
             if peers.len() >= MAX_UDP_PEERS {

@@ -216,42 +216,60 @@ pub fn create(name: Option<&str>) -> Result<Tap, NetError> {
     })
 }
 
-/// Gives `name` the host side of `link`, MTU `mtu`, and brings it up.
-pub fn configure(name: &str, link: &LinkNet, mtu: u32) -> Result<(), NetError> {
+/// A socket for the interface ioctls.
+fn ioctl_socket() -> Result<OwnedFd, NetError> {
     // SAFETY: plain socket(2) call; the descriptor is owned right below.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
         return Err(NetError::Tap("socket", io::Error::last_os_error()));
     }
     // SAFETY: `s` was just returned by socket and is owned by nobody else.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    let call = |what: &'static str, op: libc::Ioctl, req: &mut libc::ifreq| {
-        // SAFETY: the SIOC[GS]IF* requests read (and SIOCGIFFLAGS writes) the ifreq, which
-        // lives for the call.
-        if unsafe { libc::ioctl(s.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) => NetError::TapPermission,
-                _ => NetError::Tap(what, e),
-            });
-        }
-        Ok(())
-    };
-    let mut req = ifreq(name);
-    req.ifr_ifru.ifru_addr = sockaddr_v4(link.host);
-    call("SIOCSIFADDR", libc::SIOCSIFADDR, &mut req)?;
-    let mut req = ifreq(name);
-    req.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask(link.prefix)));
-    call("SIOCSIFNETMASK", libc::SIOCSIFNETMASK, &mut req)?;
+    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+}
+
+/// One `SIOC[GS]IF*` request on `s`; `EPERM` is the missing capability.
+fn call(
+    s: &OwnedFd,
+    what: &'static str,
+    op: libc::Ioctl,
+    req: &mut libc::ifreq,
+) -> Result<(), NetError> {
+    // SAFETY: the SIOC[GS]IF* requests read (and SIOCGIFFLAGS writes) the ifreq, which lives
+    // for the call.
+    if unsafe { libc::ioctl(s.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => NetError::TapPermission,
+            _ => NetError::Tap(what, e),
+        });
+    }
+    Ok(())
+}
+
+/// Sets `name`'s MTU and brings it up (no address).
+pub fn bring_up(name: &str, mtu: u32) -> Result<(), NetError> {
+    let s = ioctl_socket()?;
     let mut req = ifreq(name);
     req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-    call("SIOCSIFMTU", libc::SIOCSIFMTU, &mut req)?;
+    call(&s, "SIOCSIFMTU", libc::SIOCSIFMTU, &mut req)?;
     let mut req = ifreq(name);
-    call("SIOCGIFFLAGS", libc::SIOCGIFFLAGS, &mut req)?;
+    call(&s, "SIOCGIFFLAGS", libc::SIOCGIFFLAGS, &mut req)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    call("SIOCSIFFLAGS", libc::SIOCSIFFLAGS, &mut req)
+    call(&s, "SIOCSIFFLAGS", libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// Gives `name` the host side of `link`, MTU `mtu`, and brings it up.
+pub fn configure(name: &str, link: &LinkNet, mtu: u32) -> Result<(), NetError> {
+    let s = ioctl_socket()?;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_addr = sockaddr_v4(link.host);
+    call(&s, "SIOCSIFADDR", libc::SIOCSIFADDR, &mut req)?;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask(link.prefix)));
+    call(&s, "SIOCSIFNETMASK", libc::SIOCSIFNETMASK, &mut req)?;
+    bring_up(name, mtu)
 }
 
 /// Creates and configures the launch's TAP device: the device, a link network no host route
@@ -274,7 +292,8 @@ pub fn open(name: Option<&str>) -> Result<(Tap, LinkNet), NetError> {
 mod tests {
     use super::*;
 
-    const ROUTES: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const ROUTES: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 wg0\t0000FE0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
@@ -300,9 +319,15 @@ wg0\t0000FE0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
         assert_eq!(choose_link(&[], 3), Some(l));
         // A /30 in use is skipped; so is one inside a wider route.
         let used = [(u32::from(Ipv4Addr::new(10, 254, 0, 12)), mask(30))];
-        assert_eq!(choose_link(&used, 3).unwrap().host, Ipv4Addr::new(10, 254, 0, 17));
+        assert_eq!(
+            choose_link(&used, 3).unwrap().host,
+            Ipv4Addr::new(10, 254, 0, 17)
+        );
         let wide = [(u32::from(Ipv4Addr::new(10, 254, 0, 0)), mask(24))];
-        assert_eq!(choose_link(&wide, 0).unwrap().host, Ipv4Addr::new(10, 254, 1, 1));
+        assert_eq!(
+            choose_link(&wide, 0).unwrap().host,
+            Ipv4Addr::new(10, 254, 1, 1)
+        );
         // A route covering the whole pool leaves nothing; the index wraps around the pool.
         assert_eq!(choose_link(&parse_routes(ROUTES), 7), None);
         assert_eq!(LinkNet::nth(pool_size() + 1), LinkNet::nth(1));
