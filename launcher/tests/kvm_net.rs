@@ -740,7 +740,7 @@ impl PacketSocket {
                 "no frame from the guest: {}",
                 std::io::Error::last_os_error()
             );
-            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
                 return buf[..n as usize].to_vec();
             }
         }
