@@ -8,6 +8,12 @@
 //! [`MAX_UDP_PEERS`] UDP clients (idle ones dropped after [`UDP_IDLE`]); a connection over the
 //! cap is closed at once, a datagram from a client over the cap dropped.
 //!
+//! The loop does not allocate: every buffer and list is allocated at its full size before it
+//! starts (the connections' buffers as one zeroed mapping, whose pages become resident only as
+//! they are used). Under the KVM engine's seccomp filter this matters: glibc, returning memory
+//! of a thread's arena, opens `/proc/sys/vm/overcommit_memory` the first time, which the
+//! filter forbids (found by `kvm_the_tap_port_forwarder_runs_under_its_seccomp_filter`).
+//!
 //! System calls once running (the KVM engine's `forward` seccomp list): `poll`, `accept4`,
 //! `socket`, `connect`, `getsockopt` (a connection's result), `recvfrom`, `sendto`,
 //! `shutdown`, `close`.
@@ -45,9 +51,9 @@ struct Port {
     guest: SocketAddrV4,
 }
 
-/// One direction of a TCP connection.
+/// One direction of a TCP connection; its buffer is `BUF` bytes of the slab at `at`.
 struct Pipe {
-    buf: Box<[u8]>,
+    at: usize,
     start: usize,
     end: usize,
     /// The source has ended.
@@ -57,9 +63,9 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> Pipe {
+    fn new(at: usize) -> Pipe {
         Pipe {
-            buf: vec![0; BUF].into_boxed_slice(),
+            at,
             start: 0,
             end: 0,
             eof: false,
@@ -68,7 +74,7 @@ impl Pipe {
     }
 
     fn wants_read(&self) -> bool {
-        !self.eof && self.end < self.buf.len()
+        !self.eof && self.end < BUF
     }
 
     fn wants_write(&self) -> bool {
@@ -76,11 +82,12 @@ impl Pipe {
     }
 
     /// Reads from `src`; false on an error (the connection ends).
-    fn read(&mut self, src: &OwnedFd) -> bool {
+    fn read(&mut self, src: &OwnedFd, slab: &mut [u8]) -> bool {
+        let buf = &mut slab[self.at..self.at + BUF];
         if !self.wants_read() {
             return true;
         }
-        match rustix::net::recv(src, &mut self.buf[self.end..], RecvFlags::DONTWAIT) {
+        match rustix::net::recv(src, &mut buf[self.end..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => self.eof = true,
             Ok((n, _)) => self.end += n,
             Err(Errno::AGAIN | Errno::INTR) => {}
@@ -90,10 +97,11 @@ impl Pipe {
     }
 
     /// Writes to `dst`, then passes the end on once all is written; false on an error.
-    fn write(&mut self, dst: &OwnedFd) -> bool {
+    fn write(&mut self, dst: &OwnedFd, slab: &[u8]) -> bool {
+        let buf = &slab[self.at..self.at + BUF];
         if self.wants_write() {
             let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-            match rustix::net::send(dst, &self.buf[self.start..self.end], flags) {
+            match rustix::net::send(dst, &buf[self.start..self.end], flags) {
                 Ok(n) => self.start += n,
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(_) => return false,
@@ -139,9 +147,19 @@ enum Slot {
     Peer(usize),
 }
 
-/// The forwarder of one launch.
+/// The forwarder of one launch, with all the memory its loop uses.
 pub struct Forwarder {
     ports: Vec<Port>,
+    conns: Vec<Conn>,
+    peers: Vec<Peer>,
+    /// The connections' buffers, `BUF` bytes each.
+    slab: Box<[u8]>,
+    /// Offsets in `slab` of the buffers not in use.
+    free: Vec<usize>,
+    datagram: Box<[u8]>,
+    fds: Vec<libc::pollfd>,
+    slots: Vec<Slot>,
+    dead: Vec<bool>,
 }
 
 impl Forwarder {
@@ -160,7 +178,18 @@ impl Forwarder {
                 guest: SocketAddrV4::new(guest_ip, guest_port),
             });
         }
-        Ok(Forwarder { ports })
+        let polled = ports.len() + 2 * MAX_TCP + MAX_UDP_PEERS;
+        Ok(Forwarder {
+            ports,
+            conns: Vec::with_capacity(MAX_TCP),
+            peers: Vec::with_capacity(MAX_UDP_PEERS),
+            slab: vec![0; 2 * MAX_TCP * BUF].into_boxed_slice(),
+            free: (0..2 * MAX_TCP).rev().map(|i| i * BUF).collect(),
+            datagram: vec![0; DATAGRAM].into_boxed_slice(),
+            fds: Vec::with_capacity(polled),
+            slots: Vec::with_capacity(polled),
+            dead: Vec::with_capacity(MAX_TCP),
+        })
     }
 
     /// Whether there is anything to forward.
@@ -168,13 +197,19 @@ impl Forwarder {
         self.ports.is_empty()
     }
 
-    /// Forwards until `stop` is set (checked at least every 100 ms).
+    /// Forwards until `stop` is set (checked at least every 100 ms). Allocates nothing.
     pub fn run(self, stop: &AtomicBool) {
-        let mut conns: Vec<Conn> = Vec::new();
-        let mut peers: Vec<Peer> = Vec::new();
-        let mut datagram = vec![0u8; DATAGRAM];
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::new();
+        let Forwarder {
+            ports,
+            mut conns,
+            mut peers,
+            mut slab,
+            mut free,
+            mut datagram,
+            mut fds,
+            mut slots,
+            mut dead,
+        } = self;
         while !stop.load(Ordering::SeqCst) {
             fds.clear();
             slots.clear();
@@ -188,7 +223,7 @@ impl Forwarder {
                 });
                 slots.push(slot);
             };
-            for (i, p) in self.ports.iter().enumerate() {
+            for (i, p) in ports.iter().enumerate() {
                 add(&p.fd, libc::POLLIN, Slot::Port(i));
             }
             for (i, c) in conns.iter().enumerate() {
@@ -210,21 +245,26 @@ impl Forwarder {
             // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the
             // call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
-            let mut dead = vec![false; conns.len()];
+            dead.clear();
+            dead.resize(conns.len(), false);
             if n > 0 {
                 for (pfd, slot) in fds.iter().zip(&slots) {
                     if pfd.revents == 0 {
                         continue;
                     }
+                    let (out, other) = (
+                        pfd.revents & libc::POLLOUT != 0,
+                        pfd.revents & !libc::POLLOUT != 0,
+                    );
                     match *slot {
-                        Slot::Port(i) => match self.ports[i].proto {
-                            Proto::Tcp => accept(&self.ports[i], &mut conns),
-                            Proto::Udp => from_client(&self.ports, i, &mut peers, &mut datagram),
+                        Slot::Port(i) => match ports[i].proto {
+                            Proto::Tcp => accept(&ports[i], &mut conns, &mut free),
+                            Proto::Udp => from_client(&ports, i, &mut peers, &mut datagram),
                         },
                         Slot::Client(i) => {
                             let c = &mut conns[i];
-                            let ok = (pfd.revents & libc::POLLOUT == 0 || c.down.write(&c.client))
-                                && (pfd.revents & !libc::POLLOUT == 0 || c.up.read(&c.client));
+                            let ok = (!out || c.down.write(&c.client, &slab))
+                                && (!other || c.up.read(&c.client, &mut slab));
                             dead[i] |= !ok;
                         }
                         Slot::Guest(i) => {
@@ -236,11 +276,11 @@ impl Forwarder {
                                 }
                                 continue;
                             }
-                            let ok = (pfd.revents & libc::POLLOUT == 0 || c.up.write(&c.guest))
-                                && (pfd.revents & !libc::POLLOUT == 0 || c.down.read(&c.guest));
+                            let ok = (!out || c.up.write(&c.guest, &slab))
+                                && (!other || c.down.read(&c.guest, &mut slab));
                             dead[i] |= !ok;
                         }
-                        Slot::Peer(i) => to_client(&self.ports, &mut peers[i], &mut datagram),
+                        Slot::Peer(i) => to_client(&ports, &mut peers[i], &mut datagram),
                     }
                 }
             }
@@ -249,15 +289,19 @@ impl Forwarder {
             // Data read this round goes out at once where the other side can take it.
             for (i, c) in conns.iter_mut().enumerate() {
                 if !c.connecting && !dead[i] {
-                    dead[i] = !c.up.write(&c.guest) || !c.down.write(&c.client);
+                    dead[i] = !c.up.write(&c.guest, &slab) || !c.down.write(&c.client, &slab);
                 }
                 if c.up.shut && c.down.shut {
                     dead[i] = true;
                 }
             }
             let mut i = 0;
-            conns.retain(|_| {
+            conns.retain(|c| {
                 i += 1;
+                if dead[i - 1] {
+                    free.push(c.up.at);
+                    free.push(c.down.at);
+                }
                 !dead[i - 1]
             });
             let now = Instant::now();
@@ -266,13 +310,14 @@ impl Forwarder {
     }
 }
 
-/// Accepts one connection on `port` and starts connecting to the guest.
-fn accept(port: &Port, conns: &mut Vec<Conn>) {
+/// Accepts one connection on `port` and starts connecting to the guest, with two buffers from
+/// `free`.
+fn accept(port: &Port, conns: &mut Vec<Conn>, free: &mut Vec<usize>) {
     let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
     let Ok(client) = rustix::net::accept_with(&port.fd, flags) else {
         return;
     };
-    if conns.len() >= MAX_TCP {
+    if conns.len() >= MAX_TCP || free.len() < 2 {
         return;
     }
     let Ok(guest) = rustix::net::socket_with(AddressFamily::INET, SocketType::STREAM, flags, None)
@@ -284,12 +329,15 @@ fn accept(port: &Port, conns: &mut Vec<Conn>) {
         Err(Errno::INPROGRESS | Errno::INTR) => true,
         Err(_) => return,
     };
+    let (Some(up), Some(down)) = (free.pop(), free.pop()) else {
+        return;
+    };
     conns.push(Conn {
         client,
         guest,
         connecting,
-        up: Pipe::new(),
-        down: Pipe::new(),
+        up: Pipe::new(up),
+        down: Pipe::new(down),
     });
 }
 
