@@ -93,7 +93,7 @@ echo "QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), passt $
 printf '%-60s %10s\n' "path (curl of a busybox httpd file)" "MiB/s"
 printf '%-60s %10s\n' "pod (QEMU TCG) -> virtio-net -> passt -> host, -p PORT:80" "$pod_rate"
 if [ -n "$tap_rate" ]; then
-  printf '%-60s %10s\n' "pod (QEMU TCG) -> virtio-net -> TAP -> launcher's forwarder, -p" "$tap_rate"
+  printf '%-60s %10s\n' "pod (QEMU TCG) -> virtio-net -> TAP -> forwarder, -p PORT:80" "$tap_rate"
 else
   echo "(TAP backend not measured: needs root and /dev/net/tun)"
 fi

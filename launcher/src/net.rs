@@ -443,8 +443,12 @@ fn begin_tap(
     let dns = std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| tap::resolvers(&t))
         .unwrap_or_default();
-    let forwarder =
-        forward::Forwarder::new(ports.into_sockets(), link.guest).map_err(NetError::Forward)?;
+    let sockets = ports.into_sockets();
+    let forwarder = if sockets.is_empty() {
+        None
+    } else {
+        Some(forward::Forwarder::new(sockets, link.guest).map_err(NetError::Forward)?)
+    };
     if !cfg.quiet && cfg.timing {
         eprintln!(
             "hyperlaunch: TAP device {} (host {}/{}, guest {})",
@@ -459,7 +463,7 @@ fn begin_tap(
         requests,
         asked: true,
         quiet: cfg.quiet,
-        backend: Pending::Tap((!forwarder.is_empty()).then_some(forwarder)),
+        backend: Pending::Tap(forwarder),
     })
 }
 

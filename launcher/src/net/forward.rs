@@ -192,11 +192,6 @@ impl Forwarder {
         })
     }
 
-    /// Whether there is anything to forward.
-    pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
-    }
-
     /// Forwards until `stop` is set (checked at least every 100 ms). Allocates nothing.
     pub fn run(self, stop: &AtomicBool) {
         let Forwarder {
