@@ -106,7 +106,8 @@ i_off=$(field initramfs offset) i_len=$(field initramfs size)
 r_off=$(field "rootfs\\.ext4" offset) r_len=$(field "rootfs\\.ext4" size)
 # The guest's disk is the rootfs through the end of its dm-verity tree when the pod has one
 # (`Pod::rootfs_disk`): the manifest's `dm-mod.create=` finds the tree there.
-v_off=$(field "rootfs\\.verity" offset) v_len=$(field "rootfs\\.verity" size)
+# (No tree, no match: `field` fails, which must not end the script under `set -e`.)
+v_off=$(field "rootfs\\.verity" offset || true) v_len=$(field "rootfs\\.verity" size || true)
 if [ -n "$v_off" ]; then r_len=$((v_off + v_len - r_off)); fi
 cmdline=$(tr -d '\n' <"$work/inspect.json" | grep -o '"kernel_cmdline": *"[^"]*"' | sed 's/^"kernel_cmdline": *"//; s/"$//')
 [ -n "$memory" ] || memory=$(tr -d '\n ' <"$work/inspect.json" | grep -o '"memory_mib":[0-9]*' | cut -d: -f2)
