@@ -7,13 +7,15 @@
 # same way. Prints curl's average download speed (MiB/s) for both, best of three fetches each.
 # Under TCG (this machine's engine) the guest's TCP stack and virtio-net driver run emulated, so
 # the pod figure measures TCG as much as passt; on a KVM host it measures passt.
+# As root (with /dev/net/tun) the same pod is measured again with `--network tap` (the TAP
+# backend, its port forwarded by the launcher), after the passt pod has been stopped.
 #
 # Usage: bench/net.sh [MIB]    (default 128 MiB per transfer, at most 200)
 # Needs: qemu-system-x86, passt, umoci, busybox-static, curl (scripts/setup), cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-mib=${1:-256}
+mib=${1:-128}
 case "$mib" in '' | *[!0-9]*) echo "net.sh: not a number of MiB: $mib" >&2; exit 2 ;; esac
 [ "$mib" -ge 1 ] && [ "$mib" -le 200 ] || { echo "net.sh: MIB from 1 to 200 (the file lives in the pod's RAM)" >&2; exit 2; }
 for tool in qemu-system-x86_64 passt busybox curl python3; do
@@ -57,13 +59,27 @@ fetch() {
   awk -v b="$best" 'BEGIN { printf "%.1f", b / 1048576 }'
 }
 
-port=$(free_port)
-target/release/hyperlaunch --engine qemu --timeout 900 -q --memory 512m -p "$port:80" \
-  --entrypoint /bin/sh "$work/web.pod" -- \
-  -c "mkdir /tmp/w && dd if=/dev/zero of=/tmp/w/big bs=1M count=$mib 2>/dev/null && exec httpd -f -p 80 -h /tmp/w" \
-  >/dev/null 2>"$work/pod.err" &
-pids+=($!)
-pod_rate=$(fetch "$port")
+# Boots the pod serving the file with the extra launch options given; prints the best rate.
+pod_fetch() {
+  local port pid rate
+  port=$(free_port)
+  target/release/hyperlaunch --engine qemu --timeout 900 -q --memory 512m -p "$port:80" "$@" \
+    --entrypoint /bin/sh "$work/web.pod" -- \
+    -c "mkdir /tmp/w && dd if=/dev/zero of=/tmp/w/big bs=1M count=$mib 2>/dev/null && exec httpd -f -p 80 -h /tmp/w" \
+    >/dev/null 2>>"$work/pod.err" &
+  pid=$!
+  pids+=("$pid")
+  rate=$(fetch "$port")
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "$rate"
+}
+
+pod_rate=$(pod_fetch)
+tap_rate=
+if [ "$(id -u)" = 0 ] && [ -e /dev/net/tun ]; then
+  tap_rate=$(pod_fetch --network tap)
+fi
 
 mkdir "$work/host"
 dd if=/dev/zero of="$work/host/big" bs=1M count="$mib" 2>/dev/null
@@ -76,4 +92,9 @@ echo "== bench/net.sh $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), $(nproc) CP
 echo "QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), passt $(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo '?'), $mib MiB per transfer, best of 3"
 printf '%-60s %10s\n' "path (curl of a busybox httpd file)" "MiB/s"
 printf '%-60s %10s\n' "pod (QEMU TCG) -> virtio-net -> passt -> host, -p PORT:80" "$pod_rate"
+if [ -n "$tap_rate" ]; then
+  printf '%-60s %10s\n' "pod (QEMU TCG) -> virtio-net -> TAP -> forwarder, -p PORT:80" "$tap_rate"
+else
+  echo "(TAP backend not measured: needs root and /dev/net/tun)"
+fi
 printf '%-60s %10s\n' "host loopback" "$host_rate"

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use launcher::devices::virtio_net::{DEFAULT_MAC, NetBackend};
+use launcher::devices::virtio_net::{DEFAULT_MAC, NetBackend, NetLink};
 use launcher::vmm::run::{Marks, RunOptions};
 use launcher::vmm::{BootInputs, build_vm};
 
@@ -110,7 +110,7 @@ fn main() {
         console: Box::new(std::io::stdout()),
         stdio: Box::new(|_| {}),
         net: Some(NetBackend {
-            stream: ours,
+            link: NetLink::Stream(ours),
             mac: DEFAULT_MAC,
         }),
         use_pvh: true,

@@ -102,6 +102,7 @@ fn main() {
     if let Some(fd) = net_fd {
         vm = vm.net(NetPlan {
             fd: fd as i32,
+            tap: false,
             mac: launcher::net::GUEST_MAC,
         });
     }

@@ -84,8 +84,9 @@ Options:
                         HOST_PORT takes a free one; ranges A-B)
   -P, --publish-all     Publish the image's exposed ports on free host ports (the mapping
                         is printed on stderr)
-      --network MODE    passt (a rootless user-mode network, needs the `passt` package)
-                        or none (loopback only) [default: passt; none on the KVM engine]
+      --network MODE    passt (a rootless user-mode network, needs the `passt` package),
+                        tap[:NAME] (a TAP device on a /30 link network; needs CAP_NET_ADMIN)
+                        or none (loopback only) [default: passt]
       --storage-opt size=SIZE
                         Size of the writable layer (bytes, or with a unit b, k, m, g)
                         [default: half the guest memory]
@@ -376,7 +377,7 @@ impl Raw {
                 self.network = Some(publish::parse_network(&v).ok_or(CliError::BadValue(
                     name.into(),
                     v,
-                    "passt or none",
+                    "passt, tap[:NAME] or none",
                 ))?);
             }
             Opt::Storage => self.writable_size = Some(storage_opt(name, &text()?)?),

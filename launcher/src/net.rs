@@ -1,6 +1,7 @@
 //! The host side of a pod's network: which network a launch gets (`--network`, `-p`, `-P`),
 //! the host ports it publishes, and the backend that carries the guest's Ethernet frames —
-//! [`passt`], a rootless userspace network stack started and ended here.
+//! [`passt`], a rootless userspace network stack started and ended here, or a [`tap`] device
+//! (`--network tap`) whose published ports the launcher forwards itself ([`forward`]).
 //!
 //! The guest's addressing is fixed and told to both ends: passt is started with it (`-a`, `-n`,
 //! `-g`, `-m`, `--dns-forward`) and init configures the interface with it
@@ -10,17 +11,25 @@
 //! 10.0.2.2 / `fd00:0:0:2::2` is the host (passt maps connections to it to the host's loopback),
 //! and DNS queries to 10.0.2.3 go to the host's first resolver.
 //!
-//! An engine gets a [`HostNetwork`]: one end of a connected stream socket speaking the
-//! QEMU stream protocol (a 4-byte big-endian length, then an Ethernet frame), the guest's MAC
-//! and what init is told. The backend lives as long as the `HostNetwork`.
+//! With a TAP device the addressing is a /30 link network instead (`tap::LinkNet`), chosen per
+//! launch, IPv4 only, the host side as the guest's gateway.
+//!
+//! An engine gets a [`HostNetwork`]: its [`Link`] (one end of a connected stream socket
+//! speaking the QEMU stream protocol — a 4-byte big-endian length, then an Ethernet frame — or
+//! the TAP device's descriptor), the guest's MAC and what init is told. The backend lives as
+//! long as the `HostNetwork`.
 
+pub mod forward;
 pub mod passt;
+pub mod tap;
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pod::spec::{InterfaceAddress, NetworkConfig};
 use thiserror::Error;
@@ -49,7 +58,7 @@ pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 2);
 /// no offloads or mergeable buffers and carries Ethernet's 1500 ([`mtu`]).
 pub const MTU_QEMU: u32 = 65520;
 
-/// The link's MTU on `engine`, told to passt and to init alike.
+/// The passt link's MTU on `engine`, told to passt and to init alike.
 pub fn mtu(engine: Engine) -> u32 {
     match engine {
         Engine::Qemu => MTU_QEMU,
@@ -85,6 +94,16 @@ pub enum NetError {
     PasstTimeout(u64),
     #[error("port {0}: passt did not bind it")]
     NotForwarded(Published),
+    #[error("--network tap needs CAP_NET_ADMIN (run as root, or use the default passt network)")]
+    TapPermission,
+    #[error("--network tap:{0}: not a valid interface name (1-15 bytes, no '/', ':' or spaces)")]
+    TapName(String),
+    #[error("TAP device: {0}")]
+    Tap(&'static str, #[source] io::Error),
+    #[error("TAP device: every /30 of 10.254.0.0/16 overlaps a host route")]
+    TapNoLink,
+    #[error("port forwarder")]
+    Forward(#[source] io::Error),
 }
 
 /// One published port as it is on the host.
@@ -175,6 +194,15 @@ impl Reservation {
     pub fn release(&mut self) {
         self.held.clear();
     }
+
+    /// The held sockets with their protocol and guest port, for the launcher's own forwarder.
+    pub fn into_sockets(self) -> Vec<(OwnedFd, Proto, u16)> {
+        self.held
+            .into_iter()
+            .zip(self.published)
+            .map(|(fd, p)| (fd, p.proto, p.guest_port))
+            .collect()
+    }
 }
 
 /// Checks each requested host port is free and picks the free ports for `Any` and `Range`
@@ -221,38 +249,154 @@ pub fn requests(cfg: &LaunchConfig, exposed: &[String]) -> Result<Vec<PortReques
     Ok(all)
 }
 
-/// A running network for one launch: the engine's end of the frame stream, the guest's MAC and
-/// what init is told. Dropping it ends the backend.
+/// The engine's end of the guest's link.
+pub enum Link {
+    /// QEMU stream protocol frames to and from passt.
+    Stream(UnixStream),
+    /// A TAP device: one frame per read/write.
+    Tap(OwnedFd),
+}
+
+impl Link {
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            Link::Stream(s) => s.as_raw_fd(),
+            Link::Tap(fd) => fd.as_raw_fd(),
+        }
+    }
+
+    /// A duplicate for the KVM engine's device.
+    pub fn device_link(&self) -> io::Result<crate::devices::virtio_net::NetLink> {
+        use crate::devices::virtio_net::NetLink;
+        Ok(match self {
+            Link::Stream(s) => NetLink::Stream(s.try_clone()?),
+            Link::Tap(fd) => NetLink::Tap(fd.try_clone()?),
+        })
+    }
+
+    pub fn is_tap(&self) -> bool {
+        matches!(self, Link::Tap(_))
+    }
+}
+
+/// What keeps a network's host side alive.
+enum Backend {
+    Passt(passt::Passt),
+    /// The TAP device's name (for messages); the device lives as long as the [`Link`]. The
+    /// forwarder, until an engine takes it, and the flag that stops the thread running it.
+    Tap {
+        forwarder: Option<forward::Forwarder>,
+        stop: StopOnDrop,
+    },
+}
+
+/// A running network for one launch: the engine's end of the link, the guest's MAC and what
+/// init is told. Dropping it ends the backend.
 pub struct HostNetwork {
-    /// The engine's end: QEMU stream protocol frames to and from the backend.
-    pub stream: UnixStream,
+    pub link: Link,
     pub mac: [u8; 6],
     pub guest: NetworkConfig,
     pub published: Vec<Published>,
-    backend: passt::Passt,
+    backend: Backend,
 }
 
 impl HostNetwork {
     /// Ends the launch's hold on the network without tearing passt down from this thread
     /// ([`passt::Passt::leave_to_exit`]): for the KVM engine, after its run.
     pub fn leave_to_exit(self) {
-        self.backend.leave_to_exit();
+        match self.backend {
+            Backend::Passt(p) => p.leave_to_exit(),
+            Backend::Tap { .. } => {}
+        }
+    }
+
+    /// The TAP backend's port forwarder, for the engine to run on a thread of its own
+    /// ([`forward::Forwarder::run`] with the flag, set when this network is dropped); `None`
+    /// with passt or when nothing is published.
+    pub fn take_forwarder(&mut self) -> Option<(forward::Forwarder, Arc<AtomicBool>)> {
+        match &mut self.backend {
+            Backend::Tap { forwarder, stop } => forwarder.take().map(|f| (f, stop.0.clone())),
+            Backend::Passt(_) => None,
+        }
+    }
+
+    /// Runs the TAP backend's forwarder on a thread of its own until this network is dropped
+    /// (the QEMU engine; the KVM engine runs it under its seccomp filter).
+    pub fn spawn_forwarder(&mut self) -> Result<(), NetError> {
+        if let Some((f, stop)) = self.take_forwarder() {
+            std::thread::Builder::new()
+                .name("forward".into())
+                .spawn(move || f.run(&stop))
+                .map_err(NetError::Forward)?;
+        }
+        Ok(())
     }
 }
 
-/// Sets up the network for a launch on `engine` with image `exposed` ports: `None` for
-/// `--network none`. Prints each port whose host side the launcher chose (unless `quiet`).
-///
-/// Without passt installed, a launch that asked for nothing network-related (no `--network`,
-/// `-p` or `-P`) runs without a network, with a notice, as pods did before the network
-/// existed; one that asked is refused.
+/// A flag set when this is dropped: the forwarder thread stops with the network.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sets up the network for a launch on `engine` with image `exposed` ports and waits until it
+/// is ready: [`begin`], then [`PendingNetwork::ready`].
 pub fn start(
     cfg: &LaunchConfig,
     engine: Engine,
     exposed: &[String],
 ) -> Result<Option<HostNetwork>, NetError> {
-    if mode(cfg)? == NetworkMode::None {
-        return Ok(None);
+    match begin(cfg, engine, exposed)? {
+        Some(p) => p.ready(),
+        None => Ok(None),
+    }
+}
+
+/// A network whose backend is starting: the guest's side (stream, MAC, addressing) is known
+/// already, so the engine builds the VM meanwhile and calls [`PendingNetwork::ready`] just
+/// before the guest first runs.
+pub struct PendingNetwork {
+    /// The engine's end of the link.
+    pub link: Link,
+    pub mac: [u8; 6],
+    pub guest: NetworkConfig,
+    pub published: Vec<Published>,
+    requests: Vec<PortRequest>,
+    /// The launch asked for a network (`--network`, `-p`, `-P`): a backend failure is then an
+    /// error, not a notice.
+    pub asked: bool,
+    quiet: bool,
+    backend: Pending,
+}
+
+/// A backend being started.
+enum Pending {
+    Passt(passt::Starting),
+    /// Ready from the start: the device is configured, the forwarder holds the ports.
+    Tap(Option<forward::Forwarder>),
+}
+
+/// Starts the network for a launch on `engine` with image `exposed` ports, without waiting for
+/// the backend: `None` for `--network none`.
+///
+/// Without passt installed, a launch that asked for nothing network-related (no `--network`,
+/// `-p` or `-P`) runs without a network, with a notice, as pods did before the network
+/// existed; one that asked is refused.
+pub fn begin(
+    cfg: &LaunchConfig,
+    engine: Engine,
+    exposed: &[String],
+) -> Result<Option<PendingNetwork>, NetError> {
+    let tap_name = match mode(cfg)? {
+        NetworkMode::None => return Ok(None),
+        NetworkMode::Tap(name) => Some(name),
+        NetworkMode::Passt => None,
+    };
+    if let Some(name) = tap_name {
+        return begin_tap(cfg, name.as_deref(), exposed).map(Some);
     }
     let asked = cfg.network.is_some() || !cfg.publish.is_empty() || cfg.publish_all;
     let binary = match passt::find(std::env::var_os("PATH").as_deref()) {
@@ -267,48 +411,126 @@ pub fn start(
         }
         Err(e) => return Err(e),
     };
-    let reqs = requests(cfg, exposed)?;
-    let mut ports = reserve(&reqs)?;
+    let requests = requests(cfg, exposed)?;
+    let mut ports = reserve(&requests)?;
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
     ports.release();
-    let backend = match passt::Passt::start(&binary, &ports.published, theirs, mtu(engine)) {
-        Ok(b) => b,
-        // A host passt cannot serve (e.g. no routable interface: "External interface not
-        // usable") runs a pod that asked for nothing network-related without a network, as
-        // Docker runs a container on an offline host; one that asked is refused.
-        Err(NetError::PasstFailed(why)) if !asked => {
-            if !cfg.quiet {
-                eprintln!(
-                    "hyperlaunch: passt failed ({why}), so this pod has no network (--network none silences this)"
-                );
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let backend = passt::Passt::spawn(&binary, &ports.published, theirs, mtu(engine))?;
+    Ok(Some(PendingNetwork {
+        link: Link::Stream(ours),
+        mac: GUEST_MAC,
+        guest: guest_config(mtu(engine)),
+        published: ports.published,
+        requests,
+        asked,
+        quiet: cfg.quiet,
+        backend: Pending::Passt(backend),
+    }))
+}
+
+/// `--network tap[:NAME]`: the ports checked and held (the forwarder keeps them), the device
+/// created and configured ([`tap::open`]), the guest's addressing on its link network. The
+/// same on both engines (MTU [`tap::TAP_MTU`]).
+fn begin_tap(
+    cfg: &LaunchConfig,
+    name: Option<&str>,
+    exposed: &[String],
+) -> Result<PendingNetwork, NetError> {
+    let requests = requests(cfg, exposed)?;
+    let ports = reserve(&requests)?;
+    let published = ports.published.clone();
+    let (device, link) = tap::open(name)?;
+    let dns = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| tap::resolvers(&t))
+        .unwrap_or_default();
+    let sockets = ports.into_sockets();
+    let forwarder = if sockets.is_empty() {
+        None
+    } else {
+        Some(forward::Forwarder::new(sockets, link.guest).map_err(NetError::Forward)?)
     };
-    // passt skips a port it cannot bind without failing (it was taken between the check and
-    // its start): each must be held now.
-    if let Some(p) = ports
-        .published
-        .iter()
-        .find(|p| bind(p.host_ip, p.host_port, p.proto).is_ok())
-    {
-        return Err(NetError::NotForwarded(*p));
+    if !cfg.quiet && cfg.timing {
+        eprintln!(
+            "hyperlaunch: TAP device {} (host {}/{}, guest {})",
+            device.name, link.host, link.prefix, link.guest
+        );
     }
-    if !cfg.quiet {
-        for (q, p) in reqs.iter().zip(&ports.published) {
+    Ok(PendingNetwork {
+        link: Link::Tap(device.fd),
+        mac: GUEST_MAC,
+        guest: tap::guest_config(&link, dns),
+        published,
+        requests,
+        asked: true,
+        quiet: cfg.quiet,
+        backend: Pending::Tap(forwarder),
+    })
+}
+
+impl PendingNetwork {
+    /// Waits until the backend is ready and checks every published port is held by it, then
+    /// prints each port whose host side the launcher chose (unless `quiet`). `None`: the
+    /// backend failed on a launch that asked for nothing network-related, which then runs
+    /// without a network (with a notice), as Docker runs a container on an offline host (e.g.
+    /// passt's "External interface not usable" on a host with no routable interface).
+    pub fn ready(self) -> Result<Option<HostNetwork>, NetError> {
+        let starting = match self.backend {
+            Pending::Passt(s) => s,
+            Pending::Tap(forwarder) => {
+                report_chosen_ports(self.quiet, &self.requests, &self.published);
+                return Ok(Some(HostNetwork {
+                    link: self.link,
+                    mac: self.mac,
+                    guest: self.guest,
+                    published: self.published,
+                    backend: Backend::Tap {
+                        forwarder,
+                        stop: StopOnDrop(Arc::default()),
+                    },
+                }));
+            }
+        };
+        let backend = match starting.wait_ready() {
+            Ok(b) => b,
+            Err(NetError::PasstFailed(why)) if !self.asked => {
+                if !self.quiet {
+                    eprintln!(
+                        "hyperlaunch: passt failed ({why}), so this pod has no network (--network none silences this)"
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // passt skips a port it cannot bind without failing (it was taken between the check
+        // and its start): each must be held now.
+        if let Some(p) = self
+            .published
+            .iter()
+            .find(|p| bind(p.host_ip, p.host_port, p.proto).is_ok())
+        {
+            return Err(NetError::NotForwarded(*p));
+        }
+        report_chosen_ports(self.quiet, &self.requests, &self.published);
+        Ok(Some(HostNetwork {
+            link: self.link,
+            mac: self.mac,
+            guest: self.guest,
+            published: self.published,
+            backend: Backend::Passt(backend),
+        }))
+    }
+}
+
+/// Prints each port whose host side the launcher chose (unless `quiet`).
+fn report_chosen_ports(quiet: bool, requests: &[PortRequest], published: &[Published]) {
+    if !quiet {
+        for (q, p) in requests.iter().zip(published) {
             if q.host_port != HostPort::Fixed(p.host_port) {
                 eprintln!("hyperlaunch: published {p}");
             }
         }
     }
-    Ok(Some(HostNetwork {
-        stream: ours,
-        mac: GUEST_MAC,
-        guest: guest_config(mtu(engine)),
-        published: ports.published,
-        backend,
-    }))
 }
 
 #[cfg(test)]

@@ -74,6 +74,9 @@ pub enum NetworkMode {
     Passt,
     /// No network interface at all: loopback only.
     None,
+    /// A TAP device the launcher creates (named as given, else by the kernel), needs
+    /// `CAP_NET_ADMIN` (`net::tap`).
+    Tap(Option<String>),
 }
 
 /// Parses `--network`'s value. Docker's `bridge` and `default` name the default network, here
@@ -82,7 +85,10 @@ pub fn parse_network(v: &str) -> Option<NetworkMode> {
     match v {
         "passt" | "bridge" | "default" => Some(NetworkMode::Passt),
         "none" => Some(NetworkMode::None),
-        _ => None,
+        "tap" => Some(NetworkMode::Tap(None)),
+        _ => v
+            .strip_prefix("tap:")
+            .map(|name| NetworkMode::Tap(Some(name.to_string()))),
     }
 }
 

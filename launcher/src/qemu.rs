@@ -118,8 +118,10 @@ pub struct QemuPlan {
 /// The guest's network device on QEMU's command line.
 #[derive(Clone, Copy, Debug)]
 pub struct NetPlan {
-    /// A connected stream socket carrying QEMU stream-protocol frames (passt's other end).
+    /// A connected stream socket carrying QEMU stream-protocol frames (passt's other end), or
+    /// a TAP device (`tap`).
     pub fd: RawFd,
+    pub tap: bool,
     pub mac: [u8; 6],
 }
 
@@ -258,11 +260,14 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
     let binary = find_qemu(std::env::var_os("PATH").as_deref())?;
     let manifest = pod.manifest();
     // The network before the guest's overrides: they carry its addressing.
-    let net = crate::net::start(
+    let mut net = crate::net::start(
         cfg,
         crate::config::Engine::Qemu,
         &manifest.run.exposed_ports,
     )?;
+    if let Some(n) = &mut net {
+        n.spawn_forwarder()?;
+    }
     let mut overrides = cfg.overrides.clone();
     if let Some(n) = &net {
         overrides.network = Some(n.guest.clone());
@@ -316,7 +321,8 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         control_fd: ctl_theirs.as_raw_fd(),
         stdio_fd: io_theirs.as_raw_fd(),
         net: net.as_ref().map(|n| NetPlan {
-            fd: n.stream.as_raw_fd(),
+            fd: n.link.raw_fd(),
+            tap: n.link.is_tap(),
             mac: n.mac,
         }),
     };
@@ -327,7 +333,7 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         initrd.file.as_raw_fd(),
         pod.file().as_raw_fd(),
     ];
-    inherit.extend(net.as_ref().map(|n| n.stream.as_raw_fd()));
+    inherit.extend(net.as_ref().map(|n| n.link.raw_fd()));
     let opts = crate::supervisor::Options {
         timeout: cfg.timeout,
         grace: cfg.grace,

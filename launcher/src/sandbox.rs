@@ -51,16 +51,19 @@ pub enum ThreadKind {
     /// The network backend thread: frames from the backend socket into the guest, transmitted
     /// frames the socket held back.
     Net = 6,
+    /// The TAP backend's port forwarder (`net::forward`).
+    Forward = 7,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::Supervisor,
         ThreadKind::SignalForwarder,
         ThreadKind::StdinForwarder,
         ThreadKind::Net,
+        ThreadKind::Forward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl ThreadKind {
             ThreadKind::SignalForwarder => "signal forwarder",
             ThreadKind::StdinForwarder => "stdin forwarder",
             ThreadKind::Net => "net",
+            ThreadKind::Forward => "forward",
         }
     }
 
@@ -233,6 +237,30 @@ const NET: &[Allowed] = &[
     with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
+/// `socket(AF_INET, …)`: the forwarder's connections to the guest, IPv4 only.
+const FORWARD_SOCKET_DOMAINS: &[u64] = &[libc::AF_INET as u64];
+
+/// The TAP backend's port forwarder: waits (poll), accepts host connections (accept4), opens
+/// IPv4 sockets and connects them to the guest (socket, connect, getsockopt for the result),
+/// moves bytes and datagrams (recvfrom, sendto), passes a connection's end on (shutdown),
+/// closes. The only thread that may create a socket.
+const FORWARD: &[Allowed] = &[
+    any("poll", libc::SYS_poll),
+    any("accept4", libc::SYS_accept4),
+    with(
+        "socket",
+        libc::SYS_socket,
+        Arg::OneOf(0, FORWARD_SOCKET_DOMAINS),
+    ),
+    any("connect", libc::SYS_connect),
+    any("getsockopt", libc::SYS_getsockopt),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("shutdown", libc::SYS_shutdown),
+    any("close", libc::SYS_close),
+    with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
+];
+
 /// The calls `kind` may make beyond [`COMMON`].
 fn own_list(kind: ThreadKind) -> &'static [Allowed] {
     match kind {
@@ -242,6 +270,7 @@ fn own_list(kind: ThreadKind) -> &'static [Allowed] {
         ThreadKind::SignalForwarder => SIGNAL_FORWARDER,
         ThreadKind::StdinForwarder => STDIN_FORWARDER,
         ThreadKind::Net => NET,
+        ThreadKind::Forward => FORWARD,
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Marks {
     pub pod_opened: Option<Instant>,
     pub vm_created: Option<Instant>,
     pub kernel_loaded: Option<Instant>,
+    /// The KVM engine: the network backend was ready (passt had bound the published ports).
+    pub network_ready: Option<Instant>,
     /// The QEMU engine: QEMU was spawned.
     pub qemu_spawned: Option<Instant>,
     pub first_run: Arc<OnceLock<Instant>>,
@@ -36,6 +38,7 @@ impl Marks {
             pod_opened: None,
             vm_created: None,
             kernel_loaded: None,
+            network_ready: None,
             qemu_spawned: None,
             first_run: Arc::default(),
             first_exit: Arc::default(),
@@ -61,6 +64,7 @@ impl Marks {
             ("pod-opened", self.pod_opened),
             ("vm-created", self.vm_created),
             ("kernel-loaded", self.kernel_loaded),
+            ("network-ready", self.network_ready),
             ("qemu-spawned", self.qemu_spawned),
             ("first-kvm-run", self.first_run.get().copied()),
             ("first-guest-exit", self.first_exit.get().copied()),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use launcher::devices::Devices;
-use launcher::devices::virtio_net::{NetBackend, NetCounters, serve};
+use launcher::devices::virtio_net::{NetBackend, NetCounters, NetLink, serve};
 use launcher::layout;
 use launcher::sandbox::{self, ThreadKind};
 use launcher::vmm::exit::{Action, Exit, StopReason, handle_exit};
@@ -88,11 +88,19 @@ fn filter(kind: ThreadKind, sandboxed: bool) {
 /// Builds probe `net` with `defines` into a 64 MiB, 1-vCPU VM whose network backend is one end
 /// of a socketpair, starts its vCPU and backend threads; returns it and the other end.
 fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (
+        start_on(dir, defines, sandboxed, NetLink::Stream(ours)),
+        theirs,
+    )
+}
+
+/// [`start`] with the device on `link`.
+fn start_on(dir: &std::path::Path, defines: &[&str], sandboxed: bool, link: NetLink) -> Probe {
     let mut all = vec![format!("VNET={:#x}u", layout::VIRTIO_NET_ADDR)];
     all.extend(defines.iter().map(|d| d.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let kernel = probes::build(dir, "net", &all);
-    let (ours, theirs) = UnixStream::pair().unwrap();
     let serial = Captured::default();
     let inputs = BootInputs {
         kernel: &kernel,
@@ -103,10 +111,7 @@ fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, Un
         disks: Vec::new(),
         console: Box::new(serial.clone()),
         stdio: Box::new(|_| {}),
-        net: Some(NetBackend {
-            stream: ours,
-            mac: MAC,
-        }),
+        net: Some(NetBackend { link, mac: MAC }),
         use_pvh: true,
         backing: None,
     };
@@ -129,15 +134,14 @@ fn start(dir: &std::path::Path, defines: &[&str], sandboxed: bool) -> (Probe, Un
         filter(ThreadKind::Vcpu, sandboxed);
         let _ = tx.send(vcpu_loop(vcpu, d));
     });
-    let probe = Probe {
+    Probe {
         _vm: vm,
         devices,
         serial,
         done,
         stop,
         net_thread: Some(net_thread),
-    };
-    (probe, theirs)
+    }
 }
 
 impl Probe {
@@ -550,7 +554,7 @@ fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
         console: Box::new(Captured::default()),
         stdio: Box::new(|_| {}),
         net: Some(NetBackend {
-            stream: ours,
+            link: NetLink::Stream(ours),
             mac: MAC,
         }),
         use_pvh: true,
@@ -657,4 +661,66 @@ fn bench_net_throughput() {
         frames as f64 / secs,
         mib(frames, secs)
     );
+}
+
+#[test]
+fn kvm_net_frames_flow_through_a_tap_device_under_the_seccomp_filters() {
+    let test = "kvm_net_frames_flow_through_a_tap_device_under_the_seccomp_filters";
+    if !probes::kvm_available(test) {
+        return;
+    }
+    let name = format!("hpk{}", std::process::id() % 100_000);
+    let tap = match launcher::net::tap::create(Some(&name)) {
+        Ok(t) => t,
+        Err(launcher::net::NetError::TapPermission) => {
+            hyperpod_tests::skip::skipped(test, "creating a TAP device needs CAP_NET_ADMIN");
+            return;
+        }
+        Err(e) => panic!("TAP device: {e}"),
+    };
+    // The guest echoes every frame it gets: no IPv6 autoconfiguration traffic on this link
+    // (and no IPv4 address, so none of that either).
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    launcher::net::tap::bring_up(&name, 1500).unwrap();
+    let host = probes::packet::PacketSocket::bind(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let echoes = 40usize;
+    let mut p = start_on(
+        dir.path(),
+        &[&format!("ECHO={echoes}")],
+        true,
+        NetLink::Tap(tap.fd),
+    );
+    // The guest's three frames, one per read of the device, without the virtio-net header.
+    let a = host.recv();
+    assert_eq!(
+        (a.len(), text_of(&a).as_str()),
+        (60, "hello from the guest")
+    );
+    let b = host.recv();
+    assert_eq!((b.len(), text_of(&b).as_str()), (1518, "largest frame"));
+    assert_eq!(host.recv().len(), 14);
+    // Frames sent on the interface reach the guest, which sends each back (up to the link's
+    // 1500-byte MTU plus the Ethernet header).
+    let sizes: Vec<usize> = (0..echoes).map(|i| 14 + (i * 379) % 1501).collect();
+    let mut sent = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let f = host_frame(n, i as u32);
+        host.send(&f);
+        sent.push(f);
+    }
+    for (i, f) in sent.iter().enumerate() {
+        assert_eq!(&host.recv(), f, "echo {i}");
+    }
+    p.expect_success(Duration::from_secs(20));
+    let k = p.counters();
+    assert_eq!(
+        (k.tx_frames, k.rx_frames),
+        (3 + echoes as u64, echoes as u64)
+    );
+    assert_eq!(k.rx_bytes, sizes.iter().sum::<usize>() as u64);
+    assert_eq!((k.tx_refused, k.rx_refused, k.rx_bad_length), (0, 0, 0));
+    drop(p);
+    // Not persistent: gone with the last descriptor.
+    assert!(!std::path::Path::new("/sys/class/net").join(&name).exists());
 }

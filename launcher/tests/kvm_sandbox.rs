@@ -89,3 +89,70 @@ fn kvm_every_launcher_thread_runs_under_its_seccomp_filter() {
     assert_eq!(status.code(), Some(124), "{err}");
     assert!(!err.contains("sandbox"), "{err}");
 }
+
+/// `--network tap` with published ports: the port forwarder runs on a `forward` thread under its
+/// own filter, and serving a TCP connection and a UDP datagram (accept, a socket connected to
+/// the guest, which does not answer) stays inside it: the run ends by its timeout (124).
+#[test]
+fn kvm_the_tap_port_forwarder_runs_under_its_seccomp_filter() {
+    let test = "kvm_the_tap_port_forwarder_runs_under_its_seccomp_filter";
+    if !probes::kvm_available(test) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        hyperpod_tests::skip::skipped(test, "--network tap needs root (CAP_NET_ADMIN)");
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (tcp, udp) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = probes::build(dir.path(), "spin", &[]);
+    let pod = dir.path().join("spin.pod");
+    probes::seal_pod(&pod, &kernel, b"x", &[0u8; 4096], "probe=1 quiet");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlaunch"))
+        .args(["--engine", "kvm", "--network", "tap", "--timeout", "3"])
+        .args(["-p", &format!("{tcp}:80"), "-p", &format!("{udp}:53/udp")])
+        .arg(&pod)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("spinning") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
+        assert!(
+            n > 0 && start.elapsed() < Duration::from_secs(20),
+            "no output: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let threads = thread_seccomp(pid);
+    assert!(
+        threads
+            .iter()
+            .any(|(n, m, f)| n == "forward" && *m == 2 && *f == 1),
+        "{threads:?}"
+    );
+    let _c = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.send_to(b"query", ("127.0.0.1", udp)).unwrap();
+    std::io::Read::read_to_end(&mut stderr, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let err = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(124), "{err}");
+    assert!(!err.contains("sandbox"), "{err}");
+}

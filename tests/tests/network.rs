@@ -427,7 +427,7 @@ fn network_errors_exit_125_with_one_line_before_boot() {
         &format!("port 80/tcp -> 0.0.0.0:{port} is already in use"),
     );
     refused(&["--network", "none", "-p", "80"], None, "--network none");
-    refused(&["--network", "host"], None, "passt or none");
+    refused(&["--network", "host"], None, "passt, tap[:NAME] or none");
     // No passt on PATH (QEMU is there): named, with the package to install.
     let bin = tempfile::tempdir().unwrap();
     let qemu = std::env::var_os("PATH")
@@ -466,4 +466,171 @@ fn network_errors_exit_125_with_one_line_before_boot() {
     )
     .unwrap();
     refused(&["-p", "80"], Some(bin.path()), "passt did not bind it");
+}
+
+/// A TAP device name for one test: unique per test process, checked under `/sys/class/net`.
+fn tap_name(tag: &str) -> String {
+    format!("hpt{tag}{}", std::process::id() % 100_000)
+}
+
+fn device_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Waits until the TAP device `name` is gone (the launcher and QEMU have closed it).
+fn device_gone(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !device_exists(name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Whether this process may create TAP devices (root here); the test is reported skipped
+/// otherwise.
+fn can_create_tap(test: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to this process's effective user.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root || !Path::new("/dev/net/tun").exists() {
+        skip::skipped(test, "--network tap needs root and /dev/net/tun");
+        return false;
+    }
+    true
+}
+
+/// A TCP server on all the host's addresses (so on the TAP's host side too) answering `text`.
+fn host_server(text: &'static str) -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            let _ = c.write_all(text.as_bytes());
+        }
+    });
+    port
+}
+
+/// The guest's shell line that finds its gateway (the TAP's host side).
+const GATEWAY: &str = "gw=$(route -n | awk '$1==\"0.0.0.0\" {print $2}')";
+
+#[test]
+fn tap_pod_reaches_a_host_server_and_its_device_goes_at_exit() {
+    let test = "tap_pod_reaches_a_host_server_and_its_device_goes_at_exit";
+    if !can_create_tap(test) {
+        return;
+    }
+    let name = tap_name("a");
+    let port = host_server("host server over tap\n");
+    let script = format!(
+        "{GATEWAY}; echo \"gw=$gw\"; \
+         echo \"host=$(timeout 60 nc $gw {port} </dev/null)\"; \
+         echo \"addr=$(ip -4 -o addr show eth0 | awk '{{print $4}}')\"; \
+         echo \"mtu=$(cat /sys/class/net/eth0/mtu)\""
+    );
+    let out = probe::launch(
+        pod(),
+        &[
+            "--network",
+            &format!("tap:{name}"),
+            "--entrypoint",
+            "/bin/sh",
+        ],
+        &["-c", &script],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let p = probe::parse(&stdout);
+    let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
+    assert_eq!(get("host"), "host server over tap", "{stdout}\n{stderr}");
+    // A /30 of 10.254.0.0/16: the guest is the second address, its gateway the first.
+    let gw: Ipv4Addr = get("gw").parse().expect("gateway");
+    let addr = get("addr");
+    let guest = Ipv4Addr::from(u32::from(gw) + 1);
+    assert_eq!(addr, format!("{guest}/30"), "{stdout}");
+    assert_eq!(gw.octets()[..2], [10, 254], "{stdout}");
+    assert_eq!(get("mtu"), "1500", "{stdout}");
+    // Nothing left once the launcher has exited.
+    assert!(!device_exists(&name), "{name} left after a normal exit");
+}
+
+#[test]
+fn tap_publishes_a_port_and_its_device_goes_after_sigkill() {
+    let test = "tap_publishes_a_port_and_its_device_goes_after_sigkill";
+    if !can_create_tap(test) {
+        return;
+    }
+    let name = tap_name("b");
+    let port = host_server("reached the host\n");
+    let fixed = free_port();
+    // The pod serves its page, and what it fetched from the host server, on port 80.
+    let script = format!(
+        "{GATEWAY}; timeout 60 nc $gw {port} </dev/null > /www/host.txt; \
+         exec httpd -f -p 80 -h /www"
+    );
+    let mut running = Running::start(
+        launcher()
+            .args(["--network", &format!("tap:{name}")])
+            .args(["-p", &format!("{fixed}:80")])
+            .args(["--entrypoint", "/bin/sh"])
+            .arg(pod())
+            .args(["--", "-c", &script]),
+    );
+    let at = SocketAddr::from((Ipv4Addr::LOCALHOST, fixed));
+    assert_eq!(wait_for_page(at, &mut running), PAGE);
+    let mut s = TcpStream::connect(at).unwrap();
+    s.write_all(b"GET /host.txt HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.ends_with("\r\n\r\nreached the host\n"), "{resp}");
+    assert!(device_exists(&name), "{name} while the pod runs");
+    // The forwarder holds the port, on every IPv4 address.
+    assert!(TcpListener::bind((Ipv4Addr::UNSPECIFIED, fixed)).is_err());
+    let (code, err) = running.stop_with("KILL");
+    assert_eq!(code, None, "{err}");
+    // The device goes with the last descriptor (the launcher's, QEMU's), the port with the
+    // launcher: nothing to clean.
+    assert!(
+        device_gone(&name),
+        "{name} left after SIGKILL of the launcher"
+    );
+    assert!(port_released(fixed), "port {fixed} still held");
+}
+
+#[test]
+fn tap_without_cap_net_admin_exits_125_with_one_line() {
+    let test = "tap_without_cap_net_admin_exits_125_with_one_line";
+    let setpriv = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .status();
+    if !setpriv.is_ok_and(|s| s.success()) {
+        skip::skipped(test, "cannot switch to uid 65534 with setpriv (needs root)");
+        return;
+    }
+    let pod = pod();
+    let started = Instant::now();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(probe::sibling_binary("hyperlaunch"))
+        .args(["--engine", "qemu", "--network", "tap", "-p", "80"])
+        .arg(pod)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "hyperlaunch: --network tap needs CAP_NET_ADMIN (run as root, or use the default passt network)"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    refused(
+        &["--network", "tap:no/slash"],
+        None,
+        "not a valid interface name",
+    );
 }

@@ -296,7 +296,7 @@ mod tests {
             .unwrap();
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let backend = virtio_net::NetBackend {
-            stream: ours,
+            link: virtio_net::NetLink::Stream(ours),
             mac: virtio_net::DEFAULT_MAC,
         };
         d.net = Some(VirtioNet::new(backend, mem).unwrap());

@@ -4,9 +4,13 @@
 //! (receiveq) carries host → guest frames, queue 1 (transmitq) guest → host frames. Every chain
 //! is checked by [`net_chain`] before a byte moves.
 //!
-//! The backend is a connected UNIX stream socket speaking passt's (and QEMU's `-netdev stream`)
-//! protocol ([`net_stream`]: 4-byte big-endian length, frame). Host memory stays bounded
-//! whatever the guest or the backend does:
+//! The backend ([`NetLink`]) is either a connected UNIX stream socket speaking passt's (and
+//! QEMU's `-netdev stream`) protocol ([`net_stream`]: 4-byte big-endian length, frame), or a TAP
+//! device's descriptor (opened without `IFF_VNET_HDR` and with `IFF_NO_PI`): one Ethernet frame
+//! per `read`/`write`, so the device drops the virtio-net header of transmitted frames and
+//! writes a zeroed one before received frames, as for the stream (no offloads are offered).
+//! Stream I/O is `send`/`recv`, TAP I/O `write`/`read`. Host memory stays bounded whatever the
+//! guest or the backend does:
 //! - transmit (on the vCPU thread that kicks, or on the backend thread once the socket drains):
 //!   the frame is copied into one bounce buffer and sent without blocking; what the socket does
 //!   not take waits in that buffer (one frame at most) and the transmitq is not served until it
@@ -18,7 +22,7 @@
 //!   socket is not read (backpressure to the backend, as QEMU does). A frame longer than the
 //!   guest's buffer is dropped and counted.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,11 +69,29 @@ pub enum VirtioNetError {
     Clone(#[source] std::io::Error),
 }
 
-/// The host end of the guest's network: a stream socket connected to passt (or anything
-/// speaking its protocol) and the MAC address to give the guest.
+/// Where the device's frames go and come from.
+#[derive(Debug)]
+pub enum NetLink {
+    /// A stream socket connected to passt (or anything speaking its protocol).
+    Stream(UnixStream),
+    /// A TAP device's descriptor (`IFF_TAP | IFF_NO_PI`, non-blocking): one frame per
+    /// `read`/`write`.
+    Tap(OwnedFd),
+}
+
+impl NetLink {
+    fn into_fd(self) -> (OwnedFd, bool) {
+        match self {
+            NetLink::Stream(s) => (s.into(), false),
+            NetLink::Tap(fd) => (fd, true),
+        }
+    }
+}
+
+/// The host end of the guest's network and the MAC address to give the guest.
 #[derive(Debug)]
 pub struct NetBackend {
-    pub stream: UnixStream,
+    pub link: NetLink,
     pub mac: [u8; 6],
 }
 
@@ -117,7 +139,9 @@ pub struct VirtioNet(VirtioMmio<Net>);
 /// The device behind the transport.
 struct Net {
     mac: [u8; 6],
-    socket: UnixStream,
+    /// The backend's descriptor: a stream socket, or a TAP device when `tap`.
+    socket: OwnedFd,
+    tap: bool,
     /// Signalled when the backend thread has work: receive buffers posted (receiveq kick,
     /// `DRIVER_OK`) or a transmitted frame waiting for the socket.
     wake: EventFd,
@@ -161,16 +185,23 @@ fn parse_rx(
     net_chain::parse_rx(head, queue.size(), ram, |i| read_desc(mem, table, i))
 }
 
-/// `send(2)` without blocking and without SIGPIPE; `Ok(0)` when the socket is full.
-fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: `bytes` is a valid buffer of `bytes.len()` bytes for the duration of the call.
-    let n = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
+/// `send(2)` without blocking and without SIGPIPE (`write(2)` on a non-blocking TAP device,
+/// which takes a whole frame or nothing); `Ok(0)` when the socket is full.
+fn send_nonblocking(fd: RawFd, bytes: &[u8], tap: bool) -> std::io::Result<usize> {
+    let n = if tap {
+        // SAFETY: `bytes` is a valid buffer of `bytes.len()` bytes for the duration of the
+        // call.
+        unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
     };
     if n >= 0 {
         return Ok(n as usize);
@@ -182,11 +213,17 @@ fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-/// `recv(2)` without blocking: `Ok(None)` when nothing is there, `Ok(Some(0))` at end of stream.
-fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the duration of the
-    // call.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+/// `recv(2)` without blocking (`read(2)` of one frame from a non-blocking TAP device):
+/// `Ok(None)` when nothing is there, `Ok(Some(0))` at end of stream.
+fn recv_nonblocking(fd: RawFd, buf: &mut [u8], tap: bool) -> std::io::Result<Option<usize>> {
+    let n = if tap {
+        // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the duration of
+        // the call.
+        unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+    };
     if n >= 0 {
         return Ok(Some(n as usize));
     }
@@ -205,7 +242,11 @@ impl Net {
                 self.out_sent = self.out.len();
                 break;
             }
-            match send_nonblocking(self.socket.as_raw_fd(), &self.out[self.out_sent..]) {
+            match send_nonblocking(
+                self.socket.as_raw_fd(),
+                &self.out[self.out_sent..],
+                self.tap,
+            ) {
                 Ok(0) => return false,
                 Ok(n) => self.out_sent += n,
                 Err(_) => self.closed = true,
@@ -221,7 +262,9 @@ impl Net {
             return;
         }
         self.out.clear();
-        self.out.extend_from_slice(&net_stream::prefix(frame.len));
+        if !self.tap {
+            self.out.extend_from_slice(&net_stream::prefix(frame.len));
+        }
         for s in &frame.segments {
             let at = self.out.len();
             self.out.resize(at + s.len as usize, 0);
@@ -306,9 +349,11 @@ fn scatter(mem: &GuestMemoryMmap, bufs: &[Buf], frame: &[u8]) -> bool {
     at == parts.len()
 }
 
-/// The backend thread's handles: the socket and the wake-up eventfd, duplicated.
+/// The backend thread's handles: the backend's descriptor (a TAP device when `tap`) and the
+/// wake-up eventfd, duplicated.
 pub struct NetIo {
-    pub socket: UnixStream,
+    pub socket: OwnedFd,
+    pub tap: bool,
     pub wake: EventFd,
 }
 
@@ -317,9 +362,11 @@ impl VirtioNet {
     /// `mem`.
     pub fn new(backend: NetBackend, mem: GuestMemoryMmap) -> Result<VirtioNet, VirtioNetError> {
         let ram = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        let (socket, tap) = backend.link.into_fd();
         let net = Net {
             mac: backend.mac,
-            socket: backend.stream,
+            socket,
+            tap,
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioNetError::EventFd)?,
             ram,
             out: Vec::with_capacity(PREFIX_LEN + MAX_FRAME_LEN as usize),
@@ -342,6 +389,7 @@ impl VirtioNet {
         let d = self.0.device();
         Ok(NetIo {
             socket: d.socket.try_clone().map_err(VirtioNetError::Clone)?,
+            tap: d.tap,
             wake: d.wake.try_clone().map_err(VirtioNetError::Clone)?,
         })
     }
@@ -491,7 +539,10 @@ pub trait NetAccess {
 /// The backend thread: until `stop`, reads frames from the socket into the guest's receive
 /// buffers and finishes transmitted frames the socket held back. Returns when `stop` is set
 /// (checked at least every 100 ms) or the device is gone. Makes only `poll`, `recvfrom`,
-/// `sendto`, eventfd `read`/`write` and lock calls.
+/// `sendto` (a TAP device: `read`, `write`), eventfd `read`/`write` and lock calls.
+///
+/// A TAP device's frame is read behind room for a stream prefix, which is then filled in, so
+/// both links go through the same decoder (and its length checks).
 pub fn serve(io: NetIo, stop: &AtomicBool, dev: &impl NetAccess) {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -562,8 +613,14 @@ pub fn serve(io: NetIo, stop: &AtomicBool, dev: &impl NetAccess) {
             return;
         }
         if want_in && fds[0].revents != 0 {
-            match recv_nonblocking(fd, &mut chunk) {
+            let into = if io.tap { PREFIX_LEN } else { 0 };
+            match recv_nonblocking(fd, &mut chunk[into..], io.tap) {
                 Ok(Some(0)) | Err(_) => eof = true,
+                Ok(Some(n)) if io.tap => {
+                    // n < READ_CHUNK, so it fits the prefix's u32.
+                    chunk[..PREFIX_LEN].copy_from_slice(&net_stream::prefix(n as u32));
+                    (pos, end) = (0, PREFIX_LEN + n);
+                }
                 Ok(Some(n)) => (pos, end) = (0, n),
                 Ok(None) => {}
             }

@@ -154,6 +154,19 @@ pub struct Passt {
     log: File,
 }
 
+/// A passt started but maybe not ready yet ([`Starting::wait_ready`]): the launcher builds the
+/// VM meanwhile. Killed and reaped on drop, like a [`Passt`].
+pub struct Starting {
+    passt: Passt,
+    /// Its private directory, holding the pid file that says it is ready.
+    dir: PrivateDir,
+    pid_file: PathBuf,
+    started: Instant,
+}
+
+/// How often the launcher looks for passt's pid file while it waits.
+const READY_POLL: Duration = Duration::from_micros(200);
+
 impl Passt {
     /// Starts `binary` on `theirs` (one end of the guest's frame stream) forwarding
     /// `published`, and waits until it has bound the ports.
@@ -163,6 +176,16 @@ impl Passt {
         theirs: UnixStream,
         mtu: u32,
     ) -> Result<Passt, NetError> {
+        Passt::spawn(binary, published, theirs, mtu)?.wait_ready()
+    }
+
+    /// Starts `binary` on `theirs` forwarding `published`, without waiting for it.
+    pub fn spawn(
+        binary: &Path,
+        published: &[Published],
+        theirs: UnixStream,
+        mtu: u32,
+    ) -> Result<Starting, NetError> {
         // SAFETY: geteuid has no preconditions.
         let runas = (unsafe { libc::geteuid() } == 0).then_some(RUNAS_WHEN_ROOT);
         let dir = PrivateDir::new(runas).map_err(NetError::TempDir)?;
@@ -202,23 +225,12 @@ impl Passt {
         let child = cmd.spawn().map_err(NetError::Spawn)?;
         // passt has its end now.
         drop(theirs);
-        let mut passt = Passt { child, log };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = passt.child.try_wait().map_err(NetError::Spawn)? {
-                return Err(NetError::PasstFailed(passt.failure(status)));
-            }
-            if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
-                // Ready: the directory (pid file, the log's name) goes now; passt keeps its
-                // descriptors, and nothing is left to clean at the launcher's exit.
-                drop(dir);
-                return Ok(passt);
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(NetError::PasstTimeout(START_TIMEOUT.as_secs()));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        Ok(Starting {
+            passt: Passt { child, log },
+            dir,
+            pid_file,
+            started: Instant::now(),
+        })
     }
 
     /// What passt said before it exited with `status`: its last meaningful stderr line.
@@ -242,6 +254,35 @@ impl Passt {
             })
             .map(str::to_string);
         said.unwrap_or_else(|| format!("exited with {status}"))
+    }
+}
+
+impl Starting {
+    /// Waits until passt has set itself up and bound the published ports (its pid file), for
+    /// no longer than the rest of [`START_TIMEOUT`] since it was spawned; or says why it
+    /// exited.
+    pub fn wait_ready(self) -> Result<Passt, NetError> {
+        let Starting {
+            mut passt,
+            dir,
+            pid_file,
+            started,
+        } = self;
+        loop {
+            if let Some(status) = passt.child.try_wait().map_err(NetError::Spawn)? {
+                return Err(NetError::PasstFailed(passt.failure(status)));
+            }
+            if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
+                // Ready: the directory (pid file, the log's name) goes now; passt keeps its
+                // descriptors, and nothing is left to clean at the launcher's exit.
+                drop(dir);
+                return Ok(passt);
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(NetError::PasstTimeout(START_TIMEOUT.as_secs()));
+            }
+            std::thread::sleep(READY_POLL);
+        }
     }
 }
 

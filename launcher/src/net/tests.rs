@@ -23,6 +23,31 @@ fn default_network_is_passt_and_publishing_needs_one() {
 }
 
 #[test]
+fn tap_mode_and_a_bad_name_refused_before_any_device() {
+    let tap = config(&["--network", "tap:hp0", "-p", "80"]);
+    assert_eq!(mode(&tap).unwrap(), NetworkMode::Tap(Some("hp0".into())));
+    let bad = config(&["--network", "tap:a/b"]);
+    let e = begin(&bad, Engine::Kvm, &[]).err().expect("refused");
+    assert!(matches!(e, NetError::TapName(ref n) if n == "a/b"), "{e}");
+}
+
+#[test]
+fn reserved_sockets_go_to_the_forwarder_in_order() {
+    let reqs = requests(
+        &config(&["-p", "127.0.0.1::80", "-p", "127.0.0.1::53/udp"]),
+        &[],
+    )
+    .unwrap();
+    let r = reserve(&reqs).unwrap();
+    let published = r.published.clone();
+    let sockets = r.into_sockets();
+    let got: Vec<(Proto, u16)> = sockets.iter().map(|(_, p, g)| (*p, *g)).collect();
+    assert_eq!(got, [(Proto::Tcp, 80), (Proto::Udp, 53)]);
+    // Still held: the forwarder listens on them.
+    assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, published[0].host_port)).is_err());
+}
+
+#[test]
 fn the_kvm_engine_link_is_ethernet_sized_and_qemu_takes_passts_default() {
     assert_eq!(mtu(Engine::Kvm), 1500);
     assert_eq!(mtu(Engine::Qemu), MTU_QEMU);

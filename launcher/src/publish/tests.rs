@@ -135,6 +135,11 @@ fn network_modes() {
     assert_eq!(parse_network("passt"), Some(NetworkMode::Passt));
     assert_eq!(parse_network("bridge"), Some(NetworkMode::Passt));
     assert_eq!(parse_network("none"), Some(NetworkMode::None));
+    assert_eq!(parse_network("tap"), Some(NetworkMode::Tap(None)));
+    assert_eq!(
+        parse_network("tap:hp0"),
+        Some(NetworkMode::Tap(Some("hp0".into())))
+    );
     assert_eq!(parse_network("host"), None);
 }
 

@@ -146,7 +146,7 @@ impl Microvm {
         self
     }
 
-    /// The network device on a stream socket (QEMU's stream protocol).
+    /// The network device on a stream socket (QEMU's stream protocol) or a TAP device.
     pub fn net(mut self, net: NetPlan) -> Microvm {
         self.net = Some(net);
         self
@@ -248,11 +248,17 @@ impl Microvm {
         }
         // The network: one virtio-net device on the stream socket the launcher connected to its
         // backend (4-byte big-endian length + Ethernet frame, passt's and QEMU's stream
-        // protocol).
+        // protocol), or on the TAP device the launcher created (its descriptor, opened without
+        // a vnet header; QEMU reads that from the device).
         if let Some(net) = &self.net {
+            let netdev = if net.tap {
+                format!("tap,id=net0,fd={}", net.fd)
+            } else {
+                format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd)
+            };
             for arg in [
                 "-netdev".to_string(),
-                format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net.fd),
+                netdev,
                 "-device".into(),
                 format!(
                     "virtio-net-device,netdev=net0,mac={}",

@@ -185,6 +185,7 @@ fn network_device_only_with_a_network() {
     let mut with = plan();
     with.net = Some(NetPlan {
         fd: 9,
+        tap: false,
         mac: [0x02, 0, 0, 0, 0, 0x01],
     });
     let args = strings(&qemu_args(&with));
@@ -195,6 +196,14 @@ fn network_device_only_with_a_network() {
     assert!(
         values(&args, "-device").contains(&"virtio-net-device,netdev=net0,mac=02:00:00:00:00:01")
     );
+    // A TAP device: QEMU takes the launcher's descriptor, frames without a vnet header.
+    with.net = Some(NetPlan {
+        fd: 11,
+        tap: true,
+        mac: [0x02, 0, 0, 0, 0, 0x01],
+    });
+    let args = strings(&qemu_args(&with));
+    assert_eq!(values(&args, "-netdev"), ["tap,id=net0,fd=11"]);
 }
 
 /// The builder as the tests and benches use it: chardevs to files and sockets (commas in paths

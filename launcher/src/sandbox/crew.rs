@@ -31,6 +31,8 @@ pub struct Plan {
     pub stdin: bool,
     /// The network backend thread (a network device).
     pub net: bool,
+    /// The TAP backend's port forwarder (published ports with `--network tap`).
+    pub forward: bool,
 }
 
 impl Plan {
@@ -42,6 +44,7 @@ impl Plan {
             + usize::from(self.signals)
             + usize::from(self.stdin)
             + usize::from(self.net)
+            + usize::from(self.forward)
     }
 }
 
@@ -130,11 +133,12 @@ pub struct Crew {
     pub signals: Option<Ready>,
     pub stdin: Option<Ready>,
     pub net: Option<Ready>,
+    pub forward: Option<Ready>,
 }
 
 impl Crew {
     /// Installs the SIGSYS reporter and starts the threads of `plan` (named as `ps` shows
-    /// them: `vcpuN`, `supervisor`, `signals`, `stdin`, `net`).
+    /// them: `vcpuN`, `supervisor`, `signals`, `stdin`, `net`, `forward`).
     pub fn start(plan: Plan) -> Result<Crew, SandboxError> {
         install_sigsys_reporter()?;
         let pending = Arc::new(Pending {
@@ -153,6 +157,7 @@ impl Crew {
         let signals = optional(plan.signals, ThreadKind::SignalForwarder, "signals")?;
         let stdin = optional(plan.stdin, ThreadKind::StdinForwarder, "stdin")?;
         let net = optional(plan.net, ThreadKind::Net, "net")?;
+        let forward = optional(plan.forward, ThreadKind::Forward, "forward")?;
         Ok(Crew {
             plan,
             gate: Gate { pending },
@@ -161,6 +166,7 @@ impl Crew {
             signals,
             stdin,
             net,
+            forward,
         })
     }
 }

@@ -19,7 +19,8 @@ fn every_kind_compiles_and_lists_each_call_once() {
         nrs.sort_unstable();
         nrs.dedup();
         assert_eq!(nrs.len(), list.len(), "{kind:?} lists a call twice");
-        // Never allowed anywhere: new processes, files, sockets, privileges.
+        // Never allowed anywhere: new processes, files, privileges; sockets but for the
+        // port forwarder's IPv4 ones to the guest.
         for forbidden in [
             libc::SYS_clone,
             libc::SYS_clone3,
@@ -27,12 +28,18 @@ fn every_kind_compiles_and_lists_each_call_once() {
             libc::SYS_execve,
             libc::SYS_open,
             libc::SYS_openat,
-            libc::SYS_socket,
             libc::SYS_ptrace,
             libc::SYS_setuid,
             libc::SYS_mount,
         ] {
             assert!(!nrs.contains(&forbidden), "{kind:?} allows {forbidden}");
+        }
+        let socket = list.iter().find(|a| a.nr == libc::SYS_socket);
+        match kind {
+            ThreadKind::Forward => assert!(
+                matches!(socket.and_then(|a| a.arg), Some(Arg::OneOf(0, d)) if d == [libc::AF_INET as u64])
+            ),
+            _ => assert!(socket.is_none(), "{kind:?} allows socket"),
         }
     }
     // Only vCPU threads (and vCPU 0 on the main thread) may run the guest.
@@ -49,10 +56,10 @@ fn every_kind_compiles_and_lists_each_call_once() {
 #[test]
 fn the_sigsys_line_names_the_thread_and_the_call() {
     let mut buf = [0u8; 192];
-    let n = sigsys_line(&mut buf, 41, Some(ThreadKind::Vcpu));
+    let n = sigsys_line(&mut buf, 57, Some(ThreadKind::Vcpu));
     assert_eq!(
         std::str::from_utf8(&buf[..n]).unwrap(),
-        "hyperlaunch: sandbox: the vcpu thread made system call 41, which its seccomp filter forbids; stopping the VM\n"
+        "hyperlaunch: sandbox: the vcpu thread made system call 57, which its seccomp filter forbids; stopping the VM\n"
     );
     let n = sigsys_line(&mut buf, 16, Some(ThreadKind::Supervisor));
     assert!(
@@ -182,11 +189,12 @@ fn child_runs_a_crew() {
         signals: true,
         stdin: true,
         net: true,
+        forward: true,
     };
-    assert_eq!(plan.threads(), 6);
+    assert_eq!(plan.threads(), 7);
     let before = threads_of_this_process();
     let dropped = Crew::start(plan).unwrap();
-    assert_eq!(threads_of_this_process(), before + 6);
+    assert_eq!(threads_of_this_process(), before + 7);
     drop(dropped);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while threads_of_this_process() > before {
@@ -207,7 +215,8 @@ fn child_runs_a_crew() {
         .chain([crew.supervisor])
         .chain(crew.signals)
         .chain(crew.stdin)
-        .chain(crew.net);
+        .chain(crew.net)
+        .chain(crew.forward);
     let handles: Vec<_> = readies
         .map(|ready| {
             let (tx, held) = (tids_tx.clone(), held.clone());
@@ -219,8 +228,8 @@ fn child_runs_a_crew() {
         })
         .collect();
     drop(tids_tx);
-    let tids: Vec<i32> = tids.iter().take(6).collect();
-    assert_eq!(tids.len(), 6);
+    let tids: Vec<i32> = tids.iter().take(7).collect();
+    assert_eq!(tids.len(), 7);
     for &tid in &tids {
         assert_eq!(seccomp_of(tid), (2, 1), "thread {tid}");
     }

@@ -317,6 +317,7 @@ pub fn build_vm_with_cache(
             events,
             events_tx,
             crew: None,
+            forwarder: None,
         },
         cpuid: cpuid_lookup,
         digests: None,
@@ -325,9 +326,10 @@ pub fn build_vm_with_cache(
 }
 
 /// Steps 1–4 for a launch: open the pod, start its network (`crate::net`: passt, unless
-/// `--network none`), then [`build_vm`] with its kernel, initramfs (+ the overrides archive,
-/// which carries the guest's addressing), command line, rootfs, `--disk`s and the network
-/// device on passt's stream.
+/// `--network none`) without waiting for it, [`build_vm`] meanwhile with the pod's kernel,
+/// initramfs (+ the overrides archive, which carries the guest's addressing), command line,
+/// rootfs, `--disk`s and the network device on passt's stream, then wait for passt to be ready
+/// (its published ports bound) before the guest first runs.
 pub fn build_vm_for_boot(
     cfg: &LaunchConfig,
     marks: &mut Marks,
@@ -338,18 +340,65 @@ pub fn build_vm_for_boot(
     marks.pod_opened = Some(Instant::now());
     let m = image.manifest();
 
-    // The network before the guest's overrides: they carry its addressing.
-    let network = crate::net::start(cfg, crate::config::Engine::Kvm, &m.run.exposed_ports)?;
+    // The network before the guest's overrides: they carry its addressing. passt sets itself
+    // up while the VM is built.
+    let pending = crate::net::begin(cfg, crate::config::Engine::Kvm, &m.run.exposed_ports)?;
+    let net = match &pending {
+        Some(p) => Some((
+            p.guest.clone(),
+            NetBackend {
+                link: p.link.device_link().map_err(crate::net::NetError::Socket)?,
+                mac: p.mac,
+            },
+        )),
+        None => None,
+    };
+    // The TAP backend's port forwarder runs on a thread of the run when ports are published.
+    let forward = pending
+        .as_ref()
+        .is_some_and(|p| p.link.is_tap() && !p.published.is_empty());
+    let built = build_from_image(cfg, &image, net, forward, marks)?;
+    let Some(pending) = pending else {
+        return Ok(built);
+    };
+    marks.published = pending.published.iter().map(ToString::to_string).collect();
+    let network = pending.ready()?;
+    marks.network_ready = Some(Instant::now());
+    let (mut vm, opts) = match network {
+        Some(_) => built,
+        // passt failed on a launch that asked for no network: the pod runs without one, as
+        // it would had passt not been found (a rare path, so the VM is simply built again).
+        None => {
+            marks.published.clear();
+            drop(built);
+            build_from_image(cfg, &image, None, false, marks)?
+        }
+    };
+    let mut network = network;
+    // The TAP backend's port forwarder runs on a thread of the run, under its own filter.
+    vm.runner.forwarder = network
+        .as_mut()
+        .and_then(|n| n.take_forwarder())
+        .map(|(f, _)| f);
+    vm.network = network;
+    Ok((vm, opts))
+}
+
+/// Steps 2–4 from an open pod, with the network device on `net` (the guest's addressing for
+/// init, and the device's backend) when given; `forward`: the run will have a port forwarder.
+fn build_from_image(
+    cfg: &LaunchConfig,
+    image: &PodImage,
+    net: Option<(pod::spec::NetworkConfig, NetBackend)>,
+    forward: bool,
+    marks: &mut Marks,
+) -> Result<(Vm, RunOptions), VmmError> {
+    let m = image.manifest();
     let mut guest_overrides = cfg.overrides.clone();
-    let mut net = None;
-    if let Some(n) = &network {
-        guest_overrides.network = Some(n.guest.clone());
-        marks.published = n.published.iter().map(ToString::to_string).collect();
-        net = Some(NetBackend {
-            stream: n.stream.try_clone().map_err(crate::net::NetError::Socket)?,
-            mac: n.mac,
-        });
-    }
+    let net = net.map(|(guest, backend)| {
+        guest_overrides.network = Some(guest);
+        backend
+    });
     let overrides =
         pod::protocol::overrides_archive(&guest_overrides).map_err(VmmError::Overrides)?;
     let mut initramfs = vec![image.initramfs()];
@@ -414,6 +463,7 @@ pub fn build_vm_for_boot(
                 signals: true,
                 stdin: cfg.interactive,
                 net: inputs.net.is_some(),
+                forward,
             })
             .ok()
         })
@@ -422,7 +472,6 @@ pub fn build_vm_for_boot(
     let mut vm = build_vm_with_cache(inputs, marks, cpuid_cache.as_ref())?;
     vm.runner.crew = crew;
     vm.digests = Some(image.trust);
-    vm.network = network;
     let opts = RunOptions {
         timeout: cfg.timeout,
         grace: cfg.grace,

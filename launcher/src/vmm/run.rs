@@ -143,6 +143,8 @@ pub struct Runner {
     /// The run's threads when they were started while the VM was built (sandbox.rs); `None`:
     /// [`run`] starts them.
     pub crew: Option<sandbox::Crew>,
+    /// The TAP backend's port forwarder: run on a `forward` thread until the VM stops.
+    pub forwarder: Option<crate::net::forward::Forwarder>,
 }
 
 /// A running vCPU thread as the supervisor sees it: where to send the kick, and whether its
@@ -204,6 +206,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         events,
         events_tx,
         crew,
+        forwarder,
     } = runner;
     let fail = |message: String| Outcome {
         code: EXIT_LAUNCHER,
@@ -229,6 +232,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         signals: opts.forward_signals,
         stdin: stdin_ready.is_some(),
         net: net_io.is_some(),
+        forward: forwarder.is_some(),
     };
     let crew = match crew.filter(|c| c.plan == plan) {
         Some(c) => c,
@@ -270,6 +274,14 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
         thread.run(move || {
             block_stop_signals();
             crate::devices::virtio_net::serve(io, &s, &*d);
+        });
+    }
+    if let (Some(f), Some(thread)) = (forwarder, crew.forward) {
+        let s = stop.clone();
+        // Not joined either: it returns within 100 ms of the stop flag.
+        thread.run(move || {
+            block_stop_signals();
+            f.run(&s);
         });
     }
     let kicks: Arc<[VcpuThread]> = kicks.into();

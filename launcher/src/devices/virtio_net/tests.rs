@@ -6,6 +6,7 @@ use crate::devices::console_chain::{F_NEXT, F_WRITE};
 use crate::devices::virtio_mmio::tests::{bring_up, r, w};
 use crate::devices::virtio_mmio::{INT_USED_RING, reg};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 const RXQ: u64 = 0x1_0000;
@@ -17,7 +18,7 @@ fn net() -> (VirtioNet, GuestMemoryMmap, UnixStream) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     let backend = NetBackend {
-        stream: ours,
+        link: NetLink::Stream(ours),
         mac: DEFAULT_MAC,
     };
     (VirtioNet::new(backend, mem.clone()).unwrap(), mem, theirs)
@@ -241,7 +242,7 @@ fn malformed_and_small_receive_buffers_move_no_frame() {
 }
 
 /// Sets a socket's send buffer to `bytes` (the kernel doubles it, and has a minimum).
-fn small_send_buffer(s: &UnixStream, bytes: libc::c_int) {
+fn small_send_buffer(s: &impl AsRawFd, bytes: libc::c_int) {
     // SAFETY: a valid descriptor and a pointer to an int of the size passed.
     let rc = unsafe {
         libc::setsockopt(
