@@ -7,6 +7,7 @@
 //! - [`static_hyperlaunch`]: the shipped static build (profile `ship`), built into its own target
 //!   directory (the running cargo holds the test's one).
 //! - [`build_pod`]: a busybox pod sealed with `pod::seal` around the project's kernel and init.
+//! - [`ptyrun`]: `tests/nested/ptyrun.c` built static, the terminal the `-t` cases run on.
 //! - [`Case`]: one launch, written as a case file for `tests/nested/run-cases.sh`, which runs the
 //!   same commands inside the nested machine ([`boot`], engine kvm) and on the host
 //!   ([`run_on_host`], engine qemu) and reports one `NESTED-CASE` line per case ([`parse`]).
@@ -118,6 +119,35 @@ pub fn static_hyperlaunch() -> &'static Path {
     })
 }
 
+/// `tests/nested/ptyrun.c` built static (`gcc -static`) once per test process into
+/// `<target>/nested-static/ptyrun`: it gives a command a terminal of its own (the nested
+/// machine has none for `hyperlaunch -t`), inside and on the host alike.
+pub fn ptyrun() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .ancestors()
+            .nth(3)
+            .expect("test binary is under <target>/<profile>/deps")
+            .join("nested-static");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("ptyrun");
+        // Built beside and renamed, so a concurrent test process never runs half a file.
+        let tmp = dir.join(format!("ptyrun.{}", std::process::id()));
+        let src = script("ptyrun.c");
+        let status = Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("gcc (build-essential) builds tests/nested/ptyrun.c");
+        assert!(status.success(), "gcc -static {} failed", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
+}
+
 /// Seals a busybox pod running `spec` into `dir/<name>.pod` (no `/init` when `with_init` is
 /// false: the guest kernel panics).
 pub fn build_pod(dir: &Path, name: &str, spec: &RunSpec, with_init: bool) -> PathBuf {
@@ -208,7 +238,10 @@ pub struct Case {
     pub pod: String,
     pub opts: Vec<String>,
     pub args: Vec<String>,
-    /// The launcher's stdin (else /dev/null).
+    /// Run the launcher on a terminal of its own ([`ptyrun`] with these options, e.g.
+    /// `-r -s 37x101`); stdout is then what that terminal shows.
+    pub tty: Option<Vec<String>>,
+    /// The launcher's stdin (else /dev/null); with `tty`, typed on its terminal.
     pub stdin: Option<Vec<u8>>,
     /// Signal name sent once `ready` is on the app's stdout (`NAME@SECONDS`: that long after
     /// the launcher's start).
@@ -233,10 +266,11 @@ impl Case {
     /// The case file `run-cases.sh` sources.
     pub fn file(&self) -> String {
         format!(
-            "pod={}\nopts={}\nargs={}\nsignal={}\nsetup={}\npost={}\n",
+            "pod={}\nopts={}\nargs={}\ntty={}\nsignal={}\nsetup={}\npost={}\n",
             sh_quote(&format!("{}.pod", self.pod)),
             sh_quote(&sh_words(&self.opts)),
             sh_quote(&sh_words(&self.args)),
+            sh_quote(&self.tty.as_deref().map(sh_words).unwrap_or_default()),
             sh_quote(self.signal.as_deref().unwrap_or("")),
             sh_quote(&self.setup),
             sh_quote(&self.post),
@@ -326,6 +360,7 @@ pub fn run_on_host(hl: &Path, pods: &Path, cases: &Path, work: &Path) -> String 
         .arg(script("run-cases.sh"))
         .env("ENGINE", "qemu")
         .env("HL", hl)
+        .env("PTYRUN", ptyrun())
         .env("PODS", pods)
         .env("CASES", cases)
         .env("WORK", work.join("cases"))
@@ -408,6 +443,7 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
         0o755,
     );
     add(&mut w, "init", &script("init.sh"), 0o755);
+    add(&mut w, "bin/ptyrun", ptyrun(), 0o755);
     add(
         &mut w,
         "nested/run-cases.sh",
