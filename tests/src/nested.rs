@@ -401,6 +401,9 @@ pub struct Outer<'a> {
     pub vcpus: u32,
     /// `-icount shift=0,sleep=off`: guest time deterministic, ~3× slower.
     pub icount: bool,
+    /// Longest the machine may run (boot, payload, power off): [`OUTER_TIMEOUT`] unless a
+    /// payload needs more.
+    pub timeout: Duration,
 }
 
 /// What one nested boot produced.
@@ -481,7 +484,7 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
 
 /// Boots the nested machine with `payload` and returns its console and report when it powers
 /// off. The emulated outer machine stalls now and then (seen: 1 boot in about 6 under QEMU 7.2's
-/// TCG, idle at 0 % CPU), so a boot that has not finished after [`OUTER_TIMEOUT`] or whose
+/// TCG, idle at 0 % CPU), so a boot that has not finished after [`Outer::timeout`] or whose
 /// kernel breaks down is tried once more, and the result says so ([`NestedBoot::retried`]);
 /// a second stall panics with both reasons.
 pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot {
@@ -506,11 +509,15 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
     initramfs(outer.kernel, payload, &initrd);
     let report = work.join("nested-report.txt");
     let _ = std::fs::remove_file(&report);
+    // QEMU's monitor: what the outer CPU was doing when the machine stalls.
+    let monitor = work.join("nested-monitor.sock");
+    let _ = std::fs::remove_file(&monitor);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2G"])
         .arg("-smp")
         .arg(outer.vcpus.to_string())
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-display", "none", "-no-reboot", "-monitor"])
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .args(["-serial", "stdio", "-serial"])
         .arg(format!("file:{}", report.display()))
         .arg("-kernel")
@@ -550,7 +557,8 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
         if child.try_wait().unwrap().is_some() {
             break;
         }
-        if started.elapsed() > OUTER_TIMEOUT {
+        if started.elapsed() > outer.timeout {
+            let state = monitor_query(&monitor, &["info cpus", "info registers -a", "info lapic"]);
             let _ = child.kill();
             let _ = child.wait();
             // Where it stopped: the cases reported so far and the console's last lines.
@@ -563,15 +571,20 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
                 .filter_map(|l| l.split(' ').next())
                 .collect();
             return Err(format!(
-                "the nested machine still ran after {OUTER_TIMEOUT:?}; cases reported: {cases:?}\n\
-                 console tail:\n{}",
+                "the nested machine still ran after {:?}; cases reported: {cases:?}\n\
+                 console tail:\n{}\nouter machine state (QEMU monitor):\n{state}",
+                outer.timeout,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
         if let Some(line) = broken.lock().unwrap().clone() {
+            let state = monitor_query(&monitor, &["info cpus", "info registers -a", "info lapic"]);
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("the nested machine's kernel broke down: {line}"));
+            return Err(format!(
+                "the nested machine's kernel broke down: {line}\n\
+                 outer machine state (QEMU monitor):\n{state}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -587,6 +600,36 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
         wall,
         retried: None,
     })
+}
+
+/// The answers of QEMU's human monitor at `socket` to `commands` (what could be read of them:
+/// this is a diagnostic for a machine that already failed).
+fn monitor_query(socket: &Path, commands: &[&str]) -> String {
+    use std::io::Write;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return format!("(no monitor at {})", socket.display());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let drain = |s: &mut std::os::unix::net::UnixStream| {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).replace('\r', "")
+    };
+    drain(&mut s); // the greeting
+    let mut text = String::new();
+    for c in commands {
+        if s.write_all(format!("{c}\n").as_bytes()).is_err() {
+            break;
+        }
+        text.push_str(&drain(&mut s));
+    }
+    text
 }
 
 #[cfg(test)]

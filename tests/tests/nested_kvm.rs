@@ -468,6 +468,7 @@ fn engines_agree_on_every_case() {
             // under QEMU 7.2's multi-threaded TCG. The inner 2-vCPU case shares the one CPU.
             vcpus: 1,
             icount: false,
+            timeout: nested::OUTER_TIMEOUT,
         },
         &Payload { files, run: &run },
         work.path(),
