@@ -465,7 +465,9 @@ fn engines_agree_on_every_case() {
             kernel: &kernel,
             // One outer CPU: with -smp 2, one run in five here stalled the outer kernel for
             // good (soft lockup of the CPU in KVM_RUN, "timer handling issue" on the other)
-            // under QEMU 7.2's multi-threaded TCG. The inner 2-vCPU case shares the one CPU.
+            // under QEMU 7.2's multi-threaded TCG; `-accel tcg,thread=single` stalled as well
+            // (one outer CPU stuck inside the pod's kernel with its IF clear, the other halted;
+            // docs/BENCHMARKS.md). The inner 2-vCPU case shares the one CPU.
             vcpus: 1,
             icount: false,
             timeout: nested::OUTER_TIMEOUT,
