@@ -7,16 +7,30 @@
 # from `hyperlaunch --timing`). Emulated time: the same on every machine, not a real-hardware
 # figure (VM exits are cheap in emulation, memory is not).
 #
+# --stdio [MiB]: instead, stdio throughput in the same nested machine (no -icount), with both
+# engines on its KVM (the QEMU engine's qemu-system-x86_64 copied in): the app writes MiB
+# (default 16) to stdout (`head -c`), the launcher's stdout is /dev/null; and MiB piped into
+# `hyperlaunch -i` counted by `wc -c`. Each launch is timed in outer-guest time against the
+# same launch moving 0 bytes.
+#
 # Usage: bench/nested.sh [--runs N]   (N >= 2, default 10)
+#        bench/nested.sh --stdio [MiB]
 # Needs qemu-system-x86, busybox-static, e2fsprogs and apt (scripts/setup; the outer kernel
 # comes from scripts/nested-kernel). One outer VM, a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=10
+stdio=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=${2:?--runs needs a number}; shift 2 ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --stdio)
+      stdio=16
+      shift
+      case "${1:-}" in '' | -*) ;; *) stdio=$1; shift ;; esac
+      case "$stdio" in *[!0-9]* | 0) echo "nested.sh: --stdio: not a MiB count: $stdio" >&2; exit 2 ;; esac
+      ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "nested.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -27,7 +41,9 @@ kernel=$(./scripts/setup | tail -n 1)
 export HYPERPOD_KERNEL="$kernel"
 export HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/release/hyperpod-init"
 echo "nested.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load $(cut -d' ' -f1-3 /proc/loadavg)"
-HYPERPOD_NESTED_RUNS=$runs cargo test -q -p hyperpod-tests --test nested_bench -- \
-  --ignored --exact nested_kvm_launch_table --nocapture 2>/tmp/nested-bench.$$.err | grep -v '^$' |
+test=nested_kvm_launch_table
+[ -z "$stdio" ] || test=nested_stdio_throughput
+HYPERPOD_NESTED_RUNS=$runs HYPERPOD_NESTED_MIB=$stdio cargo test -q -p hyperpod-tests --test nested_bench -- \
+  --ignored --exact "$test" --nocapture 2>/tmp/nested-bench.$$.err | grep -v '^$' |
   grep -v -e '^running ' -e '^test ' -e '^test result' -e '^\.*$' || { cat /tmp/nested-bench.$$.err >&2; rm -f /tmp/nested-bench.$$.err; exit 1; }
 rm -f /tmp/nested-bench.$$.err

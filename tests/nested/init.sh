@@ -21,6 +21,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+# Pseudo-terminals for the -t cases (tests/nested/ptyrun.c).
+mkdir -p /dev/pts
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 # Loopback: passt maps the pods' gateway to it (the network cases' server listens there).
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
@@ -41,7 +44,7 @@ if [ -c /dev/kvm ]; then
 else
   say "NESTED-ERROR no /dev/kvm after loading the modules"
 fi
-export HOME=/tmp ENGINE=kvm HL=/bin/hyperlaunch PODS=/pods CASES=/cases WORK=/tmp/work
+export HOME=/tmp ENGINE=kvm HL=/bin/hyperlaunch PTYRUN=/bin/ptyrun PODS=/pods CASES=/cases WORK=/tmp/work
 . /nested/run
 say "NESTED-DONE"
 sync

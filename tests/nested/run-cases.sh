@@ -3,12 +3,15 @@
 # (tests/src/nested.rs, engine qemu), so both engines see the same commands.
 #
 # Environment: ENGINE (kvm|qemu), HL (the hyperlaunch binary), PODS (directory of *.pod),
-# CASES (directory of case files), WORK (scratch directory), REPORT (file the lines go to).
+# CASES (directory of case files), WORK (scratch directory), REPORT (file the lines go to),
+# PTYRUN (tests/nested/ptyrun.c, built static).
 # A case file NAME.case sets: `opts` and `args` (the command line: `set --` lists, eval'd),
-# `pod`, `signal` (sent once "ready" is on the app's stdout, or SIG@SECONDS after the start;
-# empty: none), `setup`/`post`
-# (shell run in the case's directory before and after the launch; post's output is compared
-# too) and may have NAME.stdin beside it (the launcher's stdin; else /dev/null).
+# `tty` (when set: ptyrun's options, a `set --` list; the launcher runs on a terminal of its
+# own and stdout is what that terminal shows), `pod`, `signal` (sent once "ready" is on the
+# app's stdout, or SIG@SECONDS after the start; empty: none), `setup`/`post` (shell run
+# in the case's directory before and after the launch; post's output is compared too) and may
+# have NAME.stdin beside it (the launcher's stdin, or with `tty` ptyrun's: typed input; else
+# /dev/null).
 # Report line: NESTED-CASE NAME engine=E exit=N ms=T stdout=HEX stderr=HEX post=HEX
 
 nested_hex() { od -An -v -tx1 < "$1" | tr -d " \n"; }
@@ -23,7 +26,7 @@ nested_run_case() { # nested_run_case FILE
   dir="$WORK/$name"
   rm -rf "$dir"
   mkdir -p "$dir"
-  opts='' args='' pod='' signal='' setup='' post=''
+  opts='' args='' tty='' pod='' signal='' setup='' post=''
   . "$1"
   input=/dev/null
   [ -f "$CASES/$name.stdin" ] && input="$CASES/$name.stdin"
@@ -31,12 +34,17 @@ nested_run_case() { # nested_run_case FILE
     cd "$dir" || exit 1
     eval "$setup"
     eval "set -- $opts \"\$PODS/\$pod\" ${args:+-- $args}"
+    if [ -n "$tty" ]; then
+      eval "set -- \"\$PTYRUN\" $tty -- \"\$HL\" --engine \"\$ENGINE\" \"\$@\""
+    else
+      set -- "$HL" --engine "$ENGINE" "$@"
+    fi
     t0=$(nested_now_ms)
     if [ -z "$signal" ]; then
-      "$HL" --engine "$ENGINE" "$@" < "$input" > stdout 2> stderr
+      "$@" < "$input" > stdout 2> stderr
       echo $? > code
     else
-      "$HL" --engine "$ENGINE" "$@" < "$input" > stdout 2> stderr &
+      "$@" < "$input" > stdout 2> stderr &
       pid=$!
       case "$signal" in
         *@*) sleep "${signal#*@}" ;; # SIG@SECONDS: that long after the start (during the boot)

@@ -7,6 +7,7 @@
 //! - [`static_hyperlaunch`]: the shipped static build (profile `ship`), built into its own target
 //!   directory (the running cargo holds the test's one).
 //! - [`build_pod`]: a busybox pod sealed with `pod::seal` around the project's kernel and init.
+//! - [`ptyrun`]: `tests/nested/ptyrun.c` built static, the terminal the `-t` cases run on.
 //! - [`Case`]: one launch, written as a case file for `tests/nested/run-cases.sh`, which runs the
 //!   same commands inside the nested machine ([`boot`], engine kvm) and on the host
 //!   ([`run_on_host`], engine qemu) and reports one `NESTED-CASE` line per case ([`parse`]).
@@ -118,6 +119,35 @@ pub fn static_hyperlaunch() -> &'static Path {
     })
 }
 
+/// `tests/nested/ptyrun.c` built static (`gcc -static`) once per test process into
+/// `<target>/nested-static/ptyrun`: it gives a command a terminal of its own (the nested
+/// machine has none for `hyperlaunch -t`), inside and on the host alike.
+pub fn ptyrun() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .ancestors()
+            .nth(3)
+            .expect("test binary is under <target>/<profile>/deps")
+            .join("nested-static");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("ptyrun");
+        // Built beside and renamed, so a concurrent test process never runs half a file.
+        let tmp = dir.join(format!("ptyrun.{}", std::process::id()));
+        let src = script("ptyrun.c");
+        let status = Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("gcc (build-essential) builds tests/nested/ptyrun.c");
+        assert!(status.success(), "gcc -static {} failed", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
+}
+
 /// Seals a busybox pod running `spec` into `dir/<name>.pod` (no `/init` when `with_init` is
 /// false: the guest kernel panics).
 pub fn build_pod(dir: &Path, name: &str, spec: &RunSpec, with_init: bool) -> PathBuf {
@@ -208,7 +238,10 @@ pub struct Case {
     pub pod: String,
     pub opts: Vec<String>,
     pub args: Vec<String>,
-    /// The launcher's stdin (else /dev/null).
+    /// Run the launcher on a terminal of its own ([`ptyrun`] with these options, e.g.
+    /// `-r -s 37x101`); stdout is then what that terminal shows.
+    pub tty: Option<Vec<String>>,
+    /// The launcher's stdin (else /dev/null); with `tty`, typed on its terminal.
     pub stdin: Option<Vec<u8>>,
     /// Signal name sent once `ready` is on the app's stdout (`NAME@SECONDS`: that long after
     /// the launcher's start).
@@ -233,10 +266,11 @@ impl Case {
     /// The case file `run-cases.sh` sources.
     pub fn file(&self) -> String {
         format!(
-            "pod={}\nopts={}\nargs={}\nsignal={}\nsetup={}\npost={}\n",
+            "pod={}\nopts={}\nargs={}\ntty={}\nsignal={}\nsetup={}\npost={}\n",
             sh_quote(&format!("{}.pod", self.pod)),
             sh_quote(&sh_words(&self.opts)),
             sh_quote(&sh_words(&self.args)),
+            sh_quote(&self.tty.as_deref().map(sh_words).unwrap_or_default()),
             sh_quote(self.signal.as_deref().unwrap_or("")),
             sh_quote(&self.setup),
             sh_quote(&self.post),
@@ -326,6 +360,7 @@ pub fn run_on_host(hl: &Path, pods: &Path, cases: &Path, work: &Path) -> String 
         .arg(script("run-cases.sh"))
         .env("ENGINE", "qemu")
         .env("HL", hl)
+        .env("PTYRUN", ptyrun())
         .env("PODS", pods)
         .env("CASES", cases)
         .env("WORK", work.join("cases"))
@@ -366,6 +401,9 @@ pub struct Outer<'a> {
     pub vcpus: u32,
     /// `-icount shift=0,sleep=off`: guest time deterministic, ~3× slower.
     pub icount: bool,
+    /// Longest the machine may run (boot, payload, power off): [`OUTER_TIMEOUT`] unless a
+    /// payload needs more.
+    pub timeout: Duration,
 }
 
 /// What one nested boot produced.
@@ -408,6 +446,7 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
         0o755,
     );
     add(&mut w, "init", &script("init.sh"), 0o755);
+    add(&mut w, "bin/ptyrun", ptyrun(), 0o755);
     add(
         &mut w,
         "nested/run-cases.sh",
@@ -445,7 +484,7 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
 
 /// Boots the nested machine with `payload` and returns its console and report when it powers
 /// off. The emulated outer machine stalls now and then (seen: 1 boot in about 6 under QEMU 7.2's
-/// TCG, idle at 0 % CPU), so a boot that has not finished after [`OUTER_TIMEOUT`] or whose
+/// TCG, idle at 0 % CPU), so a boot that has not finished after [`Outer::timeout`] or whose
 /// kernel breaks down is tried once more, and the result says so ([`NestedBoot::retried`]);
 /// a second stall panics with both reasons.
 pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot {
@@ -470,11 +509,15 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
     initramfs(outer.kernel, payload, &initrd);
     let report = work.join("nested-report.txt");
     let _ = std::fs::remove_file(&report);
+    // QEMU's monitor: what the outer CPU was doing when the machine stalls.
+    let monitor = work.join("nested-monitor.sock");
+    let _ = std::fs::remove_file(&monitor);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2G"])
         .arg("-smp")
         .arg(outer.vcpus.to_string())
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-display", "none", "-no-reboot", "-monitor"])
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .args(["-serial", "stdio", "-serial"])
         .arg(format!("file:{}", report.display()))
         .arg("-kernel")
@@ -514,7 +557,8 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
         if child.try_wait().unwrap().is_some() {
             break;
         }
-        if started.elapsed() > OUTER_TIMEOUT {
+        if started.elapsed() > outer.timeout {
+            let state = monitor_query(&monitor, &["info cpus", "info registers -a", "info lapic"]);
             let _ = child.kill();
             let _ = child.wait();
             // Where it stopped: the cases reported so far and the console's last lines.
@@ -527,15 +571,20 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
                 .filter_map(|l| l.split(' ').next())
                 .collect();
             return Err(format!(
-                "the nested machine still ran after {OUTER_TIMEOUT:?}; cases reported: {cases:?}\n\
-                 console tail:\n{}",
+                "the nested machine still ran after {:?}; cases reported: {cases:?}\n\
+                 console tail:\n{}\nouter machine state (QEMU monitor):\n{state}",
+                outer.timeout,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
         if let Some(line) = broken.lock().unwrap().clone() {
+            let state = monitor_query(&monitor, &["info cpus", "info registers -a", "info lapic"]);
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("the nested machine's kernel broke down: {line}"));
+            return Err(format!(
+                "the nested machine's kernel broke down: {line}\n\
+                 outer machine state (QEMU monitor):\n{state}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -551,6 +600,36 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
         wall,
         retried: None,
     })
+}
+
+/// The answers of QEMU's human monitor at `socket` to `commands` (what could be read of them:
+/// this is a diagnostic for a machine that already failed).
+fn monitor_query(socket: &Path, commands: &[&str]) -> String {
+    use std::io::Write;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return format!("(no monitor at {})", socket.display());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let drain = |s: &mut std::os::unix::net::UnixStream| {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).replace('\r', "")
+    };
+    drain(&mut s); // the greeting
+    let mut text = String::new();
+    for c in commands {
+        if s.write_all(format!("{c}\n").as_bytes()).is_err() {
+            break;
+        }
+        text.push_str(&drain(&mut s));
+    }
+    text
 }
 
 #[cfg(test)]
