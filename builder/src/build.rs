@@ -106,7 +106,9 @@ pub fn check_kernel_arg(word: &str) -> Result<(), String> {
         return Err(format!("{word:?}: must be 1 to 256 bytes"));
     }
     if let Some(c) = word.chars().find(|c| !c.is_ascii_graphic() || *c == '"') {
-        return Err(format!("{word:?}: {c:?} is not allowed in a kernel argument"));
+        return Err(format!(
+            "{word:?}: {c:?} is not allowed in a kernel argument"
+        ));
     }
     Ok(())
 }

@@ -331,7 +331,11 @@ fn run_build(a: BuildArgs) -> ExitCode {
         (Ok(e), Ok(c)) => (e, c),
         (Err(m), _) | (_, Err(m)) => return usage(m),
     };
-    if let Some(e) = a.kernel_arg.iter().find_map(|w| build::check_kernel_arg(w).err()) {
+    if let Some(e) = a
+        .kernel_arg
+        .iter()
+        .find_map(|w| build::check_kernel_arg(w).err())
+    {
         return usage(format!("--kernel-arg {e}"));
     }
     let opts = BuildOptions {
