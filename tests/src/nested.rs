@@ -60,6 +60,28 @@ pub fn qemu_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// What a nested test needs first: QEMU and the outer kernel. `None` after the skip line
+/// naming `test` and the reason (the suite fails on skips).
+pub fn outer_kernel_or_skip(test: &str) -> Option<OuterKernel> {
+    if !qemu_available() {
+        crate::skip::skipped(
+            test,
+            "qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
+        );
+        return None;
+    }
+    match outer_kernel() {
+        Ok(k) => Some(k),
+        Err(reason) => {
+            crate::skip::skipped(
+                test,
+                &format!("Debian's kernel package unavailable: {reason}"),
+            );
+            None
+        }
+    }
+}
+
 /// The outer kernel from `scripts/nested-kernel`; `Err(reason)` when apt or the package is
 /// unavailable (the caller reports a skip); panics on any other failure.
 pub fn outer_kernel() -> Result<OuterKernel, String> {

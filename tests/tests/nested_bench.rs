@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyperpod_tests::nested::{self, Outer, Payload};
-use hyperpod_tests::skip;
 use pod::spec::RunSpec;
 
 const TEST: &str = "nested_bench::nested_kvm_launch_table";
@@ -56,22 +55,8 @@ fn stats(values: &[f64]) -> String {
 #[test]
 #[ignore = "benchmark: bench/nested.sh runs it"]
 fn nested_kvm_launch_table() {
-    if !nested::qemu_available() {
-        skip::skipped(
-            TEST,
-            "qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
-        );
+    let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
         return;
-    }
-    let kernel = match nested::outer_kernel() {
-        Ok(k) => k,
-        Err(reason) => {
-            skip::skipped(
-                TEST,
-                &format!("Debian's kernel package unavailable: {reason}"),
-            );
-            return;
-        }
     };
     let runs: u32 = std::env::var("HYPERPOD_NESTED_RUNS")
         .ok()
@@ -230,22 +215,8 @@ fn qemu_files() -> Option<Vec<(String, std::path::PathBuf)>> {
 #[ignore = "benchmark: bench/nested.sh --stdio runs it"]
 fn nested_stdio_throughput() {
     const TEST: &str = "nested_bench::nested_stdio_throughput";
-    if !nested::qemu_available() {
-        skip::skipped(
-            TEST,
-            "qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
-        );
+    let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
         return;
-    }
-    let kernel = match nested::outer_kernel() {
-        Ok(k) => k,
-        Err(reason) => {
-            skip::skipped(
-                TEST,
-                &format!("Debian's kernel package unavailable: {reason}"),
-            );
-            return;
-        }
     };
     let mib: u64 = std::env::var("HYPERPOD_NESTED_MIB")
         .ok()

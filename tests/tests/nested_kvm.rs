@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 
 use hyperpod_tests::nested::{self, Case, Outer, Payload, Report};
-use hyperpod_tests::skip;
 use pod::spec::RunSpec;
 
 const TEST: &str = "nested_kvm::engines_agree_on_every_case";
@@ -382,22 +381,8 @@ fn show(r: &Report) -> String {
 
 #[test]
 fn engines_agree_on_every_case() {
-    if !nested::qemu_available() {
-        skip::skipped(
-            TEST,
-            "qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
-        );
+    let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
         return;
-    }
-    let kernel = match nested::outer_kernel() {
-        Ok(k) => k,
-        Err(reason) => {
-            skip::skipped(
-                TEST,
-                &format!("Debian's kernel package unavailable: {reason}"),
-            );
-            return;
-        }
     };
     let hl = nested::static_hyperlaunch();
     let work = tempfile::tempdir().unwrap();
