@@ -52,26 +52,37 @@ fn stats(values: &[f64]) -> String {
     format!("{min:.1} / {avg:.1} / {max:.1}")
 }
 
-#[test]
-#[ignore = "benchmark: bench/nested.sh runs it"]
-fn nested_kvm_launch_table() {
-    let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
-        return;
-    };
-    let runs: u32 = std::env::var("HYPERPOD_NESTED_RUNS")
+/// `name` from the environment as a number, `default` when unset or not a number, at least `min`.
+fn env_number(name: &str, default: u64, min: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
-        .max(2);
-    let hl = nested::static_hyperlaunch();
-    let work = tempfile::tempdir().unwrap();
+        .unwrap_or(default)
+        .max(min)
+}
+
+/// The benches' pod: busybox running `sh -c 'exit 0'` (the app is whatever the launch's
+/// arguments say), built in `dir` as `name.pod`.
+fn exit_zero_pod(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let spec = RunSpec {
         entrypoint: vec!["/bin/sh".into(), "-c".into()],
         cmd: vec!["exit 0".into()],
         env: vec!["PATH=/bin".into()],
         ..RunSpec::default()
     };
-    let pod = nested::build_pod(work.path(), "bench", &spec, true);
+    nested::build_pod(dir, name, &spec, true)
+}
+
+#[test]
+#[ignore = "benchmark: bench/nested.sh runs it"]
+fn nested_kvm_launch_table() {
+    let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
+        return;
+    };
+    let runs = env_number("HYPERPOD_NESTED_RUNS", 10, 2);
+    let hl = nested::static_hyperlaunch();
+    let work = tempfile::tempdir().unwrap();
+    let pod = exit_zero_pod(work.path(), "bench");
     let run = format!(
         "for v in 1 2; do\n\
            rm -rf \"$HOME/.cache/hyperpod\"\n\
@@ -100,7 +111,7 @@ fn nested_kvm_launch_table() {
     );
     assert!(boot.report.contains("NESTED-DONE"), "{}", boot.console);
     let launches = parse(&boot.report);
-    assert_eq!(launches.len() as u32, 2 * runs, "{:?}", boot.report);
+    assert_eq!(launches.len() as u64, 2 * runs, "{:?}", boot.report);
     println!(
         "nested KVM, outer kernel {}, outer QEMU -accel tcg -cpu max -smp 1 -m 2G -icount shift=0,sleep=off; \
          {runs} launches per vCPU count, {:.0} s wall",
@@ -218,20 +229,10 @@ fn nested_stdio_throughput() {
     let Some(kernel) = nested::outer_kernel_or_skip(TEST) else {
         return;
     };
-    let mib: u64 = std::env::var("HYPERPOD_NESTED_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16)
-        .max(1);
+    let mib = env_number("HYPERPOD_NESTED_MIB", 16, 1);
     let hl = nested::static_hyperlaunch();
     let work = tempfile::tempdir().unwrap();
-    let spec = RunSpec {
-        entrypoint: vec!["/bin/sh".into(), "-c".into()],
-        cmd: vec!["exit 0".into()],
-        env: vec!["PATH=/bin".into()],
-        ..RunSpec::default()
-    };
-    let pod = nested::build_pod(work.path(), "stdio", &spec, true);
+    let pod = exit_zero_pod(work.path(), "stdio");
     let mut files = vec![
         ("bin/hyperlaunch".to_string(), hl.to_path_buf()),
         ("pods/stdio.pod".to_string(), pod),
