@@ -48,15 +48,14 @@ fi
 
 cargo build --release -p builder >&2
 cargo build --release -p launcher --example qemu_argv >&2
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p init --target "$host" >&2
+init=$(./scripts/build-init)
 cargo test --release -p launcher --test kvm_vmm_compare --no-run >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 marker=hyperpod-app-running
 image=$(./scripts/make-demo-image "$work/oci")
 pod=$work/demo.pod
-HYPERPOD_INIT="$CARGO_TARGET_DIR/$host/release/hyperpod-init" \
+HYPERPOD_INIT="$init" \
   "$CARGO_TARGET_DIR/release/hyperbuild" -q "$image" -o "$pod" --kernel "$kernel" \
   --entrypoint "[\"/bin/echo\",\"$marker\"]" >&2
 

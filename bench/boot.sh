@@ -94,11 +94,10 @@ PROBE=$(tail -n 1 bench/boot-probe.sh)
 if [ -z "$pod" ]; then
   kernel_default=$(bash kernel-fragments/build-kernel.sh | tail -n 1)
   cargo build --release --quiet -p builder
-  RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --quiet -p init --target x86_64-unknown-linux-gnu
+  built_init=$(./scripts/build-init --quiet)
   image=$(./scripts/make-demo-image "$work/oci")
   pod=$work/demo.pod
-  HYPERPOD_INIT="${HYPERPOD_INIT:-$root/target/x86_64-unknown-linux-gnu/release/hyperpod-init}" \
+  HYPERPOD_INIT="${HYPERPOD_INIT:-$built_init}" \
     target/release/hyperbuild --quiet ${verity:+"$verity"} "$image" -o "$pod" --kernel "$kernel_default" \
     --user root --entrypoint "$(printf '["/bin/sh","-c",%s]' "$(printf '%s' "$PROBE" | sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$/"/')")" >&2
 fi

@@ -26,12 +26,11 @@ cargo test --release -p launcher --test kvm_bench --no-run >&2
 # The real pod: the demo image built with the cached kernel and the static init.
 kernel=$(bash kernel-fragments/build-kernel.sh | tail -n 1)
 cargo build --release -p builder >&2
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p init --target "$host" >&2
+init=$(./scripts/build-init)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 image=$(./scripts/make-demo-image "$work/oci")
-HYPERPOD_INIT="$CARGO_TARGET_DIR/$host/release/hyperpod-init" \
+HYPERPOD_INIT="$init" \
   "$CARGO_TARGET_DIR/release/hyperbuild" -q "$image" -o "$work/demo.pod" --kernel "$kernel" >&2
 export HYPERPOD_BENCH_POD="$work/demo.pod"
 

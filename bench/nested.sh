@@ -39,7 +39,7 @@ case "$runs" in '' | *[!0-9]*) echo "nested.sh: --runs: not a number: $runs" >&2
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 kernel=$(./scripts/setup | tail -n 1)
 export HYPERPOD_KERNEL="$kernel"
-export HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/release/hyperpod-init"
+export HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/guest/hyperpod-init"
 echo "nested.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load $(cut -d' ' -f1-3 /proc/loadavg)"
 test=nested_kvm_launch_table
 [ -z "$stdio" ] || test=nested_stdio_throughput

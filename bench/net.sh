@@ -32,11 +32,10 @@ trap cleanup EXIT
 
 kernel=$(bash kernel-fragments/build-kernel.sh | tail -n 1)
 cargo build --release --quiet -p builder -p launcher
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --quiet -p init --target x86_64-unknown-linux-gnu
+init=$(./scripts/build-init --quiet)
 image=$(bash tests/fixtures/web-image.sh "$work/oci")
 target/release/hyperbuild --quiet "$image" -o "$work/web.pod" --kernel "$kernel" \
-  --init "$root/target/x86_64-unknown-linux-gnu/release/hyperpod-init" >&2
+  --init "$init" >&2
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 

@@ -16,7 +16,7 @@ launch=target/x86_64-unknown-linux-gnu/ship/hyperlaunch
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 image=$(./scripts/make-demo-image "$work/oci")
-HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/release/hyperpod-init" \
+HYPERPOD_INIT="$PWD/target/x86_64-unknown-linux-gnu/guest/hyperpod-init" \
   target/release/hyperbuild "$image" -o "$work/demo.pod" --kernel "$kernel" >/dev/null
 
 seconds() { # seconds of wall time of "$@"

@@ -20,7 +20,7 @@ runs=${1:-3}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 hyperbuild=${HYPERBUILD:-$repo/target/release/hyperbuild}
 hyperlaunch=${HYPERLAUNCH:-$repo/target/release/hyperlaunch}
-init=${HYPERPOD_INIT:-$repo/target/x86_64-unknown-linux-gnu/release/hyperpod-init}
+init=${HYPERPOD_INIT:-$repo/target/x86_64-unknown-linux-gnu/guest/hyperpod-init}
 kernel=$(bash "$repo/kernel-fragments/build-kernel.sh" | tail -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

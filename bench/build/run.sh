@@ -38,7 +38,7 @@ hyperbuild=${HYPERBUILD:-$target/release/hyperbuild}
 [[ -x $hyperbuild ]] || die "no hyperbuild at $hyperbuild (cargo build --release -p builder, or set HYPERBUILD)"
 kernel=${KERNEL:-$(bash "$repo/kernel-fragments/build-kernel.sh" | tail -n1)}
 [[ -f $kernel ]] || die "no kernel at $kernel (set KERNEL)"
-init=${INIT:-$target/x86_64-unknown-linux-gnu/release/hyperpod-init}
+init=${INIT:-$target/x86_64-unknown-linux-gnu/guest/hyperpod-init}
 [[ -f $init ]] || die "no static init at $init (scripts/setup, or set INIT)"
 
 image=$(bash "$repo/bench/build/make-large-image.sh")

@@ -16,9 +16,7 @@ pub enum InitramfsError {
     #[error("init binary {path}: {source}")]
     Init { path: PathBuf, source: io::Error },
     #[error(
-        "init binary {0}: not a static x86-64 ELF executable (build one with RUSTFLAGS=\"-C \
-         target-feature=+crt-static\" cargo build --release -p init --target \
-         x86_64-unknown-linux-gnu)"
+        "init binary {0}: not a static x86-64 ELF executable (build one with scripts/build-init)"
     )]
     NotStatic(PathBuf),
     #[error(
@@ -68,12 +66,12 @@ pub fn locate_init(explicit: Option<&Path>) -> Result<PathBuf, InitramfsError> {
 /// The init for a `hyperbuild` in `dir`: the first static one of the candidates, else the first
 /// one found (refused later with a hint how to build a static one). A plain `cargo build
 /// --release` leaves a dynamic `hyperpod-init` beside `hyperbuild` in `target/release/`: the
-/// static build in `target/x86_64-unknown-linux-gnu/release/` wins over it.
+/// static build in `target/x86_64-unknown-linux-gnu/guest/` (`scripts/build-init`) wins over it.
 fn locate_init_near(dir: &Path) -> Result<PathBuf, InitramfsError> {
     let found: Vec<PathBuf> = [
         dir.join(crate::install::INIT),
-        dir.join("../x86_64-unknown-linux-gnu/release/hyperpod-init"),
-        dir.join("../../x86_64-unknown-linux-gnu/release/hyperpod-init"),
+        dir.join("../x86_64-unknown-linux-gnu/guest/hyperpod-init"),
+        dir.join("../../x86_64-unknown-linux-gnu/guest/hyperpod-init"),
     ]
     .into_iter()
     .filter(|p| p.is_file())
@@ -196,7 +194,7 @@ mod tests {
     fn a_static_init_wins_over_a_dynamic_one_beside_hyperbuild() {
         let t = tempfile::tempdir().unwrap();
         let release = t.path().join("target/release");
-        let cross = t.path().join("target/x86_64-unknown-linux-gnu/release");
+        let cross = t.path().join("target/x86_64-unknown-linux-gnu/guest");
         std::fs::create_dir_all(&release).unwrap();
         assert!(matches!(
             locate_init_near(&release),
@@ -210,7 +208,7 @@ mod tests {
         let err = write(&dynamic, &RunSpec::default(), 0, Vec::new()).unwrap_err();
         assert!(
             err.to_string()
-                .contains("cargo build --release -p init --target x86_64-unknown-linux-gnu"),
+                .contains("build one with scripts/build-init"),
             "{err}"
         );
         // With the static build present, it is chosen.
@@ -223,7 +221,7 @@ mod tests {
         let chosen = locate_init_near(&release).unwrap();
         assert_eq!(
             chosen,
-            release.join("../x86_64-unknown-linux-gnu/release/hyperpod-init")
+            release.join("../x86_64-unknown-linux-gnu/guest/hyperpod-init")
         );
         write(&chosen, &RunSpec::default(), 0, Vec::new()).unwrap();
     }

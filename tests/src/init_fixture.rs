@@ -33,7 +33,8 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// The static init, built once per test process into its own target directory (so the outer
-/// cargo's lock is not needed): `<target>/init-static/x86_64-unknown-linux-gnu/release/`.
+/// cargo's lock is not needed) by `scripts/build-init`:
+/// `<target>/init-static/x86_64-unknown-linux-gnu/guest/`.
 pub fn init_binary() -> &'static Path {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
     INIT.get_or_init(|| {
@@ -44,20 +45,11 @@ pub fn init_binary() -> &'static Path {
             .nth(3)
             .expect("test binary is under <target>/<profile>/deps")
             .join("init-static");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo)
+        // scripts/build-init: the one way init is built (static, non-PIE, profile `guest`).
+        let printed = run(Command::new(workspace_root().join("scripts/build-init"))
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "-p",
-                "init",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"));
-        target.join("x86_64-unknown-linux-gnu/release/hyperpod-init")
+            .env("CARGO_TARGET_DIR", &target));
+        PathBuf::from(printed.lines().last().unwrap_or_default())
     })
 }
 

@@ -1,5 +1,5 @@
 //! Real pods for the QEMU end-to-end tests: the project's kernel (`kernel-fragments/
-//! build-kernel.sh`), the static init (`cargo build -p init`), an initramfs written with
+//! build-kernel.sh`), the static init (`scripts/build-init`), an initramfs written with
 //! `pod::cpio`, and an ext4 rootfs of busybox-static made with `mkfs.ext4 -d`, sealed with
 //! `pod::seal`.
 //!
@@ -79,17 +79,17 @@ pub fn init_binary() -> &'static Path {
             assert!(i.is_file(), "HYPERPOD_INIT={} is not a file", i.display());
             return i;
         }
-        let target = workspace().join("target/e2e-init");
-        let triple = "x86_64-unknown-linux-gnu";
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "-q", "-p", "init", "--release", "--target", triple])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &target)
+        // scripts/build-init: the one way init is built (static, non-PIE, profile `guest`).
+        let out = Command::new(workspace().join("scripts/build-init"))
+            .arg("-q")
+            .env("CARGO_TARGET_DIR", workspace().join("target/e2e-init"))
             .current_dir(workspace())
-            .status()
-            .expect("run cargo to build init");
-        assert!(status.success(), "building the static init failed");
-        let path = target.join(triple).join("release/hyperpod-init");
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/build-init");
+        assert!(out.status.success(), "building the static init failed");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let path = PathBuf::from(printed.lines().last().unwrap_or_default());
         assert!(path.is_file(), "{} missing after the build", path.display());
         path
     })
