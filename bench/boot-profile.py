@@ -2,11 +2,13 @@
 """bench/boot-profile.py: a sampling profiler for a guest booting under QEMU TCG (bench/boot.sh
 --profile). Two modes:
 
-  boot-profile.py sample MONITOR_SOCKET OUT   asks QEMU's human monitor for the vCPU registers
-                                              in a loop until QEMU goes away, one RIP per line
+  boot-profile.py sample MONITOR_SOCKET OUT   asks QEMU's human monitor for every vCPU's
+                                              registers in a loop until QEMU goes away, one
+                                              "CPU RIP" line per vCPU and round
   boot-profile.py report VMLINUX SAMPLES [N]  maps the RIPs to the kernel's symbols (`nm -n`)
                                               and prints the N (default 40) functions with the
-                                              most samples, user-space samples as one row
+                                              most samples, user-space samples as one row;
+                                              with several vCPUs, one table per vCPU
 
 Samples are taken in host time, so a function's share is its share of TCG execution time, not
 of guest instructions: use it to find where to look, and bench/boot.sh's table (guest clock)
@@ -48,9 +50,9 @@ def sample(sock_path, out):
     with open(out, "w") as f:
         try:
             while True:
-                m = re.search(r"RIP=([0-9a-f]+)", command("info registers"))
-                if m:
-                    f.write(m.group(1) + "\n")
+                # `-a`: every vCPU, each block headed "CPU#N".
+                for cpu, rip in re.findall(r"CPU#(\d+).*?RIP=([0-9a-f]+)", command("info registers -a"), re.S):
+                    f.write(f"{cpu} {rip}\n")
         except (EOFError, OSError):
             pass
 
@@ -70,7 +72,20 @@ def report(vmlinux, samples, top):
         i = bisect.bisect_right(addrs, rip) - 1
         return names[i] if i >= 0 else "(unknown)"
 
-    seq = [symbol(int(line, 16)) for line in open(samples) if line.strip()]
+    by_cpu = collections.defaultdict(list)
+    for line in open(samples):
+        fields = line.split()
+        if fields:
+            # "CPU RIP"; a bare RIP (older sample files) is vCPU 0's.
+            cpu, rip = (fields[0], fields[1]) if len(fields) > 1 else ("0", fields[0])
+            by_cpu[cpu].append(symbol(int(rip, 16)))
+    for cpu in sorted(by_cpu, key=int):
+        if len(by_cpu) > 1:
+            print(f"\n== vCPU {cpu}")
+        report_one(by_cpu[cpu], top)
+
+
+def report_one(seq, top):
     cal = [i for i, name in enumerate(seq) if name in CALIBRATION]
     first, last = (cal[0], cal[-1]) if cal else (len(seq), len(seq) - 1)
     print(f"samples: {len(seq)}, in the APIC timer calibration (TCG-only): {len(cal)}")

@@ -16,7 +16,7 @@
 #
 # Usage: bench/boot.sh [--vcpus N] [--memory MIB] [--kernel VMLINUX] [--diagnostic]
 #                      [--append WORDS] [--pod FILE] [--verity] [--check MS] [--keep DIR] [--net]
-#                      [--cpu MODEL] [--profile]
+#                      [--cpu MODEL] [--profile] [--icount-sleep on|off] [--no-lpj]
 #   --vcpus N, --memory MIB  the VM's size (default: the pod's, 1 vCPU / 128 MiB)
 #   --kernel VMLINUX         boot this kernel instead of the pod's (a variant being tried)
 #   --diagnostic             boot the diagnostic kernel (build-kernel.sh --diagnostic) and add
@@ -34,6 +34,11 @@
 #                            string instructions weigh under icount (measured: 0.9 ms)
 #   --profile                sample the vCPU through QEMU's monitor and list the kernel
 #                            functions it was found in (bench/boot-profile.py; host time)
+#   --icount-sleep on|off    icount's sleep mode (default on, see below)
+#   --no-lpj                 with several vCPUs, let each secondary vCPU calibrate its delay
+#                            loop as it does under TCG (see "TCG-only costs"); by default the
+#                            command line gets lpj= for icount's 1 GHz TSC and the kernel's HZ
+#                            (from the `config` beside its vmlinux in the kernel cache)
 #   --net                    with the network `hyperlaunch` gives by default: passt on a
 #                            socketpair, a virtio-net device on it, and the overrides archive
 #                            carrying the guest's addressing (launcher/src/net.rs), so init
@@ -50,6 +55,12 @@
 # holds ~0.25 ms of other work (rest_init, APIC setup: measured with --append apic=verbose,
 # whose extra IO-APIC dump the table then also leaves out).
 #
+# The second TCG-only cost is per secondary vCPU: TCG's CPU (AMD family 0xf) has no constant
+# TSC, so each secondary CPU calibrates its delay loop over several ticks (calibrate_delay ->
+# calibrate_delay_direct: 82.1 ms of guest time for the second CPU, sampled with --profile). On
+# KVM the CPU has a constant TSC (Intel family 6, or the invariant-TSC bit KVM passes on) and
+# calibrate_delay_is_known() gives it CPU 0's value at once; `lpj=` does the same here.
+#
 # icount sleep=on (default): guest instructions advance the clock 1 ns each, idle time passes in
 # real time. With sleep=off an idle guest warps to its next timer, and every disk read that
 # finds the vCPU idle is charged up to that timer (seen: the app's exec 27 ms, /etc 8 s).
@@ -57,7 +68,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-icount_sleep=on cpu=max vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0 profile=0
+lpj=1 icount_sleep=on cpu=max vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0 profile=0
 verity=--no-verity
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -73,10 +84,11 @@ while [ $# -gt 0 ]; do
     --keep) keep=${2:?--keep needs a directory}; shift 2 ;;
     --net) net=1; shift ;;
     --profile) profile=1; shift ;;
+    --no-lpj) lpj=0; shift ;;
     --icount-sleep)
       icount_sleep=${2:?--icount-sleep needs on or off}; shift 2
       case "$icount_sleep" in on | off) ;; *) echo "boot.sh: --icount-sleep: on or off" >&2; exit 2 ;; esac ;;
-    -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "boot.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -126,6 +138,13 @@ cut_out "$i_off" "$i_len" "$work/initramfs"
 if [ "$diagnostic" = 1 ]; then
   kernel=$(bash kernel-fragments/build-kernel.sh --diagnostic | tail -n 1)
   append="initcall_debug $append"
+fi
+# lpj= for the secondary vCPUs (above): icount's TSC runs at 1 GHz, lpj = TSC Hz / HZ.
+if [ "$lpj" = 1 ] && [ "$vcpus" -gt 1 ]; then
+  config=$(dirname "${kernel:-${kernel_default:-$(bash kernel-fragments/build-kernel.sh | tail -n 1)}}")/config
+  hz=$(sed -n 's/^CONFIG_HZ=\([0-9]*\)$/\1/p' "$config" 2>/dev/null)
+  [ -n "$hz" ] || { echo "boot.sh: no CONFIG_HZ in $config (the kernel's config; or --no-lpj)" >&2; exit 2; }
+  append="lpj=$((1000000000 / hz)) $append"
 fi
 [ -n "$kernel" ] || kernel=$work/vmlinux
 
