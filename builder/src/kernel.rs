@@ -12,8 +12,8 @@ use thiserror::Error;
 
 use crate::install;
 
-/// Cache key of the fragments this binary was built with (see `build.rs`).
-pub const FRAGMENTS_KEY: &str = env!("HYPERPOD_KERNEL_KEY");
+/// Cache key of the fragments this binary was built with ([`pod::FRAGMENTS_KEY`]).
+pub const FRAGMENTS_KEY: &str = pod::FRAGMENTS_KEY;
 
 /// What precedes the release in a Linux kernel's banner (`init/version.c`).
 const BANNER: &[u8] = b"Linux version ";

@@ -115,6 +115,7 @@ fn main() {
         }),
         use_pvh: true,
         backing: None,
+        kernel_hz_known: false,
     };
     let mut marks = Marks::new(Instant::now(), "kvm");
     let vm = build_vm(inputs, &mut marks).expect("build the VM");

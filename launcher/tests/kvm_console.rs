@@ -89,6 +89,7 @@ fn start(dir: &std::path::Path, defines: &[&str], sink: ConsoleSink) -> Probe {
         net: None,
         use_pvh: true,
         backing: None,
+        kernel_hz_known: false,
     };
     let mut vm = build_vm(inputs, &mut Marks::new(Instant::now(), "kvm")).unwrap();
     let vcpu = vm.runner.vcpus.pop().unwrap();

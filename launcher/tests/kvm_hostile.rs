@@ -415,6 +415,7 @@ fn kvm_a_control_flood_with_a_slow_supervisor_holds_the_guest_back() {
         net: None,
         use_pvh: true,
         backing: None,
+        kernel_hz_known: false,
     };
     let mut marks = Marks::new(Instant::now(), "kvm");
     let mut vm = build_vm(inputs, &mut marks).unwrap();

@@ -120,6 +120,7 @@ fn early_boot(use_pvh: bool, mapped: bool) {
         net: None,
         use_pvh,
         backing,
+        kernel_hz_known: false,
     };
     let mut marks = Marks::new(Instant::now(), "kvm");
     let vm = build_vm(inputs, &mut marks).unwrap();

@@ -114,6 +114,7 @@ fn start_on(dir: &std::path::Path, defines: &[&str], sandboxed: bool, link: NetL
         net: Some(NetBackend { link, mac: MAC }),
         use_pvh: true,
         backing: None,
+        kernel_hz_known: false,
     };
     let mut vm = build_vm(inputs, &mut Marks::new(Instant::now(), "kvm")).unwrap();
     let vcpu = vm.runner.vcpus.pop().unwrap();
@@ -559,6 +560,7 @@ fn kvm_net_the_run_loop_serves_the_network_under_the_sandbox() {
         }),
         use_pvh: true,
         backing: None,
+        kernel_hz_known: false,
     };
     let mut marks = Marks::new(Instant::now(), "kvm");
     let vm = build_vm(inputs, &mut marks).unwrap();

@@ -106,6 +106,45 @@ fn kvm_hello_probe_reports_its_exit_code_and_sees_the_boot_handover() {
     assert!(r.console.contains(&format!("RAMTOP: {}", 64u64 << 20)));
 }
 
+/// With several vCPUs and a kernel built from this build's fragments (so ticking at
+/// `GUEST_KERNEL_HZ`), the command line carries `lpj=` for the guest's TSC rate; with one vCPU,
+/// or a kernel of unknown origin, it does not.
+#[test]
+fn kvm_lpj_only_for_several_vcpus_of_a_known_kernel() {
+    if !probes::kvm_available("kvm_lpj") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = probes::build(dir.path(), "hello", &["EXIT_CODE=42"]);
+    let ours = dir.path().join("ours.pod");
+    let info = pod::manifest::KernelInfo {
+        release: "6.12.0-probe".into(),
+        fragments: Some(pod::FRAGMENTS_KEY.into()),
+    };
+    probes::seal_pod_with(&ours, &kernel, b"init", &rootfs(8), CMDLINE, Some(info));
+    let foreign = probe_pod(dir.path(), "hello", &["EXIT_CODE=42"], b"init", &rootfs(8));
+    let cmdline = |pod: &std::path::Path, vcpus: &str| {
+        let r = hyperlaunch(dir.path(), pod, &["--vcpus", vcpus, "--network", "none"]);
+        assert_eq!(r.code, 42, "{}", r.stderr);
+        r.console
+            .lines()
+            .find_map(|l| l.strip_prefix("CMDLINE: "))
+            .expect("probe printed the command line")
+            .to_string()
+    };
+    // The rate KVM gives this host's guests, as the launcher asks for it.
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    let khz = vm.create_vcpu(0).unwrap().get_tsc_khz().unwrap();
+    let want = pod::protocol::lpj_arg(khz).unwrap();
+    let two = cmdline(&ours, "2");
+    assert!(two.split(' ').any(|w| w == want), "{want} not in {two}");
+    for (pod, vcpus) in [(&ours, "1"), (&foreign, "2")] {
+        let c = cmdline(pod, vcpus);
+        assert!(!c.contains("lpj="), "{vcpus} vCPUs: {c}");
+    }
+}
+
 #[test]
 fn kvm_verified_digest_cache_rehashes_a_changed_pod() {
     if !probes::kvm_available("kvm_verified_digest_cache") {

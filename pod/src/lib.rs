@@ -26,6 +26,11 @@ pub mod verity;
 pub mod writer;
 
 pub use manifest::{Manifest, SectionInfo};
+
+/// Cache key of the `kernel-fragments/` these tools were built with (see `build.rs`): the key
+/// `build-kernel.sh` caches their kernel under, and what a pod's manifest records
+/// (`kernel.fragments`) when its kernel was built from them.
+pub const FRAGMENTS_KEY: &str = env!("HYPERPOD_KERNEL_KEY");
 pub use reader::{Pod, PodError, SIGNATURE_ENTRY, SIGNATURE_LEN, Section, SectionLoc};
 pub use writer::{
     PodLayout, RootfsSlot, SealError, begin_seal, layout, seal, seal_parts, write_signed,

@@ -33,6 +33,18 @@ pub const CONTROL_UART: Uart = Uart {
 };
 /// The exit port: a byte written here ends the VM (QEMU's `isa-debug-exit`).
 pub const EXIT_PORT: u16 = 0xf4;
+
+/// The guest kernel's tick rate (`CONFIG_HZ`), pinned by `kernel-fragments/common/base.conf`:
+/// what [`lpj_arg`] computes for, so for kernels built from [`crate::FRAGMENTS_KEY`] only.
+pub const GUEST_KERNEL_HZ: u32 = 250;
+
+/// `lpj=` for a guest whose TSC runs at `tsc_khz` and whose kernel ticks [`GUEST_KERNEL_HZ`]
+/// times a second: loops per jiffy with the TSC as delay loop, as Linux computes for its first
+/// CPU (`lpj_fine`), so that every other CPU takes it instead of calibrating (which it does
+/// when the CPU shows no constant TSC: `calibrate_delay_is_known`). `None` for a rate of 0.
+pub fn lpj_arg(tsc_khz: u32) -> Option<String> {
+    (tsc_khz > 0).then(|| format!("lpj={}", u64::from(tsc_khz) * 1000 / u64::from(GUEST_KERNEL_HZ)))
+}
 /// The control channel's device node in the guest.
 pub const CONTROL_DEV: &std::ffi::CStr = c"/dev/ttyS1";
 /// The app's stdio stream's device node in the guest (the one virtio console port).

@@ -105,6 +105,10 @@ pub struct BootInputs<'a> {
     /// Where `kernel` and the first initramfs archive are in a file, when they are (a pod): their
     /// whole pages are then mapped from it copy-on-write instead of copied.
     pub backing: Option<FileBacking<'a>>,
+    /// Whether `kernel` ticks at [`pod::protocol::GUEST_KERNEL_HZ`] (built from these tools'
+    /// fragments): with several vCPUs the command line then gets `lpj=` for the guest's TSC
+    /// rate, so that secondary vCPUs do not calibrate their delay loops.
+    pub kernel_hz_known: bool,
 }
 
 /// The file holding the kernel and the first initramfs archive, and where.
@@ -286,7 +290,18 @@ pub fn build_vm_with_cache(
         inputs.net,
         events_tx.clone(),
     )?;
-    let cmdline = boot::build_cmdline(&inputs.cmdline, &devices.cmdline_entries())?;
+    let mut entries = devices.cmdline_entries();
+    if inputs.kernel_hz_known && vcpu_count > 1 {
+        // KVM_GET_TSC_KHZ: the guest's TSC rate; a KVM without it leaves the guest to calibrate.
+        if let Some(lpj) = vcpus[0]
+            .get_tsc_khz()
+            .ok()
+            .and_then(pod::protocol::lpj_arg)
+        {
+            entries.push(lpj);
+        }
+    }
+    let cmdline = boot::build_cmdline(&inputs.cmdline, &entries)?;
     boot::write_boot_info(
         &mem,
         &boot::BootInfo {
@@ -451,6 +466,10 @@ fn build_from_image(
         net,
         use_pvh: true,
         backing: image.backing(),
+        kernel_hz_known: m
+            .kernel
+            .as_ref()
+            .is_some_and(|k| k.fragments.as_deref() == Some(pod::FRAGMENTS_KEY)),
     };
     // Seccomp (sandbox.rs): the run's threads start now, each compiling and installing its
     // filter on another core while this thread builds the VM; `run::run` hands them their

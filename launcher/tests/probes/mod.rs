@@ -158,6 +158,18 @@ pub fn build(dir: &Path, probe: &str, defines: &[&str]) -> Vec<u8> {
 
 /// Seals a real .pod at `path` with `kernel`, `initramfs` and `rootfs`.
 pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmdline: &str) {
+    seal_pod_with(path, kernel, initramfs, rootfs, cmdline, None);
+}
+
+/// [`seal_pod`] with the manifest's `kernel` record (e.g. one naming this build's fragments).
+pub fn seal_pod_with(
+    path: &Path,
+    kernel: &[u8],
+    initramfs: &[u8],
+    rootfs: &[u8],
+    cmdline: &str,
+    kernel_info: Option<pod::manifest::KernelInfo>,
+) {
     use pod::SectionInfo;
     use pod::manifest::{Manifest, Resources, Sections, Source};
     let manifest = Manifest {
@@ -177,7 +189,7 @@ pub fn seal_pod(path: &Path, kernel: &[u8], initramfs: &[u8], rootfs: &[u8], cmd
             vcpus: 1,
         },
         kernel_cmdline: cmdline.into(),
-        kernel: None,
+        kernel: kernel_info,
         verity: None,
     };
     pod::seal(

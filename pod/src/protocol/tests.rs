@@ -168,3 +168,16 @@ fn overrides_archive_is_deterministic_and_reads_back() {
     };
     assert_eq!(serde_json::from_slice::<Overrides>(data).unwrap(), o);
 }
+
+#[test]
+fn lpj_is_the_tsc_rate_per_tick_of_the_pinned_kernel_hz() {
+    // The fragments pin the tick rate lpj= is computed for (a strict merge fails otherwise).
+    let base = include_str!("../../../kernel-fragments/common/base.conf");
+    let pin = format!("\nCONFIG_HZ_{GUEST_KERNEL_HZ}=y\n");
+    assert!(base.contains(&pin), "base.conf does not pin {}", pin.trim());
+    // 1 GHz (icount's TSC): 4,000,000 loops per 4 ms tick; a 2.1 GHz host's: 8,400,000.
+    assert_eq!(lpj_arg(1_000_000).as_deref(), Some("lpj=4000000"));
+    assert_eq!(lpj_arg(2_100_000).as_deref(), Some("lpj=8400000"));
+    assert_eq!(lpj_arg(u32::MAX).as_deref(), Some("lpj=17179869180"));
+    assert_eq!(lpj_arg(0), None);
+}

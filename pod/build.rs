@@ -1,6 +1,7 @@
 //! Computes the guest kernel's cache key from `kernel-fragments/` exactly as
-//! `kernel-fragments/build-kernel.sh` does (see its header), so `hyperbuild` finds the kernel
-//! that the script built for these fragments.
+//! `kernel-fragments/build-kernel.sh` does (see its header): `FRAGMENTS_KEY`, so that
+//! `hyperbuild` finds the kernel the script built for these fragments and `hyperlaunch` knows a
+//! pod's kernel was built from them.
 
 use std::path::{Path, PathBuf};
 
