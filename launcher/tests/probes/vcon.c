@@ -11,11 +11,12 @@
  *   6 MiB, and chains whose first buffer is good but a later one is not) with good ones of odd
  *   shapes (1, 2 and 3 bytes: shorter than a frame header, a header spread over three
  *   descriptors, chains out of table order); every JUMP_EVERY batches the avail index jumps
- *   past the queue size for ~25 M TSC cycles (nothing may be served) and is then put right.
+ *   past the queue size for ~25 M TSC cycles (nothing may be served) and is then put right;
+ *   every RESET_EVERY batches the device is reset and set up again in mid-stream.
  *   Checks: used elements in offer order, refused ones with length 0 and their buffers
  *   untouched, no byte written past a used length, and the payload equal to the host's
  *   pattern byte for byte ((p * 2654435761) >> 24 at stream offset p). At end of file prints
- *   "RX OK bytes=N fnv=H refused=R jumps=J" and exits 0. JUMP_FOREVER=n: at batch n the index
+ *   "RX OK bytes=N fnv=H refused=R jumps=J resets=S" and exits 0. JUMP_FOREVER=n: at batch n the index
  *   jumps for good; after SPIN_MCYCLES M cycles of kicks with nothing served, prints
  *   "RX QUEUE STOPPED after N bytes" and halts (only --timeout ends it).
  * BENCH_MIB=n: sends n MiB in 4 KiB chains, BATCH chains per kick.
@@ -70,7 +71,10 @@ static void copy(u32 to, const void *from, u32 n) {
 static u32 len_of(const char *s) { u32 n = 0; while (s[n]) n++; return n; }
 
 static void queue_setup(struct vq *q) {
-    for (u32 i = 0; i < 0x3000; i++) ((volatile u8 *)q->base)[i] = 0;
+    /* The descriptor table and both rings (the rest of their pages is unused). */
+    for (u32 i = 0; i < QSZ * 16; i++) ((volatile u8 *)q->base)[i] = 0;
+    for (u32 i = 0; i < 6 + 2 * QSZ; i++) ((volatile u8 *)q->base)[0x1000 + i] = 0;
+    for (u32 i = 0; i < 6 + 8 * QSZ; i++) ((volatile u8 *)q->base)[0x2000 + i] = 0;
     q->avail = q->used = 0;
     *reg(0x030) = q->sel;
     if (*reg(0x034) < QSZ) fail("queue too small");
@@ -284,6 +288,9 @@ void probe_main(struct hvm_start_info *si) {
 #ifndef JUMP_EVERY
 #define JUMP_EVERY 8
 #endif
+#ifndef RESET_EVERY
+#define RESET_EVERY 50
+#endif
 #define SENTINEL 0xee
 #define PAGE(i) (RXBUF + 0x1000u * (i))
 #define HUGE_A 0x1000000u /* the two halves of a 6 MiB chain */
@@ -349,7 +356,7 @@ static void make_batch(u32 kind) {
 }
 
 /* The stdin stream as the guest sees it: frames split anywhere across buffers. */
-static u32 hdr_n, left, total, fnv = 2166136261u, bad_seen, jumps;
+static u32 hdr_n, left, total, fnv = 2166136261u, bad_seen, jumps, resets;
 static u8 hdr[3];
 static int eof;
 
@@ -441,6 +448,11 @@ void probe_main(struct hvm_start_info *si) {
     uart_puts(CONTROL, "T exec\n");
     u32 span[QSZ];
     for (u32 batch = 0; !eof; batch++) {
+        if (batch % RESET_EVERY == RESET_EVERY - 1) {
+            /* Reset in mid-stream and set up again: the stream goes on where it was. */
+            setup();
+            resets++;
+        }
         for (u16 i = 0; i < QSZ; i++) set_desc(&rxq, i, 0, 0, 0, 0);
         make_batch(batch % 3);
         /* Each receive page's buffer and 16 bytes past it start as SENTINEL (guest code is
@@ -472,7 +484,8 @@ void probe_main(struct hvm_start_info *si) {
     puts("RX OK bytes="); putdec(total);
     puts(" fnv="); puthex(fnv, 8);
     puts(" refused="); putdec(bad_seen);
-    puts(" jumps="); putdec(jumps); puts("\n");
+    puts(" jumps="); putdec(jumps);
+    puts(" resets="); putdec(resets); puts("\n");
     probe_exit(0);
 }
 #elif defined(BENCH_MIB)
