@@ -58,6 +58,15 @@ fn kvm_hostile_block_requests_get_error_statuses_and_memory_stays_flat() {
     assert!(hostile <= baseline + 512, "{hostile} vs {baseline} KiB");
 }
 
+/// Held by the tests that time the launcher closely and by the ones that keep a core busy for
+/// long (an emulated guest reading 1 MiB), so the harness's parallel test threads never run
+/// them at the same time.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Seals probe `name` built with `defines` into `dir/<file>.pod`.
 fn probe_pod(
     dir: &std::path::Path,
@@ -522,6 +531,7 @@ fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
     if !probes::kvm_available("kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run") {
         return;
     }
+    let _serial = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let chatty = probe_pod(dir.path(), "spin", &["CHATTY=1"], "chatty");
     let (code, took) = run_with_stalled_stderr(dir.path(), &chatty, &["--timeout", "2"]);
@@ -639,6 +649,7 @@ fn kvm_hostile_receive_chains_with_stdin_deliver_every_byte_once_and_keep_memory
     if !probes::kvm_available("kvm_hostile_receive_chains_with_stdin_deliver_every_byte_once") {
         return;
     }
+    let _serial = timing_lock();
     const FED: u64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
     let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
@@ -701,6 +712,7 @@ fn kvm_a_receive_queue_with_its_avail_index_run_away_stops_and_the_timeout_ends_
     if !probes::kvm_available("kvm_a_receive_queue_with_its_avail_index_run_away_stops") {
         return;
     }
+    let _serial = timing_lock();
     const OFFERED: u64 = 64 << 20;
     let dir = tempfile::tempdir().unwrap();
     let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
