@@ -486,6 +486,28 @@ fn virtio_console_queue(out: &Path) {
     let mut short = mem.clone();
     short[0x1902 - BASE] = 0xff; // the first frame's length, high byte
     write(out, "short_frame", &[&[3u8][..], &short].concat());
+    // A receiveq of 8 whose ring mixes refused chains (a loop, a device-readable buffer, a head
+    // outside the queue, a buffer outside RAM, an empty one) with good ones of 1, 2+40 and 64
+    // bytes; and the same ring with its avail index 30 (more than the queue size ahead).
+    let mut rx = Vec::new();
+    virtq_desc(&mut rx, 0x2000, 16, 2 | 1, 0);
+    virtq_desc(&mut rx, 0x2100, 1, 2, 0);
+    virtq_desc(&mut rx, 0x2200, 16, 0, 0);
+    virtq_desc(&mut rx, 0x2300, 2, 2 | 1, 4);
+    virtq_desc(&mut rx, 0x2400, 40, 2, 0);
+    virtq_desc(&mut rx, 0x2_0000, 16, 2, 0);
+    virtq_desc(&mut rx, 0x2600, 0, 2, 0);
+    virtq_desc(&mut rx, 0x2700, 64, 2, 0);
+    let mut hostile = vec![0u8; 0x1000];
+    hostile[..rx.len()].copy_from_slice(&rx);
+    let ring: Vec<u8> = [0u16, 8, 0, 1, 2, 999, 3, 5, 6, 7]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    hostile[0x100..0x100 + ring.len()].copy_from_slice(&ring);
+    write(out, "rx_hostile", &[&[3u8][..], &hostile].concat());
+    hostile[0x102] = 30;
+    write(out, "rx_index_ahead", &[&[3u8][..], &hostile].concat());
 }
 
 /// A net_chain input: queue size, head, direction, then the descriptors `(addr, len, flags,

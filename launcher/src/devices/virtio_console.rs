@@ -462,6 +462,33 @@ mod tests {
     }
 
     #[test]
+    fn a_receive_index_past_the_queue_size_serves_nothing_until_put_right() {
+        let (mut dev, mem, _got) = console();
+        live(&mut dev);
+        let mut rx = Driver::new(RXQ);
+        rx.desc(&mem, 0, 0x4_0000, 1, F_WRITE, 0);
+        rx.desc(&mem, 1, 0x4_1000, 8, F_WRITE, 0);
+        rx.offer(&mem, &[0, 1]);
+        // The index jumps more than the queue size past what the device has taken.
+        mem.write_obj(rx.avail.wrapping_add(SIZE + 1), GuestAddress(RXQ + 0x1002))
+            .unwrap();
+        for _ in 0..100 {
+            assert_eq!(dev.push_rx(b"abc"), 0);
+        }
+        assert!(rx.take_used(&mem).is_empty());
+        assert!(dev.irq_evt().read().is_err(), "no interrupt");
+        // Put right: the same buffers take the same bytes, once.
+        mem.write_obj(rx.avail, GuestAddress(RXQ + 0x1002)).unwrap();
+        assert_eq!(dev.push_rx(b"abc"), 3);
+        assert_eq!(rx.take_used(&mem), vec![(0, 1), (1, 2)]);
+        let mut b = [0u8; 3];
+        mem.read_slice(&mut b[..1], GuestAddress(0x4_0000)).unwrap();
+        mem.read_slice(&mut b[1..], GuestAddress(0x4_1000)).unwrap();
+        assert_eq!(&b, b"abc");
+        assert_eq!(dev.refused_chains(), 0);
+    }
+
+    #[test]
     fn reset_stops_both_directions_until_set_up_again() {
         let (mut dev, mem, got) = console();
         live(&mut dev);
