@@ -523,10 +523,11 @@ fn run_with_stalled_stderr(
 
 /// The launcher never blocks for good on its own stderr: with stderr a full pipe nobody reads,
 /// (a) a guest whose console output (which goes to stderr) is stuck ends by `--timeout 2` with
-/// 124 within a second of the deadline, though its vCPU is blocked writing; (b) a guest that
-/// makes the launcher note refused control lines (probes/ctlflood.c `MODE=5`, no console output)
-/// ends with its own status (7) within 2 s, its notes and `--timing` lines dropped, not waited
-/// for past their 0.5 s.
+/// 124 well before the bug's 6 s (4 s past the deadline), though its vCPU is blocked writing;
+/// (b) a guest that makes the launcher note refused control lines (probes/ctlflood.c `MODE=5`,
+/// no console output) ends with its own status (7), its notes and `--timing` lines dropped, not
+/// waited for past their 0.5 s (the bug: never). The bounds (4.5 s, 4 s; quiet-host runs take
+/// 2.2-2.8 s and 0.2-1.2 s) leave room for a loaded host: 3.03 s was seen at load 14.
 #[test]
 fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
     if !probes::kvm_available("kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run") {
@@ -538,13 +539,13 @@ fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
     let (code, took) = run_with_stalled_stderr(dir.path(), &chatty, &["--timeout", "2"]);
     eprintln!("console stuck, --timeout 2: exit {code:?} after {took:?}");
     assert_eq!(code, Some(124));
-    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(took < std::time::Duration::from_millis(4500), "{took:?}");
     let noted = probe_pod(dir.path(), "ctlflood", &["MODE=5"], "noted");
     let (code, took) =
         run_with_stalled_stderr(dir.path(), &noted, &["--timeout", "20", "--timing"]);
     eprintln!("refused lines noted, status 7: exit {code:?} after {took:?}");
     assert_eq!(code, Some(7));
-    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
 }
 
 /// Byte `p` of the stdin stream the receive-side tests feed: what probes/vcon.c `RX_HOSTILE`

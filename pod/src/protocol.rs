@@ -43,8 +43,14 @@ pub const GUEST_KERNEL_HZ: u32 = 250;
 /// CPU (`lpj_fine`), so that every other CPU takes it instead of calibrating (which it does
 /// when the CPU shows no constant TSC: `calibrate_delay_is_known`). `None` for a rate of 0.
 pub fn lpj_arg(tsc_khz: u32) -> Option<String> {
-    (tsc_khz > 0).then(|| format!("lpj={}", u64::from(tsc_khz) * 1000 / u64::from(GUEST_KERNEL_HZ)))
+    (tsc_khz > 0).then(|| {
+        format!(
+            "lpj={}",
+            u64::from(tsc_khz) * 1000 / u64::from(GUEST_KERNEL_HZ)
+        )
+    })
 }
+
 /// The control channel's device node in the guest.
 pub const CONTROL_DEV: &std::ffi::CStr = c"/dev/ttyS1";
 /// The app's stdio stream's device node in the guest (the one virtio console port).

@@ -293,11 +293,7 @@ pub fn build_vm_with_cache(
     let mut entries = devices.cmdline_entries();
     if inputs.kernel_hz_known && vcpu_count > 1 {
         // KVM_GET_TSC_KHZ: the guest's TSC rate; a KVM without it leaves the guest to calibrate.
-        if let Some(lpj) = vcpus[0]
-            .get_tsc_khz()
-            .ok()
-            .and_then(pod::protocol::lpj_arg)
-        {
+        if let Some(lpj) = vcpus[0].get_tsc_khz().ok().and_then(pod::protocol::lpj_arg) {
             entries.push(lpj);
         }
     }
