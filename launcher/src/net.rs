@@ -301,12 +301,12 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
-    /// Ends the launch's hold on the network without tearing passt down from this thread
-    /// ([`passt::Passt::leave_to_exit`]): for the KVM engine, after its run.
-    pub fn leave_to_exit(self) {
+    /// Ends the backend now: passt killed and reaped (its published ports free once this
+    /// returns), the TAP forwarder told to stop; the link's descriptors closed.
+    pub fn end(self) {
         match self.backend {
-            Backend::Passt(p) => p.leave_to_exit(),
-            Backend::Tap { .. } => {}
+            Backend::Passt(passt) => drop(passt),
+            Backend::Tap { forwarder, stop } => drop((forwarder, stop)),
         }
     }
 

@@ -352,10 +352,13 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         &opts,
         marks,
     )?;
-    // QEMU has exited: the memfds can go, and the network backend with them.
+    // QEMU has exited: the memfds can go, and the network backend with them (passt killed
+    // and reaped: its ports are free for the next launch once the launcher exits).
     drop(kernel);
     drop(initrd);
-    drop(net);
+    if let Some(n) = net {
+        n.end();
+    }
     marks.add_report(&report);
     Ok(report.outcome())
 }

@@ -67,9 +67,7 @@ fn launch_for(end: End, port: u16) -> (Command, i32) {
     let mut cmd = Command::new(probe::sibling_binary("hyperlaunch"));
     cmd.args(["--engine", "qemu", "-p", &format!("{port}:80")]);
     // The app serves (httpd in the background), then waits for its stdin to end.
-    let served_then = |code: i32| {
-        format!("httpd -p 80 -h /www && read -r line; exit {code}")
-    };
+    let served_then = |code: i32| format!("httpd -p 80 -h /www && read -r line; exit {code}");
     let code = match end {
         End::Term | End::Int => {
             cmd.args(["--timeout", "600"]).arg(pod());
@@ -141,6 +139,46 @@ fn back_to_back_launches_on_the_same_port_all_serve_and_leave_no_passt() {
     }
 }
 
+#[test]
+fn kvm_launches_end_their_passt_before_exiting() {
+    let test = "kvm_launches_end_their_passt_before_exiting";
+    if !have_passt(test) {
+        return;
+    }
+    if std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        skip::skipped(test, "no usable /dev/kvm");
+        return;
+    }
+    // The KVM engine's main thread ends passt under its seccomp filter (pidfd): back to back
+    // on one port, each launch finds it free and leaves no passt behind. Here --timeout ends
+    // each run (this host's kvm_pvm crawls through a Linux boot; a real KVM serves meanwhile).
+    let port = free_port();
+    for i in 0..5 {
+        let mut running = Running::start(
+            Command::new(probe::sibling_binary("hyperlaunch"))
+                .args(["--engine", "kvm", "--timeout", "1"])
+                .args(["-p", &format!("{port}:80")])
+                .arg(pod()),
+        );
+        let passt = wait_for_passt(running.child.id(), Duration::from_secs(10));
+        let (code, err) = running.wait_end();
+        assert!(
+            code.is_some_and(|c| c != 125) && !err.contains("in use"),
+            "launch {i}: {code:?} {err}"
+        );
+        let passt = passt.unwrap_or_else(|| panic!("launch {i}: no passt child seen: {err}"));
+        assert!(
+            !alive(passt),
+            "launch {i}: passt {passt} outlived the launcher"
+        );
+    }
+}
+
 /// A launch that must fail before the guest starts because a host port is taken: exit 125, one
 /// line naming the port and the reason, in well under a boot's time.
 fn refused_as_taken(engine: &str, network: &str, publish: &str, shown: &str) {
@@ -204,7 +242,10 @@ fn a_host_port_held_by_another_process_is_refused_before_boot_on_both_engines_an
         }
     }
     if v6.is_none() {
-        skip::skipped(test, "this host has no IPv6 (cannot bind [::]): the IPv6 case");
+        skip::skipped(
+            test,
+            "this host has no IPv6 (cannot bind [::]): the IPv6 case",
+        );
     }
     drop(v4);
 }
@@ -271,12 +312,33 @@ fn tap_forwarder_publishes_on_both_families_or_on_the_address_given() {
     let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
     assert_eq!(wait_for_page(v4(both), &mut running), PAGE);
     // No address: every address of both families, as `docker run -p` publishes.
-    assert_eq!(http_get(v6(both)).as_deref(), Some(PAGE), "GET {}", v6(both));
+    assert_eq!(
+        http_get(v6(both)).as_deref(),
+        Some(PAGE),
+        "GET {}",
+        v6(both)
+    );
     // An address given: that address only.
-    assert_eq!(http_get(v4(v4_only)).as_deref(), Some(PAGE), "GET {}", v4(v4_only));
-    assert!(TcpStream::connect(v6(v4_only)).is_err(), "{v4_only} on ::1 too");
-    assert_eq!(http_get(v6(v6_only)).as_deref(), Some(PAGE), "GET {}", v6(v6_only));
-    assert!(TcpStream::connect(v4(v6_only)).is_err(), "{v6_only} on 127.0.0.1 too");
+    assert_eq!(
+        http_get(v4(v4_only)).as_deref(),
+        Some(PAGE),
+        "GET {}",
+        v4(v4_only)
+    );
+    assert!(
+        TcpStream::connect(v6(v4_only)).is_err(),
+        "{v4_only} on ::1 too"
+    );
+    assert_eq!(
+        http_get(v6(v6_only)).as_deref(),
+        Some(PAGE),
+        "GET {}",
+        v6(v6_only)
+    );
+    assert!(
+        TcpStream::connect(v4(v6_only)).is_err(),
+        "{v6_only} on 127.0.0.1 too"
+    );
     let (code, err) = running.stop_with("TERM");
     assert_eq!(code, Some(143), "{err}");
 }

@@ -495,9 +495,11 @@ pub fn launch(cfg: &LaunchConfig, marks: &mut Marks) -> (Outcome, String) {
                 notes = format!("{digests}{}", vm.cpuid.note());
             }
             let outcome = run::run(vm.runner, &opts, marks);
-            // The main thread is under its seccomp filter now: passt ends with the process.
+            // passt is killed and reaped before the launcher exits, so that its ports are free
+            // for the next launch (through its pidfd: the main thread is under its seccomp
+            // filter now).
             if let Some(n) = vm.network {
-                n.leave_to_exit();
+                n.end();
             }
             outcome
         }
