@@ -159,7 +159,7 @@ fn kvm_launches_end_their_passt_before_exiting() {
     // each run (this host's kvm_pvm crawls through a Linux boot; a real KVM serves meanwhile).
     let port = free_port();
     for i in 0..5 {
-        let mut running = Running::start(
+        let running = Running::start(
             Command::new(probe::sibling_binary("hyperlaunch"))
                 .args(["--engine", "kvm", "--timeout", "1"])
                 .args(["-p", &format!("{port}:80")])
@@ -184,7 +184,9 @@ fn kvm_launches_end_their_passt_before_exiting() {
 fn refused_as_taken(engine: &str, network: &str, publish: &str, shown: &str) {
     let started = Instant::now();
     let out = Command::new(probe::sibling_binary("hyperlaunch"))
-        .args(["--engine", engine, "--network", network, "-p", publish])
+        // A timeout all the same: a launch that boots instead fails the test, not hangs it.
+        .args(["--engine", engine, "--timeout", "10", "--network", network])
+        .args(["-p", publish])
         .arg(pod())
         .stdin(Stdio::null())
         .output()
