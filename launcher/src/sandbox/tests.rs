@@ -131,7 +131,11 @@ fn child_makes_a_forbidden_call() {
     let (kind, _, _) = cases()[case];
     let prog = compile(kind).unwrap();
     // A child and its pidfd, from before the filter (as passt's is, net/passt.rs).
-    let sleeper = std::process::Command::new("sleep")
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the pidfd case reaps it with waitid(P_PIDFD), as the main thread reaps passt"
+    )]
+    let mut sleeper = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
@@ -141,8 +145,8 @@ fn child_makes_a_forbidden_call() {
     )
     .unwrap();
     if case != PIDFD_CASE {
-        // SAFETY: SIGKILL to a child of this process; reaped by whoever reaps this process.
-        unsafe { libc::kill(sleeper.id() as i32, libc::SIGKILL) };
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
     }
     install_sigsys_reporter().unwrap();
     install_on_this_thread(kind, &prog).unwrap();
