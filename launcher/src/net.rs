@@ -369,6 +369,16 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
+    /// Starts ending the backend without waiting: passt gets its SIGKILL ([`HostNetwork::end`]
+    /// reaps it), the TAP forwarder its stop flag. Its exit then overlaps the launcher's own
+    /// teardown.
+    pub fn stop(&self) {
+        match &self.backend {
+            Backend::Passt(passt) => passt.kill(),
+            Backend::Tap { stop, .. } => stop.0.store(true, Ordering::SeqCst),
+        }
+    }
+
     /// Ends the backend now: passt killed and reaped (its published ports free once this
     /// returns), the TAP forwarder told to stop; the link's descriptors closed.
     pub fn end(self) {

@@ -353,7 +353,10 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         marks,
     )?;
     // QEMU has exited: the memfds can go, and the network backend with them (passt killed
-    // and reaped: its ports are free for the next launch once the launcher exits).
+    // first, reaped last: its ports are free for the next launch once the launcher exits).
+    if let Some(n) = &net {
+        n.stop();
+    }
     drop(kernel);
     drop(initrd);
     if let Some(n) = net {

@@ -305,13 +305,21 @@ impl Starting {
     }
 }
 
+impl Passt {
+    /// Sends passt its SIGKILL through the pidfd, without waiting (dropping it reaps it).
+    pub fn kill(&self) {
+        let _ =
+            rustix::process::pidfd_send_signal(self.pidfd.as_fd(), rustix::process::Signal::KILL);
+    }
+}
+
 impl Drop for Passt {
     /// SIGKILL through the pidfd, then `waitid(P_PIDFD)`: back once passt has exited (its
     /// sockets, the published ports, closed) and is reaped. Both fail harmlessly if it exited
     /// and was reaped already (`wait_ready` saw it fail).
     fn drop(&mut self) {
-        use rustix::process::{Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
-        let _ = pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL);
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        self.kill();
         while let Err(rustix::io::Errno::INTR) =
             waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
         {}
