@@ -214,8 +214,9 @@ fn rootless_launch_as_nobody_publishes_a_port() {
         wait_for_page(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), &mut running),
         PAGE
     );
-    // Only on 127.0.0.1, as asked.
+    // Only on 127.0.0.1, as asked: not on IPv6.
     assert!(TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err());
+    assert!(TcpStream::connect((Ipv6Addr::LOCALHOST, port)).is_err());
     let (code, err) = running.stop_with("TERM");
     assert_eq!(code, Some(143), "{err}");
     assert!(port_released(port), "passt left running");

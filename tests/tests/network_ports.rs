@@ -155,18 +155,29 @@ fn kvm_launches_end_their_passt_before_exiting() {
         return;
     }
     // The KVM engine's main thread ends passt under its seccomp filter (pidfd): back to back
-    // on one port, each launch finds it free and leaves no passt behind. Here --timeout ends
-    // each run (this host's kvm_pvm crawls through a Linux boot; a real KVM serves meanwhile).
+    // on one port, each launch finds it free and leaves no passt behind (this host's kvm_pvm
+    // crawls through a Linux boot; a real KVM serves meanwhile).
+    // Ended by the timeout, or by SIGTERM / SIGINT forwarded while the guest runs (a short
+    // --grace: this host's guest may never get to answer).
     let port = free_port();
-    for i in 0..5 {
+    for (i, signal) in [None, Some("TERM"), None, Some("INT"), None]
+        .into_iter()
+        .enumerate()
+    {
         let running = Running::start(
             Command::new(probe::sibling_binary("hyperlaunch"))
-                .args(["--engine", "kvm", "--timeout", "1"])
+                .args(["--engine", "kvm", "--timeout", "2", "--grace", "1"])
                 .args(["-p", &format!("{port}:80")])
                 .arg(pod()),
         );
         let passt = wait_for_passt(running.child.id(), Duration::from_secs(10));
-        let (code, err) = running.wait_end();
+        let (code, err) = match signal {
+            Some(signal) => {
+                std::thread::sleep(Duration::from_millis(300));
+                running.stop_with(signal)
+            }
+            None => running.wait_end(),
+        };
         assert!(
             code.is_some_and(|c| c != 125) && !err.contains("in use"),
             "launch {i}: {code:?} {err}"
