@@ -230,7 +230,7 @@ fn bind(ip: Option<IpAddr>, port: u16, proto: Proto) -> Result<(Vec<OwnedFd>, u1
 /// Host ports checked free (or chosen) and held; dropping it lets the backend bind them.
 pub struct Reservation {
     pub published: Vec<Published>,
-    /// Each published port's sockets (two for every address: IPv4 and IPv6).
+    /// Each published port's sockets (two for a port without an address: 0.0.0.0 and [::]).
     held: Vec<Vec<OwnedFd>>,
 }
 

@@ -232,7 +232,7 @@ impl Passt {
         let mut child = cmd.spawn().map_err(NetError::Spawn)?;
         // passt has its end now.
         drop(theirs);
-        // Only this thread waits for the child, so its pid names it until it is reaped here.
+        // Nothing reaps the child but this module, so its pid still names it here.
         let pidfd = match rustix::process::pidfd_open(
             rustix::process::Pid::from_child(&child),
             rustix::process::PidfdFlags::empty(),
