@@ -193,12 +193,14 @@ fn kvm_launches_end_their_passt_before_exiting() {
 /// A launch that must fail before the guest starts because a host port is taken: exit 125, one
 /// line naming the port and the reason, in well under a boot's time.
 fn refused_as_taken(engine: &str, network: &str, publish: &str, shown: &str) {
+    // Built (once) before the clock starts.
+    let pod = pod();
     let started = Instant::now();
     let out = Command::new(probe::sibling_binary("hyperlaunch"))
         // A timeout all the same: a launch that boots instead fails the test, not hangs it.
         .args(["--engine", engine, "--timeout", "10", "--network", network])
         .args(["-p", publish])
-        .arg(pod())
+        .arg(pod)
         .stdin(Stdio::null())
         .output()
         .unwrap();
