@@ -25,7 +25,7 @@ pub mod tap;
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -163,30 +163,75 @@ pub fn mode(cfg: &LaunchConfig) -> Result<NetworkMode, NetError> {
     }
 }
 
-/// Binds `ip:port` (all addresses when `ip` is `None`) for `proto`; returns the socket, which
-/// holds the port while open, and the port bound.
-fn bind(ip: Option<IpAddr>, port: u16, proto: Proto) -> io::Result<(OwnedFd, u16)> {
-    // Docker's default binding is every address; 0.0.0.0 conflicts with any IPv4 listener on
-    // the port, and with a dual-stack one on [::].
-    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
-    Ok(match proto {
-        Proto::Tcp => {
-            let l = TcpListener::bind(addr)?;
-            let port = l.local_addr()?.port();
-            (l.into(), port)
+/// Binds one socket on `addr` for `proto` (a TCP one listening), as `std` does (close-on-exec,
+/// `SO_REUSEADDR` for TCP) and, for IPv6, `IPV6_V6ONLY`: `[::]` then means IPv6 alone, beside
+/// a socket of its own on 0.0.0.0, as Docker publishes a port.
+fn bind_one(addr: SocketAddr, proto: Proto) -> io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let kind = match proto {
+        Proto::Tcp => SocketType::STREAM,
+        Proto::Udp => SocketType::DGRAM,
+    };
+    let fd = rustix::net::socket_with(family, kind, SocketFlags::CLOEXEC, None)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    if proto == Proto::Tcp {
+        sockopt::set_socket_reuseaddr(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    if proto == Proto::Tcp {
+        rustix::net::listen(&fd, 128)?;
+    }
+    Ok(fd)
+}
+
+/// The port `fd` is bound to.
+fn bound_port(fd: &OwnedFd) -> io::Result<u16> {
+    let addr = rustix::net::getsockname(fd)?;
+    SocketAddr::try_from(addr)
+        .map(|a| a.port())
+        .map_err(|_| io::Error::other("not an IP socket"))
+}
+
+/// Why a host port could not be bound: the address that failed, and the error.
+type BindFailure = (SocketAddr, io::Error);
+
+/// Binds `ip:port` for `proto` (port 0: one the kernel picks); returns the sockets, which hold
+/// the port while open, and the port bound. `ip` `None` is every address of both families, as
+/// with Docker: 0.0.0.0 and `[::]` (IPv6 alone), the latter left out on a host without IPv6.
+fn bind(ip: Option<IpAddr>, port: u16, proto: Proto) -> Result<(Vec<OwnedFd>, u16), BindFailure> {
+    let v4 = SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
+    let first = bind_one(v4, proto).map_err(|e| (v4, e))?;
+    let port = bound_port(&first).map_err(|e| (v4, e))?;
+    if ip.is_some() {
+        return Ok((vec![first], port));
+    }
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    match bind_one(v6, proto) {
+        Ok(second) => Ok((vec![first, second], port)),
+        // No IPv6 on this host (not built in, or no address to bind): IPv4 alone.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            Ok((vec![first], port))
         }
-        Proto::Udp => {
-            let s = UdpSocket::bind(addr)?;
-            let port = s.local_addr()?.port();
-            (s.into(), port)
-        }
-    })
+        Err(e) => Err((v6, e)),
+    }
 }
 
 /// Host ports checked free (or chosen) and held; dropping it lets the backend bind them.
 pub struct Reservation {
     pub published: Vec<Published>,
-    held: Vec<OwnedFd>,
+    /// Each published port's sockets (two for a port without an address: 0.0.0.0 and [::]).
+    held: Vec<Vec<OwnedFd>>,
 }
 
 impl Reservation {
@@ -200,13 +245,17 @@ impl Reservation {
         self.held
             .into_iter()
             .zip(self.published)
-            .map(|(fd, p)| (fd, p.proto, p.guest_port))
+            .flat_map(|(fds, p)| fds.into_iter().map(move |fd| (fd, p.proto, p.guest_port)))
             .collect()
     }
 }
 
+/// How many times a port the kernel picked on IPv4 is tried again when IPv6 has it taken.
+const ANY_PORT_TRIES: usize = 16;
+
 /// Checks each requested host port is free and picks the free ports for `Any` and `Range`
-/// requests, holding them all. A port in use, or one this user may not bind, is refused.
+/// requests, holding them all. A port in use (on any of its addresses), or one this user may
+/// not bind, is refused, naming the address that failed.
 pub fn reserve(requests: &[PortRequest]) -> Result<Reservation, NetError> {
     let mut r = Reservation {
         published: Vec::new(),
@@ -220,14 +269,33 @@ pub fn reserve(requests: &[PortRequest]) -> Result<Reservation, NetError> {
             proto: q.proto,
         };
         let taken = |port| {
-            let p = mapped(port);
-            move |e: io::Error| match e.kind() {
-                io::ErrorKind::AddrInUse => NetError::InUse(p),
-                _ => NetError::Bind(p, e),
+            move |(at, e): BindFailure| {
+                // Named with the address that failed ([::] when only IPv6 has it taken).
+                let p = Published {
+                    host_ip: Some(at.ip()).filter(|_| q.host_ip.is_some() || at.is_ipv6()),
+                    ..mapped(port)
+                };
+                match e.kind() {
+                    io::ErrorKind::AddrInUse => NetError::InUse(p),
+                    _ => NetError::Bind(p, e),
+                }
             }
         };
         let (held, port) = match q.host_port {
-            HostPort::Any => bind(q.host_ip, 0, q.proto).map_err(taken(0))?,
+            HostPort::Any => {
+                // The kernel picks a port free on IPv4; IPv6 may have that one taken.
+                let mut tries = 0;
+                loop {
+                    match bind(q.host_ip, 0, q.proto) {
+                        Err((_, e))
+                            if e.kind() == io::ErrorKind::AddrInUse && tries < ANY_PORT_TRIES =>
+                        {
+                            tries += 1
+                        }
+                        other => break other.map_err(taken(0))?,
+                    }
+                }
+            }
             HostPort::Fixed(p) => bind(q.host_ip, p, q.proto).map_err(taken(p))?,
             HostPort::Range(a, b) => (a..=b)
                 .find_map(|p| bind(q.host_ip, p, q.proto).ok())
@@ -301,12 +369,22 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
-    /// Ends the launch's hold on the network without tearing passt down from this thread
-    /// ([`passt::Passt::leave_to_exit`]): for the KVM engine, after its run.
-    pub fn leave_to_exit(self) {
+    /// Starts ending the backend without waiting: passt gets its SIGKILL ([`HostNetwork::end`]
+    /// reaps it), the TAP forwarder its stop flag. Its exit then overlaps the launcher's own
+    /// teardown.
+    pub fn stop(&self) {
+        match &self.backend {
+            Backend::Passt(passt) => passt.kill(),
+            Backend::Tap { stop, .. } => stop.0.store(true, Ordering::SeqCst),
+        }
+    }
+
+    /// Ends the backend now: passt killed and reaped (its published ports free once this
+    /// returns), the TAP forwarder told to stop; the link's descriptors closed.
+    pub fn end(self) {
         match self.backend {
-            Backend::Passt(p) => p.leave_to_exit(),
-            Backend::Tap { .. } => {}
+            Backend::Passt(passt) => drop(passt),
+            Backend::Tap { forwarder, stop } => drop((forwarder, stop)),
         }
     }
 

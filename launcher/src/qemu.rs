@@ -352,10 +352,16 @@ pub fn run(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Outcome, QemuError> 
         &opts,
         marks,
     )?;
-    // QEMU has exited: the memfds can go, and the network backend with them.
+    // QEMU has exited: the memfds can go, and the network backend with them (passt killed
+    // first, reaped last: its ports are free for the next launch once the launcher exits).
+    if let Some(n) = &net {
+        n.stop();
+    }
     drop(kernel);
     drop(initrd);
-    drop(net);
+    if let Some(n) = net {
+        n.end();
+    }
     marks.add_report(&report);
     Ok(report.outcome())
 }

@@ -189,10 +189,23 @@ const VCPU: &[Allowed] = &[
     with("fcntl", libc::SYS_fcntl, Arg::OneOf(1, FCNTL_GETFD)),
 ];
 
-/// The main thread: what a vCPU does, then tearing the VM down (close), the terminal restored
-/// and the report written (waiting for a slow stderr with `poll`, stdio.rs).
+/// `pidfd_send_signal(pidfd, SIGKILL, …)`: the only signal the main thread sends to passt.
+const SIGKILL_ONLY: &[u64] = &[libc::SIGKILL as u64];
+/// `waitid(P_PIDFD, …)`: waiting only for the child a pidfd names (passt).
+const WAIT_PIDFD_ONLY: &[u64] = &[libc::P_PIDFD as u64];
+
+/// The main thread: what a vCPU does, then tearing the VM down (close), passt ended (SIGKILL
+/// through its pidfd, reaped with `waitid` on it: net/passt.rs), the terminal restored and the
+/// report written (waiting for a slow stderr with `poll`, stdio.rs). No pidfd can be opened
+/// under the filter: the only ones are those opened before, for the launcher's own children.
 const MAIN: &[Allowed] = &[
     with("ioctl", libc::SYS_ioctl, Arg::OneOf(1, MAIN_IOCTLS)),
+    with(
+        "pidfd_send_signal",
+        libc::SYS_pidfd_send_signal,
+        Arg::OneOf(1, SIGKILL_ONLY),
+    ),
+    with("waitid", libc::SYS_waitid, Arg::OneOf(0, WAIT_PIDFD_ONLY)),
     any("poll", libc::SYS_poll),
     any("sendto", libc::SYS_sendto),
     any("pread64", libc::SYS_pread64),

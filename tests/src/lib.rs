@@ -9,3 +9,4 @@ pub mod probe;
 pub mod qemu;
 pub mod registry;
 pub mod skip;
+pub mod web;

@@ -1,7 +1,10 @@
 //! Published ports over the TAP backend, forwarded in userspace by the launcher (as
 //! `docker-proxy` does): one thread, one `poll` loop over the host sockets the launcher bound
 //! when it checked the ports ([`super::reserve`]), the accepted TCP connections and their
-//! connections to the guest, and one connected UDP socket per UDP client.
+//! connections to the guest, and one connected UDP socket per UDP client. A port published
+//! without an address has two host sockets, 0.0.0.0 and `[::]` (IPv6 alone), as with Docker;
+//! either family's clients reach the guest over IPv4 (the TAP link's only family), and a UDP
+//! reply goes back from the socket the client wrote to.
 //!
 //! Nothing is left behind: the listeners and connections are the launcher's descriptors and go
 //! with its process. Memory is bounded: [`MAX_TCP`] connections of two [`BUF`]-byte buffers,
@@ -396,14 +399,19 @@ mod tests {
 
     /// A forwarder from a free loopback port to `guest_port` on 127.0.0.1 (the "guest").
     fn forward(proto: Proto, guest_port: u16) -> (u16, Arc<AtomicBool>) {
+        forward_from("127.0.0.1:0", proto, guest_port)
+    }
+
+    /// A forwarder from a free port on `host` to `guest_port` on 127.0.0.1.
+    fn forward_from(host: &str, proto: Proto, guest_port: u16) -> (u16, Arc<AtomicBool>) {
         let (fd, port): (OwnedFd, u16) = match proto {
             Proto::Tcp => {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let l = TcpListener::bind(host).unwrap();
                 let p = l.local_addr().unwrap().port();
                 (l.into(), p)
             }
             Proto::Udp => {
-                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let s = UdpSocket::bind(host).unwrap();
                 let p = s.local_addr().unwrap().port();
                 (s.into(), p)
             }
@@ -475,6 +483,51 @@ mod tests {
             let n = c.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], [b"re:", name].concat());
         }
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn ipv6_clients_reach_the_ipv4_guest_over_tcp_and_udp() {
+        if TcpListener::bind("[::1]:0").is_err() {
+            hyperpod_tests::skip::skipped(
+                "net::forward::tests::ipv6_clients_reach_the_ipv4_guest_over_tcp_and_udp",
+                "this host has no IPv6 on lo (cannot bind ::1)",
+            );
+            return;
+        }
+        let guest = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (port, stop) = forward_from("[::1]:0", Proto::Tcp, guest.local_addr().unwrap().port());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = guest.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(b"v4 guest").unwrap();
+            got
+        });
+        let mut c = TcpStream::connect(("::1", port)).unwrap();
+        c.write_all(b"from ::1").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(server.join().unwrap(), b"from ::1");
+        assert_eq!(back, b"v4 guest");
+        stop.store(true, Ordering::SeqCst);
+
+        let guest = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (port, stop) = forward_from("[::1]:0", Proto::Udp, guest.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = guest.recv_from(&mut buf).unwrap();
+            guest.send_to(&[b"re:", &buf[..n]].concat(), from).unwrap();
+        });
+        let c = UdpSocket::bind("[::1]:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"six", ("::1", port)).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"re:six");
+        // The reply comes from the published port itself.
+        assert_eq!(from.port(), port);
         stop.store(true, Ordering::SeqCst);
     }
 }

@@ -1,6 +1,10 @@
 //! passt (Debian package `passt`) as the launch's network backend: started in the foreground as
 //! the launcher's child on one end of a socketpair (`--fd`), with the guest's addressing and the
-//! published ports on its command line; ended (killed and reaped) when the [`Passt`] is dropped.
+//! published ports on its command line; ended (killed and reaped) when the [`Passt`] is dropped,
+//! so that the launcher never exits before its passt has released the published ports (the next
+//! launch publishing them would find them taken). The end goes through a pidfd, opened right
+//! after the spawn: a signal to it and a `waitid` on it are what the KVM engine's main thread,
+//! under its seccomp filter by then, may do (sandbox.rs lists both, with their arguments).
 //!
 //! It quits by itself once the other end of its socket is closed (`--one-off`): when the launcher
 //! is killed, its end and QEMU's (QEMU dies with the launcher) close and passt exits, even though
@@ -11,7 +15,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -146,9 +150,12 @@ impl Drop for PrivateDir {
     }
 }
 
-/// The running passt; killed and reaped on drop ([`Passt::leave_to_exit`] otherwise).
+/// The running passt; killed and reaped on drop.
 pub struct Passt {
+    /// For `try_wait` while it starts; its end goes through `pidfd`.
     child: Child,
+    /// A pidfd of the child (`pidfd_open`): killed and reaped through it.
+    pidfd: OwnedFd,
     /// Its stderr: an unlinked file, so that no pipe can fill and block it and no thread of
     /// ours has to drain one (the KVM engine's threads all run under seccomp filters).
     log: File,
@@ -222,11 +229,23 @@ impl Passt {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(NetError::Spawn)?;
+        let mut child = cmd.spawn().map_err(NetError::Spawn)?;
         // passt has its end now.
         drop(theirs);
+        // Nothing reaps the child but this module, so its pid still names it here.
+        let pidfd = match rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NetError::Spawn(e.into()));
+            }
+        };
         Ok(Starting {
-            passt: Passt { child, log },
+            passt: Passt { child, pidfd, log },
             dir,
             pid_file,
             started: Instant::now(),
@@ -287,19 +306,23 @@ impl Starting {
 }
 
 impl Passt {
-    /// Leaves passt to end with the launcher's process instead of killing and reaping it here
-    /// (the KVM engine's main thread runs under a seccomp filter without `kill` and `wait4` by
-    /// then): started with `--one-off` it exits when its end of the stream sees ours closed,
-    /// and `PR_SET_PDEATHSIG` kills it if the launcher is killed first.
-    pub fn leave_to_exit(self) {
-        std::mem::forget(self);
+    /// Sends passt its SIGKILL through the pidfd, without waiting (dropping it reaps it).
+    pub fn kill(&self) {
+        let _ =
+            rustix::process::pidfd_send_signal(self.pidfd.as_fd(), rustix::process::Signal::KILL);
     }
 }
 
 impl Drop for Passt {
+    /// SIGKILL through the pidfd, then `waitid(P_PIDFD)`: back once passt has exited (its
+    /// sockets, the published ports, closed) and is reaped. Both fail harmlessly if it exited
+    /// and was reaped already (`wait_ready` saw it fail).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        self.kill();
+        while let Err(rustix::io::Errno::INTR) =
+            waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
+        {}
     }
 }
 

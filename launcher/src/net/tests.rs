@@ -138,3 +138,74 @@ fn mappings_print_as_docker_port_does() {
     };
     assert_eq!(v6.to_string(), "80/udp -> [::1]:8080");
 }
+
+/// Whether this host has IPv6 (`[::]` can be bound).
+fn have_ipv6() -> bool {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok()
+}
+
+#[test]
+fn no_host_address_holds_both_families_and_an_address_only_itself() {
+    use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+    let v6 = have_ipv6();
+    // No address: 0.0.0.0 and [::] (IPv6 alone), for TCP and UDP alike; IPv4 alone without
+    // IPv6 on the host.
+    for spec in ["80", "53/udp"] {
+        let r = reserve(&publish::parse_publish(spec).unwrap()).unwrap();
+        let port = r.published[0].host_port;
+        let sockets = r.into_sockets();
+        assert_eq!(sockets.len(), if v6 { 2 } else { 1 }, "{spec}");
+        let tcp = spec == "80";
+        let free = |addr: SocketAddr| {
+            if tcp {
+                TcpListener::bind(addr).is_ok()
+            } else {
+                UdpSocket::bind(addr).is_ok()
+            }
+        };
+        assert!(
+            !free(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))),
+            "{spec}"
+        );
+        if v6 {
+            assert!(
+                !free(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
+                "{spec}"
+            );
+        }
+    }
+    // An address: that address alone.
+    let r = reserve(&publish::parse_publish("127.0.0.1::80").unwrap()).unwrap();
+    let port = r.published[0].host_port;
+    assert_eq!(r.into_sockets().len(), 1);
+    if v6 {
+        assert!(TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok());
+    }
+}
+
+#[test]
+fn a_port_taken_on_ipv6_alone_is_refused_naming_that_address() {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    if !have_ipv6() {
+        hyperpod_tests::skip::skipped(
+            "net::tests::a_port_taken_on_ipv6_alone_is_refused_naming_that_address",
+            "this host has no IPv6 (cannot bind [::])",
+        );
+        return;
+    }
+    // Another process's IPv6-only listener on [::] (as Docker's proxy binds one).
+    let holder = bind_one(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), Proto::Tcp).unwrap();
+    let port = bound_port(&holder).unwrap();
+    let e = reserve(&publish::parse_publish(&format!("{port}:80")).unwrap())
+        .err()
+        .expect("[::] is taken");
+    assert!(
+        matches!(e, NetError::InUse(p) if p.host_ip == Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)))
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("port 80/tcp -> [::]:{port} is already in use")
+    );
+    // IPv4 alone does not meet it.
+    assert!(reserve(&publish::parse_publish(&format!("127.0.0.1:{port}:80")).unwrap()).is_ok());
+}

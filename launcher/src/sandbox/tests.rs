@@ -34,6 +34,27 @@ fn every_kind_compiles_and_lists_each_call_once() {
         ] {
             assert!(!nrs.contains(&forbidden), "{kind:?} allows {forbidden}");
         }
+        // Signals and waits: only the main thread's SIGKILL to, and waitid on, a pidfd it
+        // already holds (passt's); never kill, wait4 or a new pidfd.
+        for forbidden in [libc::SYS_kill, libc::SYS_wait4, libc::SYS_pidfd_open] {
+            assert!(!nrs.contains(&forbidden), "{kind:?} allows {forbidden}");
+        }
+        let signal = list.iter().find(|a| a.nr == libc::SYS_pidfd_send_signal);
+        let wait = list.iter().find(|a| a.nr == libc::SYS_waitid);
+        match kind {
+            ThreadKind::Main => {
+                assert!(
+                    matches!(signal.and_then(|a| a.arg), Some(Arg::OneOf(1, s)) if s == [libc::SIGKILL as u64])
+                );
+                assert!(
+                    matches!(wait.and_then(|a| a.arg), Some(Arg::OneOf(0, w)) if w == [libc::P_PIDFD as u64])
+                );
+            }
+            _ => assert!(
+                signal.is_none() && wait.is_none(),
+                "{kind:?} signals or waits"
+            ),
+        }
         let socket = list.iter().find(|a| a.nr == libc::SYS_socket);
         match kind {
             ThreadKind::Forward => assert!(
@@ -81,7 +102,7 @@ fn the_sigsys_line_names_the_thread_and_the_call() {
 const CASE_ENV: &str = "HYPERPOD_SANDBOX_TEST_CASE";
 
 /// The cases: a kind and a call its filter forbids.
-fn cases() -> [(ThreadKind, &'static str, i64); 6] {
+fn cases() -> [(ThreadKind, &'static str, i64); 7] {
     [
         (ThreadKind::Vcpu, "socket", libc::SYS_socket),
         (ThreadKind::Supervisor, "ioctl(KVM_RUN)", libc::SYS_ioctl),
@@ -89,8 +110,17 @@ fn cases() -> [(ThreadKind, &'static str, i64); 6] {
         (ThreadKind::StdinForwarder, "openat", libc::SYS_openat),
         (ThreadKind::SignalForwarder, "execve", libc::SYS_execve),
         (ThreadKind::Net, "connect", libc::SYS_connect),
+        // After ending a child through its pidfd (SIGKILL, waitid), any other signal.
+        (
+            ThreadKind::Main,
+            "pidfd_send_signal(SIGTERM)",
+            libc::SYS_pidfd_send_signal,
+        ),
     ]
 }
+
+/// The case that ends a child (as the main thread ends passt) before its forbidden call.
+const PIDFD_CASE: usize = 6;
 
 /// Runs in the child: installs the filter of the case's kind on this thread, makes an allowed
 /// call, then the forbidden one, which must not return.
@@ -100,11 +130,41 @@ fn child_makes_a_forbidden_call() {
     let case: usize = std::env::var(CASE_ENV).unwrap().parse().unwrap();
     let (kind, _, _) = cases()[case];
     let prog = compile(kind).unwrap();
+    // A child and its pidfd, from before the filter (as passt's is, net/passt.rs).
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the pidfd case reaps it with waitid(P_PIDFD), as the main thread reaps passt"
+    )]
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&sleeper),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    if case != PIDFD_CASE {
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    }
     install_sigsys_reporter().unwrap();
     install_on_this_thread(kind, &prog).unwrap();
     let ok = b"child: filter installed, allowed calls run\n";
     // SAFETY: writing a valid buffer to stderr.
     unsafe { libc::write(2, ok.as_ptr().cast(), ok.len()) };
+    if case == PIDFD_CASE {
+        use rustix::process::{Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
+        use std::os::fd::AsFd;
+        pidfd_send_signal(pidfd.as_fd(), Signal::KILL).unwrap();
+        let status = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.terminating_signal(), Some(libc::SIGKILL));
+        let ok = b"child: killed and reaped its child through the pidfd\n";
+        // SAFETY: writing a valid buffer to stderr.
+        unsafe { libc::write(2, ok.as_ptr().cast(), ok.len()) };
+    }
     // SAFETY: each call gets valid (or harmless invalid) arguments; none returns under the
     // filter.
     let r = unsafe {
@@ -121,7 +181,14 @@ fn child_makes_a_forbidden_call() {
             ) as i64,
             3 => libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64,
             4 => libc::syscall(libc::SYS_execve, c"/bin/true".as_ptr(), 0usize, 0usize),
-            _ => libc::connect(-1, std::ptr::null(), 0) as i64,
+            5 => libc::connect(-1, std::ptr::null(), 0) as i64,
+            _ => libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                libc::SIGTERM,
+                0usize,
+                0usize,
+            ),
         }
     };
     panic!("the forbidden call returned {r}");
@@ -148,6 +215,9 @@ fn an_unlisted_call_ends_the_process_with_one_line_and_exit_125() {
             "{kind:?} {what}: {err}"
         );
         assert!(err.contains("child: filter installed"), "{what}: {err}");
+        if i == PIDFD_CASE {
+            assert!(err.contains("child: killed and reaped its child"), "{err}");
+        }
         let lines: Vec<&str> = err.lines().filter(|l| l.contains("sandbox")).collect();
         let want = format!(
             "hyperlaunch: sandbox: the {} thread made system call {nr}",

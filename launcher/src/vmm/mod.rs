@@ -509,10 +509,24 @@ pub fn launch(cfg: &LaunchConfig, marks: &mut Marks) -> (Outcome, String) {
                 let digests = vm.digests.map(source::Trust::note).unwrap_or_default();
                 notes = format!("{digests}{}", vm.cpuid.note());
             }
-            let outcome = run::run(vm.runner, &opts, marks);
-            // The main thread is under its seccomp filter now: passt ends with the process.
-            if let Some(n) = vm.network {
-                n.leave_to_exit();
+            let Vm {
+                _kvm,
+                _fd,
+                _mem,
+                runner,
+                network,
+                ..
+            } = vm;
+            let outcome = run::run(runner, &opts, marks);
+            // passt is killed and reaped before the launcher exits, so that its ports are free
+            // for the next launch (through its pidfd: the main thread is under its seccomp
+            // filter now). Killed first, reaped after the VM's teardown: its exit overlaps ours.
+            if let Some(n) = &network {
+                n.stop();
+            }
+            drop((_mem, _fd, _kvm));
+            if let Some(n) = network {
+                n.end();
             }
             outcome
         }
