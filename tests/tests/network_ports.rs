@@ -77,7 +77,7 @@ fn launch_for(end: End, port: u16) -> (Command, i32) {
         End::Fail => 3,
         End::Timeout => {
             // Long enough to boot and serve under TCG on a loaded host.
-            cmd.args(["--timeout", "60", "-i", "--entrypoint", "/bin/sh"])
+            cmd.args(["--timeout", "30", "-i", "--entrypoint", "/bin/sh"])
                 .arg(pod())
                 .args(["--", "-c", &served_then(0)]);
             return (cmd, 124);
@@ -97,18 +97,9 @@ fn back_to_back_launches_on_the_same_port_all_serve_and_leave_no_passt() {
     }
     let port = free_port();
     let at = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let ends = [
-        End::Term,
-        End::Exit,
-        End::Int,
-        End::Fail,
-        End::Term,
-        End::Exit,
-        End::Timeout,
-        End::Int,
-        End::Fail,
-        End::Term,
-    ];
+    // Each way a run ends, once: five launches back to back on one port (ten took 163 s of the
+    // suite for no more coverage; the KVM engine's case is the one the bug was on, below).
+    let ends = [End::Term, End::Exit, End::Int, End::Fail, End::Timeout];
     for (i, end) in ends.into_iter().enumerate() {
         let (mut cmd, want) = launch_for(end, port);
         let mut running = Running::start_with(&mut cmd, Stdio::piped());
