@@ -150,7 +150,7 @@ pub struct Runner {
 /// A running vCPU thread as the supervisor sees it: where to send the kick, and whether its
 /// loop has returned.
 struct VcpuThread {
-    pthread: libc::pthread_t,
+    pthread: std::os::unix::thread::RawPthread,
     done: Arc<AtomicBool>,
 }
 
@@ -246,7 +246,7 @@ pub fn run(runner: Runner, opts: &RunOptions, marks: &mut Marks) -> Outcome {
     let vcpu0 = vcpus.next().expect("checked above");
     let done0 = Arc::new(AtomicBool::new(false));
     // SAFETY: pthread_self has no preconditions.
-    let this_thread = unsafe { libc::pthread_self() };
+    let this_thread = unsafe { libc::pthread_self() } as std::os::unix::thread::RawPthread;
     let mut kicks = vec![VcpuThread {
         pthread: this_thread,
         done: done0.clone(),
@@ -407,7 +407,7 @@ fn stop_vcpus(stop: &AtomicBool, vcpus: &[VcpuThread]) -> bool {
             // SAFETY: the thread is alive: its owner joins it only after this function has
             // returned; the kick signal has a no-op handler.
             unsafe {
-                libc::pthread_kill(v.pthread, kick_signal());
+                libc::pthread_kill(v.pthread as libc::pthread_t, kick_signal());
             }
             std::thread::sleep(Duration::from_micros(200));
         }
