@@ -97,23 +97,37 @@ fn sanitize_standard_fds() {
 /// The process entry (see the module comment).
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     let exec = Instant::now();
+    // From main's own arguments: std's `args_os` is filled before `main` by glibc only (a musl
+    // build, docs/BENCHMARKS.md, would see none).
+    let args: Vec<std::ffi::OsString> = (1..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            use std::os::unix::ffi::OsStrExt;
+            // SAFETY: the C runtime passes `argc` pointers to NUL-terminated strings in `argv`,
+            // alive for the whole process.
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned()
+        })
+        .collect();
     // One malloc arena for every thread: a run's threads (sandbox crew) then map no arena of
     // their own while the main thread creates the VM, which takes the same address-space lock.
+    // (musl's allocator has no such setting.)
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes the allocator's settings; no allocation is live across it
     // that depends on them.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     sanitize_standard_fds();
-    run(exec)
+    run(exec, &args)
 }
 
 #[cfg_attr(test, allow(dead_code))]
-fn run(exec: Instant) -> ! {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let parsed = cli::parse(&argv);
+fn run(exec: Instant, argv: &[std::ffi::OsString]) -> ! {
+    let parsed = cli::parse(argv);
     let code = match parsed {
         Ok(Command::Launch(cfg)) => launch(*cfg, exec),
         Ok(Command::Doctor { json }) => launcher::doctor::run(json),

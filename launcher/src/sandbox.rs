@@ -130,21 +130,24 @@ const fn with(name: &'static str, nr: i64, arg: Arg) -> Allowed {
     }
 }
 
+// `as u64`: libc types these requests as c_ulong with glibc and c_int with musl.
+#[allow(clippy::unnecessary_cast)]
 const TERMINAL_IOCTLS: &[u64] = &[
-    libc::TCGETS,
-    libc::TCSETS,
-    libc::TCSETSW,
-    libc::TCSETSF,
-    libc::TIOCGWINSZ,
+    libc::TCGETS as u64,
+    libc::TCSETS as u64,
+    libc::TCSETSW as u64,
+    libc::TCSETSF as u64,
+    libc::TIOCGWINSZ as u64,
 ];
 const VCPU_IOCTLS: &[u64] = &[KVM_RUN];
+#[allow(clippy::unnecessary_cast)]
 const MAIN_IOCTLS: &[u64] = &[
     KVM_RUN,
-    libc::TCGETS,
-    libc::TCSETS,
-    libc::TCSETSW,
-    libc::TCSETSF,
-    libc::TIOCGWINSZ,
+    libc::TCGETS as u64,
+    libc::TCSETS as u64,
+    libc::TCSETSW as u64,
+    libc::TCSETSF as u64,
+    libc::TIOCGWINSZ as u64,
 ];
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// `fcntl(fd, F_GETFD)`: std's debug builds check a descriptor is open before closing it.
@@ -172,6 +175,9 @@ const COMMON: &[Allowed] = &[
     any("gettid", libc::SYS_gettid),
     // abort() on a panic, pthread_kill for the vCPU kicks.
     any("tgkill", libc::SYS_tgkill),
+    // The same in a musl build (an experiment, docs/BENCHMARKS.md: musl uses tkill).
+    #[cfg(target_env = "musl")]
+    any("tkill", libc::SYS_tkill),
     any("exit", libc::SYS_exit),
     any("exit_group", libc::SYS_exit_group),
 ];

@@ -231,13 +231,20 @@ fn kvm_bench_real_pod_exec_to_first_kvm_run() {
     }
     let (mut to_main, mut opened, mut created, mut loaded, mut first_run, mut spawn_run) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // Launches that never reached the guest within `--timeout` (seen on an overloaded host:
+    // a crew thread not scheduled in time, docs/BENCHMARKS.md) are counted and shown, not
+    // averaged in.
+    let mut missed = Vec::new();
     for _ in 0..RUNS {
         let t0 = monotonic_ns();
         let out = launch(true);
         let err = String::from_utf8_lossy(&out.stderr);
+        let Some(run) = field(&err, "first-kvm-run") else {
+            let why = err.lines().find(|l| l.starts_with("hyperlaunch: "));
+            missed.push(why.unwrap_or("no launcher line").to_string());
+            continue;
+        };
         let main_ms = (exec_ns(&err) - t0) as f64 / 1e6;
-        let run = field(&err, "first-kvm-run")
-            .unwrap_or_else(|| panic!("no first-kvm-run mark in:\n{err}"));
         to_main.push(main_ms);
         opened.push(field(&err, "pod-opened").unwrap());
         created.push(field(&err, "vm-created").unwrap());
@@ -245,6 +252,10 @@ fn kvm_bench_real_pod_exec_to_first_kvm_run() {
         first_run.push(run);
         spawn_run.push(main_ms + run);
     }
+    assert!(
+        !spawn_run.is_empty(),
+        "no launch reached the guest within --timeout: {missed:?}"
+    );
     let size = std::fs::metadata(&pod).unwrap().len();
     println!(
         "hyperlaunch KVM engine, real pod ({} MB), {MEMORY_MIB} MiB, 1 vCPU, {RUNS} runs:",
@@ -256,4 +267,8 @@ fn kvm_bench_real_pod_exec_to_first_kvm_run() {
     summary("real pod: main() -> kernel loaded", loaded);
     summary("real pod: main() -> first KVM_RUN", first_run);
     summary("real pod: spawn -> first KVM_RUN", spawn_run);
+    println!(
+        "real pod: launches without a first KVM_RUN: {} of {RUNS} {missed:?}",
+        missed.len()
+    );
 }

@@ -228,15 +228,10 @@ fn ioctl_socket() -> Result<OwnedFd, NetError> {
 }
 
 /// One `SIOC[GS]IF*` request on `s`; `EPERM` is the missing capability.
-fn call(
-    s: &OwnedFd,
-    what: &'static str,
-    op: libc::Ioctl,
-    req: &mut libc::ifreq,
-) -> Result<(), NetError> {
+fn call(s: &OwnedFd, what: &'static str, op: u64, req: &mut libc::ifreq) -> Result<(), NetError> {
     // SAFETY: the SIOC[GS]IF* requests read (and SIOCGIFFLAGS writes) the ifreq, which lives
     // for the call.
-    if unsafe { libc::ioctl(s.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
+    if unsafe { libc::ioctl(s.as_raw_fd(), op as libc::Ioctl, req as *mut libc::ifreq) } < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::EPERM) => NetError::TapPermission,

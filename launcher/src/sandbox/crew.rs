@@ -83,7 +83,7 @@ impl Ready {
     }
 
     /// The thread's id, for signals (the vCPU kicks).
-    pub fn pthread(&self) -> libc::pthread_t {
+    pub fn pthread(&self) -> std::os::unix::thread::RawPthread {
         self.thread.as_pthread_t()
     }
 

@@ -329,6 +329,7 @@ pub fn build_vm_with_cache(
             events_tx,
             crew: None,
             forwarder: None,
+            release: None,
         },
         cpuid: cpuid_lookup,
         digests: None,
@@ -368,8 +369,10 @@ pub fn build_vm_for_boot(
     let forward = pending
         .as_ref()
         .is_some_and(|p| p.link.is_tap() && !p.published.is_empty());
-    let built = build_from_image(cfg, &image, net, forward, marks)?;
+    let mut built = build_from_image(cfg, &image, net, forward, marks)?;
     let Some(pending) = pending else {
+        // The pod's mapping goes on the supervisor thread, once the run starts (run.rs).
+        built.0.runner.release = Some(Box::new(image));
         return Ok(built);
     };
     marks.published = pending.published.iter().map(ToString::to_string).collect();
@@ -392,6 +395,7 @@ pub fn build_vm_for_boot(
         .and_then(|n| n.take_forwarder())
         .map(|(f, _)| f);
     vm.network = network;
+    vm.runner.release = Some(Box::new(image));
     Ok((vm, opts))
 }
 
