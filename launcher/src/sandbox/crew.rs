@@ -17,8 +17,11 @@ use std::time::Duration;
 
 use super::{SandboxError, ThreadKind, fatal, install, install_sigsys_reporter};
 
-/// How long [`Gate::enter_main_and_wait`] waits for the other threads' filters.
-const WAIT: Duration = Duration::from_secs(2);
+/// How long [`Gate::enter_main_and_wait`] waits for the other threads' filters. A thread that
+/// fails to install its filter ends the process itself; this only bounds a thread never being
+/// scheduled. 2 s was too short for a busy host: at load 17 a crew thread missed it and the
+/// launch failed (1 in ~1,900 launches, 2026-12-03).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// The shape of a run: which threads it has besides the main thread (vCPU 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +106,7 @@ pub struct Gate {
 
 impl Gate {
     /// Installs the main thread's filter, then waits until every thread of the crew has
-    /// installed its own; a thread that has not within 2 s ends the process (125).
+    /// installed its own; a thread that has not within [`WAIT`] ends the process (125).
     pub fn enter_main_and_wait(self) {
         if let Err(e) = install(ThreadKind::Main) {
             fatal(&format!("hyperlaunch: sandbox: {e}"));
