@@ -382,10 +382,18 @@ fn publish_cases(ports: &NetPorts) -> Vec<Expect> {
          echo device-gone",
         ports.tap
     );
-    t.contains = &[
-        "pool=10.254.0.0/16\nlink=/30,gw+1\n",
-        "mtu=1500\nhost-side: from-the-launcher-machine\nready\nstopped\n",
-    ];
+    // (busybox `ip` ends its lines with a space, and an `-o` line with a backslash.)
+    t.stdout = Some(
+        b"pool=10.254.0.0/16\nlink=/30,gw+1\n\
+          2: eth0    inet ADDR/30 brd BRD scope global eth0\\\n\
+          default via GW dev eth0 \n\
+          NET/30 dev eth0 scope link  src ADDR \n\
+          ADDR\thyperpod\n\
+          mtu=1500\n\
+          host-side: from-the-launcher-machine\n\
+          ready\nstopped\n"
+            .to_vec(),
+    );
     t.post = Some(b"from-the-pod\ndevice-gone\n".to_vec());
     v.push(t);
     v
