@@ -1,7 +1,7 @@
 //! How often the nested machine's outer QEMU stalls (run by `bench/nested.sh --stalls N`,
 //! ignored by `cargo test`): N outer boots in a row without the harness's retry
 //! (`nested::try_boot`), each launching a pod a few times with the KVM engine the way the
-//! parity cases do (output, an idle app, `-i` input, 2 vCPUs). Each boot's result is printed,
+//! parity cases do (output, an idle app, `-i` input, 2 vCPUs), `HYPERPOD_NESTED_ROUNDS` times. Each boot's result is printed,
 //! and for a stall the outer CPU's state from QEMU's monitor. `HYPERPOD_NESTED_APPEND` adds
 //! words to the outer kernel's command line (`kvm_amd.PARAM=V` reaches the module), so one
 //! setting at a time can be counted against the default.
@@ -16,19 +16,21 @@ const TEST: &str = "nested_stalls::outer_machine_stalls";
 /// Longest one boot may take: a clean boot with this payload takes well under a minute on an
 /// idle host, a few on a loaded one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// And per round of launches beyond the first.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The launches of one boot (run inside, with `say` and `$HL` from `tests/nested/init.sh`).
-const RUN: &str = "\
+/// The launches of one round (run inside, with `say` and `$HL` from `tests/nested/init.sh`).
+const ROUND: &str = "\
 i=1\n\
-for a in 'i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done' \\\n\
+for a in 'i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done' \\\n\
          'sleep 3; echo slept' \\\n\
          'wc -c' \\\n\
          'echo cpus=$(grep -c ^processor /proc/cpuinfo); sleep 1'; do\n\
   opts=''\n\
   [ $i = 4 ] && opts='--vcpus 2'\n\
-  head -c 262144 /dev/zero | \"$HL\" --engine kvm --network none -q -i --timeout 120 $opts \\\n\
+  head -c 1048576 /dev/zero | \"$HL\" --engine kvm --network none -q -i --timeout 120 $opts \\\n\
     /pods/stall.pod -- \"$a\" > /tmp/out 2> /tmp/err\n\
-  say \"NESTED-LAUNCH $i exit=$? $(tail -n 1 /tmp/out)\"\n\
+  say \"NESTED-LAUNCH $r.$i exit=$? $(tail -n 1 /tmp/out)\"\n\
   i=$((i + 1))\n\
 done\n";
 
@@ -43,6 +45,12 @@ fn outer_machine_stalls() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
         .max(1);
+    let rounds: u32 = std::env::var("HYPERPOD_NESTED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let run = format!("for r in $(seq {rounds}); do\n{ROUND}done\n");
     let append = std::env::var("HYPERPOD_NESTED_APPEND").unwrap_or_default();
     let hl = nested::static_hyperlaunch();
     let work = tempfile::tempdir().unwrap();
@@ -61,12 +69,13 @@ fn outer_machine_stalls() {
         kernel: &kernel,
         vcpus: 1,
         icount: false,
-        timeout: BOOT_TIMEOUT,
+        timeout: BOOT_TIMEOUT + ROUND_TIMEOUT * (rounds - 1),
         append: &append,
     };
     println!(
-        "nested stalls: {boots} outer boots, -smp 1, outer command line {:?}, 4 KVM launches each",
-        format!("{} {append}", nested::OUTER_CMDLINE).trim_end()
+        "nested stalls: {boots} outer boots, -smp 1, outer command line {:?}, {} KVM launches each",
+        format!("{} {append}", nested::OUTER_CMDLINE).trim_end(),
+        4 * rounds
     );
     let (mut stalls, mut failed) = (0, 0);
     for b in 1..=boots {
@@ -75,7 +84,7 @@ fn outer_machine_stalls() {
             &outer,
             &Payload {
                 files: files.clone(),
-                run: RUN,
+                run: &run,
             },
             work.path(),
         ) {
