@@ -50,7 +50,12 @@ fn outer_machine_stalls() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .max(1);
-    let run = format!("for r in $(seq {rounds}); do\n{ROUND}done\n");
+    // The outer kernel's clock calibration first (a host too loaded to calibrate right would
+    // show here).
+    let run = format!(
+        "say \"NESTED-CLOCK $(dmesg | grep -o -e 'tsc: [A-Z].*' -e 'clocksource: Switched.*' | tr '\\n' ';')\"\n\
+         for r in $(seq {rounds}); do\n{ROUND}done\n"
+    );
     let append = std::env::var("HYPERPOD_NESTED_APPEND").unwrap_or_default();
     let hl = nested::static_hyperlaunch();
     let work = tempfile::tempdir().unwrap();
@@ -95,8 +100,13 @@ fn outer_machine_stalls() {
                     .filter(|l| l.starts_with("NESTED-LAUNCH"))
                     .collect();
                 let done = boot.report.contains("NESTED-DONE");
+                let clock = boot
+                    .report
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NESTED-CLOCK "))
+                    .unwrap_or("?");
                 println!(
-                    "boot {b}: {} in {:.0} s, {launches:?}",
+                    "boot {b}: {} in {:.0} s, {launches:?}, clock: {clock}",
                     if done { "finished" } else { "ENDED EARLY" },
                     boot.wall.as_secs_f64()
                 );
