@@ -518,7 +518,7 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
 
 /// Boots the nested machine with `payload` and returns its console and report when it powers
 /// off. The emulated outer machine stalls now and then under QEMU 7.2's TCG (seen: 2 boots in
-/// 6 of a loaded session, 1 in 10 of `bench/nested.sh --stalls 10 --rounds 4`): QEMU idle, its
+/// 6 of a loaded session, 3 in 40 of `bench/nested.sh --stalls` on 2026-12-03): QEMU idle, its
 /// CPU halted with interrupts on and the local timer's interrupt pending in the APIC, never
 /// taken (docs/BENCHMARKS.md), so a boot that has not finished after [`Outer::timeout`] or
 /// whose kernel breaks down is tried once more, and the result says so
