@@ -33,7 +33,12 @@ say() { echo "$*" >> "$REPORT"; }
 for m in $(cat /nested/modules.load); do
   params=""
   [ "$m" = dummy ] && params="numdummies=1"
-  insmod "/nested/modules/$m.ko" $params || say "NESTED-ERROR insmod $m failed"
+  # MODULE.PARAM=VALUE words of the command line (modprobe's rule; insmod does not read them).
+  prefix="$(echo "$m" | tr - _)."
+  for w in $(cat /proc/cmdline); do
+    case "$w" in "$prefix"*=*) params="$params ${w#"$prefix"}" ;; esac
+  done
+  insmod "/nested/modules/$m.ko" $params || say "NESTED-ERROR insmod $m $params failed"
 done
 # A routable interface for passt (it will not start without one): dummy0 with a default
 # route. The pods' gateway is still mapped to this machine's loopback.

@@ -9,7 +9,9 @@
 # `tty` (when set: ptyrun's options, a `set --` list; the launcher runs on a terminal of its
 # own and stdout is what that terminal shows), `pod`, `signal` (sent once "ready" is on the
 # app's stdout, or SIG@SECONDS after the start; empty: none), `setup`/`post` (shell run
-# in the case's directory before and after the launch; post's output is compared too) and may
+# in the case's directory before and after the launch; post's output is compared too),
+# `during` (shell run there once "ready" is on the app's stdout, before the signal by name is
+# sent; its output comes first in post's) and may
 # have NAME.stdin beside it (the launcher's stdin, or with `tty` ptyrun's: typed input; else
 # /dev/null).
 # Report line: NESTED-CASE NAME engine=E exit=N ms=T stdout=HEX stderr=HEX post=HEX
@@ -26,7 +28,7 @@ nested_run_case() { # nested_run_case FILE
   dir="$WORK/$name"
   rm -rf "$dir"
   mkdir -p "$dir"
-  opts='' args='' tty='' pod='' signal='' setup='' post=''
+  opts='' args='' tty='' pod='' signal='' setup='' during='' post=''
   . "$1"
   input=/dev/null
   [ -f "$CASES/$name.stdin" ] && input="$CASES/$name.stdin"
@@ -54,6 +56,7 @@ nested_run_case() { # nested_run_case FILE
             sleep 0.1
             i=$((i + 1))
           done
+          (eval "$during") > during 2>&1
           ;;
       esac
       kill -"${signal%@*}" "$pid"
@@ -62,7 +65,7 @@ nested_run_case() { # nested_run_case FILE
     fi
     t1=$(nested_now_ms)
     echo $((t1 - t0)) > ms
-    (eval "$post") > post 2>&1
+    { [ -f during ] && cat during; (eval "$post"); } > post 2>&1
   )
   echo "NESTED-CASE $name engine=$ENGINE exit=$(cat "$dir/code") ms=$(cat "$dir/ms") stdout=$(nested_hex "$dir/stdout") stderr=$(nested_hex "$dir/stderr") post=$(nested_hex "$dir/post")" >> "$REPORT"
 }

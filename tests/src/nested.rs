@@ -270,6 +270,10 @@ pub struct Case {
     pub signal: Option<String>,
     /// Shell run in the case's directory before the launch.
     pub setup: String,
+    /// Shell run in the case's directory while the app runs: once `ready` is on its stdout,
+    /// before `signal` is sent (so only with a signal by name); its output comes first in
+    /// the after-run output.
+    pub during: String,
     /// Shell run after it; its output is compared across engines too.
     pub post: String,
 }
@@ -288,13 +292,14 @@ impl Case {
     /// The case file `run-cases.sh` sources.
     pub fn file(&self) -> String {
         format!(
-            "pod={}\nopts={}\nargs={}\ntty={}\nsignal={}\nsetup={}\npost={}\n",
+            "pod={}\nopts={}\nargs={}\ntty={}\nsignal={}\nsetup={}\nduring={}\npost={}\n",
             sh_quote(&format!("{}.pod", self.pod)),
             sh_quote(&sh_words(&self.opts)),
             sh_quote(&sh_words(&self.args)),
             sh_quote(&self.tty.as_deref().map(sh_words).unwrap_or_default()),
             sh_quote(self.signal.as_deref().unwrap_or("")),
             sh_quote(&self.setup),
+            sh_quote(&self.during),
             sh_quote(&self.post),
         )
     }
@@ -426,7 +431,14 @@ pub struct Outer<'a> {
     /// Longest the machine may run (boot, payload, power off): [`OUTER_TIMEOUT`] unless a
     /// payload needs more.
     pub timeout: Duration,
+    /// More words for the outer kernel's command line (after [`OUTER_CMDLINE`]); a
+    /// `MODULE.PARAM=VALUE` word for a module the machine loads is passed to its `insmod`
+    /// (`tests/nested/init.sh`).
+    pub append: &'a str,
 }
+
+/// The outer kernel's command line.
+pub const OUTER_CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 tsc=reliable";
 
 /// What one nested boot produced.
 #[derive(Debug)]
@@ -505,16 +517,18 @@ pub fn initramfs(kernel: &OuterKernel, payload: &Payload<'_>, out: &Path) {
 }
 
 /// Boots the nested machine with `payload` and returns its console and report when it powers
-/// off. The emulated outer machine stalls now and then (seen: 1 boot in about 6 under QEMU 7.2's
-/// TCG, idle at 0 % CPU), so a boot that has not finished after [`Outer::timeout`] or whose
-/// kernel breaks down is tried once more, and the result says so ([`NestedBoot::retried`]);
-/// a second stall panics with both reasons.
+/// off. The emulated outer machine stalls now and then under QEMU 7.2's TCG (seen: 2 boots in
+/// 6 of a loaded session, 3 in 40 of `bench/nested.sh --stalls` on 2026-12-03): QEMU idle, its
+/// CPU halted with interrupts on and the local timer's interrupt pending in the APIC, never
+/// taken (docs/BENCHMARKS.md), so a boot that has not finished after [`Outer::timeout`] or
+/// whose kernel breaks down is tried once more, and the result says so
+/// ([`NestedBoot::retried`]); a second stall panics with both reasons.
 pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot {
-    match boot_once(outer, payload, work) {
+    match try_boot(outer, payload, work) {
         Ok(b) => b,
         Err(first) => {
             eprintln!("nested: the outer machine stalled, booting it once more: {first}");
-            match boot_once(outer, payload, work) {
+            match try_boot(outer, payload, work) {
                 Ok(b) => NestedBoot {
                     retried: Some(first.lines().next().unwrap_or_default().to_string()),
                     ..b
@@ -525,7 +539,14 @@ pub fn boot(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> NestedBoot
     }
 }
 
-fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<NestedBoot, String> {
+/// One boot of the nested machine, as [`boot`] without the retry: `Err` with why and the
+/// outer CPU's state (QEMU's monitor: `info registers -a`, `info lapic`) when it stalled or
+/// its kernel broke down.
+pub fn try_boot(
+    outer: &Outer<'_>,
+    payload: &Payload<'_>,
+    work: &Path,
+) -> Result<NestedBoot, String> {
     std::fs::create_dir_all(work).unwrap();
     let initrd = work.join("nested-initrd.cpio");
     initramfs(outer.kernel, payload, &initrd);
@@ -546,7 +567,8 @@ fn boot_once(outer: &Outer<'_>, payload: &Payload<'_>, work: &Path) -> Result<Ne
         .arg(outer.kernel.vmlinuz())
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 tsc=reliable"]);
+        .arg("-append")
+        .arg(format!("{OUTER_CMDLINE} {}", outer.append).trim_end());
     if outer.icount {
         cmd.args(["-icount", "shift=0,sleep=off"]);
     }

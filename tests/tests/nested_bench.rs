@@ -105,6 +105,7 @@ fn nested_kvm_launch_table() {
             vcpus: 1,
             icount: true,
             timeout: nested::OUTER_TIMEOUT,
+            append: "",
         },
         &Payload { files, run: &run },
         work.path(),
@@ -264,6 +265,7 @@ fn nested_stdio_throughput() {
             icount: false,
             // 16 launches, 8 of them moving `mib` each (seen: 1-1.5 MiB/s on a loaded host).
             timeout: nested::OUTER_TIMEOUT + Duration::from_secs(20 * mib),
+            append: "",
         },
         &Payload { files, run: &run },
         work.path(),
