@@ -548,6 +548,15 @@ fn kvm_a_stalled_stderr_never_holds_up_the_end_of_the_run() {
     assert!(took < std::time::Duration::from_secs(4), "{took:?}");
 }
 
+/// The probes/vcon.c `RX_HOSTILE` probe sealed as a pod named `name`, with `extra` defines.
+fn rx_hostile_pod(dir: &std::path::Path, extra: &[&str], name: &str) -> std::path::PathBuf {
+    let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
+    let ram_end = format!("RAM_END={:#x}u", 32u32 << 20);
+    let mut defines = vec!["RX_HOSTILE", &vcon, &ram_end];
+    defines.extend_from_slice(extra);
+    probe_pod(dir, "vcon", &defines, name)
+}
+
 /// Byte `p` of the stdin stream the receive-side tests feed: what probes/vcon.c `RX_HOSTILE`
 /// expects at stream offset `p` (a shift by any offset is caught within a few bytes).
 fn rx_pattern(p: u64) -> u8 {
@@ -654,14 +663,7 @@ fn kvm_hostile_receive_chains_with_stdin_deliver_every_byte_once_and_keep_memory
     let _serial = timing_lock();
     const FED: u64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
-    let ram_end = format!("RAM_END={:#x}u", 32u32 << 20);
-    let pod = probe_pod(
-        dir.path(),
-        "vcon",
-        &["RX_HOSTILE", &vcon, &ram_end],
-        "rx-hostile",
-    );
+    let pod = rx_hostile_pod(dir.path(), &[], "rx-hostile");
     let calm = run_fed(dir.path(), &pod, &["--timeout", "180"], 64 << 10);
     assert_eq!(calm.code, 0, "{}", calm.stderr);
     let baseline = calm.peak;
@@ -717,27 +719,13 @@ fn kvm_a_receive_queue_with_its_avail_index_run_away_stops_and_the_timeout_ends_
     let _serial = timing_lock();
     const OFFERED: u64 = 64 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let vcon = format!("VCON={:#x}u", launcher::layout::VIRTIO_CONSOLE_ADDR);
-    let ram_end = format!("RAM_END={:#x}u", 32u32 << 20);
-    let calm = probe_pod(
-        dir.path(),
-        "vcon",
-        &["RX_HOSTILE", &vcon, &ram_end],
-        "rx-calm",
-    );
+    let calm = rx_hostile_pod(dir.path(), &[], "rx-calm");
     let calm = run_fed(dir.path(), &calm, &[], 64 << 10);
     assert_eq!(calm.code, 0, "{}", calm.stderr);
     let baseline = calm.peak;
-    let stuck = probe_pod(
+    let stuck = rx_hostile_pod(
         dir.path(),
-        "vcon",
-        &[
-            "RX_HOSTILE",
-            &vcon,
-            &ram_end,
-            "JUMP_FOREVER=4",
-            "SPIN_MCYCLES=1000",
-        ],
+        &["JUMP_FOREVER=4", "SPIN_MCYCLES=1000"],
         "rx-stuck",
     );
     let Fed {
