@@ -573,26 +573,35 @@ fn engines_agree_on_every_case() {
          done\n\
          . /nested/run-cases.sh\n"
     );
-    let boot = nested::boot(
-        &Outer {
-            kernel: &kernel,
-            // One outer CPU: with -smp 2, one run in five here stalled the outer kernel for
-            // good (soft lockup of the CPU in KVM_RUN, "timer handling issue" on the other)
-            // under QEMU 7.2's multi-threaded TCG; `-accel tcg,thread=single` stalled as well
-            // (one outer CPU stuck inside the pod's kernel with its IF clear, the other halted;
-            // docs/BENCHMARKS.md). The inner 2-vCPU case shares the one CPU.
-            vcpus: 1,
-            icount: false,
-            // The 31 cases took 200-233 s of outer time on a loaded host (2026-12-03); one run
-            // at load ~20 had printed its last case and "Power down" at 278 s and was taken
-            // for a stall at 300 s (its CPU idle with its timer counting, not the stall's
-            // pending-and-never-taken timer interrupt). A stall shows only as time running out.
-            timeout: nested::OUTER_TIMEOUT + std::time::Duration::from_secs(150),
-            append: "",
-        },
-        &Payload { files, run: &run },
-        work.path(),
-    );
+    // The QEMU engine on the host, same binary, same driver: on another core while the nested
+    // machine boots (it has one CPU; the outer QEMU forwards no host port, so the two share
+    // nothing but the pods, which both only read).
+    let host_work = work.path().join("host");
+    let host_run = std::thread::scope(|s| {
+        let host = s.spawn(|| nested::run_on_host(hl, &pods, &cases_dir, &host_work));
+        let boot = nested::boot(
+            &Outer {
+                kernel: &kernel,
+                // One outer CPU: with -smp 2, one run in five here stalled the outer kernel for
+                // good (soft lockup of the CPU in KVM_RUN, "timer handling issue" on the other)
+                // under QEMU 7.2's multi-threaded TCG; `-accel tcg,thread=single` stalled as well
+                // (one outer CPU stuck inside the pod's kernel with its IF clear, the other halted;
+                // docs/BENCHMARKS.md). The inner 2-vCPU case shares the one CPU.
+                vcpus: 1,
+                icount: false,
+                // The 31 cases took 200-233 s of outer time on a loaded host (2026-12-03); one run
+                // at load ~20 had printed its last case and "Power down" at 278 s and was taken
+                // for a stall at 300 s (its CPU idle with its timer counting, not the stall's
+                // pending-and-never-taken timer interrupt). A stall shows only as time running out.
+                timeout: nested::OUTER_TIMEOUT + std::time::Duration::from_secs(150),
+                append: "",
+            },
+            &Payload { files, run: &run },
+            work.path(),
+        );
+        (boot, host.join().expect("the host-side run panicked"))
+    });
+    let (boot, host) = host_run;
     eprintln!(
         "nested_kvm: outer kernel {} ({}), nested machine ran {:.1} s",
         kernel.release(),
@@ -612,8 +621,6 @@ fn engines_agree_on_every_case() {
         boot.console
     );
 
-    // The QEMU engine on the host, same binary, same driver.
-    let host = nested::run_on_host(hl, &pods, &cases_dir, &work.path().join("host"));
     let kvm: BTreeMap<String, Report> = nested::parse(&boot.report)
         .into_iter()
         .map(|r| (r.case().to_string(), r))
