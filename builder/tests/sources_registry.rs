@@ -633,3 +633,98 @@ fn hostile_references() {
         }
     }
 }
+
+/// This machine's first IPv4 address that is not loopback (a registry there is reached over
+/// HTTPS, as any registry not on loopback or listed insecure).
+fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let cidr = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+        cidr.split('/').next()?.parse().ok()
+    })
+}
+
+/// HTTPS, end to end through the TLS stack and its crypto provider (rustls with ring): a
+/// registry whose certificate no trusted root signed (`openssl s_server` with a self-signed
+/// one) is refused during the handshake with the registry's name and the reason, and nothing
+/// is cached.
+#[test]
+fn https_registry_with_an_untrusted_certificate_is_refused() {
+    const TEST: &str = "https_registry_with_an_untrusted_certificate_is_refused";
+    let Some(ip) = non_loopback_ipv4() else {
+        hyperpod_tests::skip::skipped(TEST, "no IPv4 address other than loopback");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (key, cert) = (t.path().join("key.pem"), t.path().join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=hyperpod-test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/setup installs it)");
+    assert!(made.success(), "openssl req failed");
+    let port = std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-www", "-accept"])
+        .arg(format!("{ip}:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect((ip, port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server did not listen on {ip}:{port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cache = t.path().join("cache");
+    let r = format!("{ip}:{port}/hyper/app:v1");
+    let msg = expect_registry(resolve_and_fetch(&r, &opts(&cache)), |_| true);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        msg.contains(&format!("{ip}:{port}")) && msg.contains("https://"),
+        "{msg}"
+    );
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    let cached = walk_files(&cache);
+    assert!(cached.is_empty(), "nothing cached: {cached:?}");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -100,9 +100,17 @@ pub(crate) struct Conn {
     pub plain_http: bool,
 }
 
+/// Makes ring rustls' crypto provider for this process, before any HTTPS client is built (the
+/// workspace builds rustls without its default provider, aws-lc-rs; see Cargo.toml). A second
+/// call, or a provider installed first by whoever embeds this crate, keeps the one installed.
+pub(crate) fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Sets up a client for `r` with the options' credentials and insecure-registry rules.
 /// Pushes go up in one PUT per blob (monolithic), streamed from the file.
 pub(crate) fn connect(r: &RegistryReference, opts: &FetchOptions) -> Result<Conn, RegistryError> {
+    tls_provider();
     let creds = resolve_credentials(&r.registry, opts.creds.as_deref(), opts.authfile.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -43,6 +43,7 @@ impl ManifestFetcher {
         registry: &str,
         auth: HttpAuth,
     ) -> Result<ManifestFetcher, RegistryError> {
+        super::registry::tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
