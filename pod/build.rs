@@ -31,7 +31,11 @@ fn files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-fragments");
+    // Read when the script runs, not when it was compiled: cargo reuses a compiled build script
+    // between checkouts of the same sources (worktrees sharing one target directory).
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("../kernel-fragments");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut all = Vec::new();
     files(&root, &root, &mut all);

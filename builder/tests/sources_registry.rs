@@ -659,20 +659,7 @@ fn https_registry_with_an_untrusted_certificate_is_refused() {
         return;
     };
     let t = tempfile::tempdir().unwrap();
-    let (key, cert) = (t.path().join("key.pem"), t.path().join("cert.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=hyperpod-test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs (scripts/setup installs it)");
-    assert!(made.success(), "openssl req failed");
+    let (key, cert) = registry::self_signed(t.path(), "server", "hyperpod-test");
     let port = std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()

@@ -252,6 +252,31 @@ const ISSUER: &str = "hyperpod-test-issuer";
 
 /// A minimal token server: `GET /token?service=..&scope=..` with the right basic credentials
 /// gets a JWT granting the scopes asked for; anything else gets 401.
+/// A self-signed certificate for `cn` and its key, made by `openssl req` as `DIR/NAME.crt` and
+/// `DIR/NAME.key`; returns (key, certificate).
+pub fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, cert)
+}
+
 struct TokenServer {
     port: u16,
     cert: PathBuf,
@@ -261,24 +286,7 @@ struct TokenServer {
 
 impl TokenServer {
     fn start(dir: &Path, user: &str, pass: &str) -> TokenServer {
-        let key = dir.join("token.key");
-        let cert = dir.join("token.crt");
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=hyperpod-test-token"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (key, cert) = self_signed(dir, "token", "hyperpod-test-token");
         let der = Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
             .arg(&cert)
