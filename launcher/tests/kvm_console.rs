@@ -8,36 +8,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
 use launcher::devices::Devices;
 use launcher::devices::virtio_console::ConsoleSink;
 use launcher::layout;
-use launcher::vmm::exit::{Action, Exit, StopReason, handle_exit};
+use launcher::vmm::exit::StopReason;
 use launcher::vmm::run::Marks;
 use launcher::vmm::{BootInputs, Vm, build_vm};
-
-/// Bytes a test's sink or serial console received.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use probes::direct::{Captured, vcpu_loop};
 
 /// A probe VM started on its own vCPU thread.
 struct Probe {
@@ -46,27 +23,6 @@ struct Probe {
     devices: Arc<Mutex<Devices>>,
     serial: Captured,
     done: mpsc::Receiver<StopReason>,
-}
-
-/// Runs `vcpu` until a device or KVM stops it.
-fn vcpu_loop(mut vcpu: VcpuFd, devices: Arc<Mutex<Devices>>) -> StopReason {
-    loop {
-        let exit = match vcpu.run() {
-            Ok(VcpuExit::IoIn(p, d)) => Exit::IoIn(p, d),
-            Ok(VcpuExit::IoOut(p, d)) => Exit::IoOut(p, d),
-            Ok(VcpuExit::MmioRead(a, d)) => Exit::MmioRead(a, d),
-            Ok(VcpuExit::MmioWrite(a, d)) => Exit::MmioWrite(a, d),
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => panic!("KVM_RUN: {e}"),
-        };
-        let mut d = devices.lock().unwrap();
-        if let Action::Stop(why) = handle_exit(exit, &mut *d) {
-            return why;
-        }
-    }
 }
 
 /// Builds probe `vcon` with `defines` into a 64 MiB, 1-vCPU VM whose stdio output goes to

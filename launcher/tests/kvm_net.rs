@@ -16,36 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
 use launcher::devices::Devices;
 use launcher::devices::virtio_net::{NetBackend, NetCounters, NetLink, serve};
 use launcher::layout;
 use launcher::sandbox::{self, ThreadKind};
-use launcher::vmm::exit::{Action, Exit, StopReason, handle_exit};
+use launcher::vmm::exit::StopReason;
 use launcher::vmm::run::Marks;
 use launcher::vmm::{BootInputs, Vm, build_vm};
+use probes::direct::{Captured, vcpu_loop};
 
 /// The MAC address the tests give the guest.
 const MAC: [u8; 6] = [0x02, 0x68, 0x79, 0x70, 0x64, 0x01];
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A probe VM with a network device, its vCPU and backend threads running.
 struct Probe {
@@ -55,26 +36,6 @@ struct Probe {
     done: mpsc::Receiver<StopReason>,
     stop: Arc<AtomicBool>,
     net_thread: Option<JoinHandle<()>>,
-}
-
-fn vcpu_loop(mut vcpu: VcpuFd, devices: Arc<Mutex<Devices>>) -> StopReason {
-    loop {
-        let exit = match vcpu.run() {
-            Ok(VcpuExit::IoIn(p, d)) => Exit::IoIn(p, d),
-            Ok(VcpuExit::IoOut(p, d)) => Exit::IoOut(p, d),
-            Ok(VcpuExit::MmioRead(a, d)) => Exit::MmioRead(a, d),
-            Ok(VcpuExit::MmioWrite(a, d)) => Exit::MmioWrite(a, d),
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => panic!("KVM_RUN: {e}"),
-        };
-        let mut d = devices.lock().unwrap();
-        if let Action::Stop(why) = handle_exit(exit, &mut *d) {
-            return why;
-        }
-    }
 }
 
 /// Installs `kind`'s seccomp filter on the calling thread when `sandboxed`.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod direct;
 pub mod packet;
 
 use std::path::{Path, PathBuf};
