@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use hyperpod_tests::registry::files_under;
+
 const HYPERBUILD: &str = env!("CARGO_BIN_EXE_hyperbuild");
 
 fn workspace() -> PathBuf {
@@ -532,24 +534,6 @@ fn inspect_shows_the_image_digest_the_build_printed_for_every_source() {
             assert_eq!(manifest.source.manifest_digest, printed);
         }
     }
-}
-
-/// Every file under `dir`, relative, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Checks a blob cache holds only whole, correct entries: every blob's sha256 is its name,

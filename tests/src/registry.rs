@@ -252,6 +252,24 @@ const ISSUER: &str = "hyperpod-test-issuer";
 
 /// A minimal token server: `GET /token?service=..&scope=..` with the right basic credentials
 /// gets a JWT granting the scopes asked for; anything else gets 401.
+/// Every file under `dir` (a blob cache, say), relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A self-signed certificate for `cn` and its key, made by `openssl req` as `DIR/NAME.crt` and
 /// `DIR/NAME.key`; returns (key, certificate).
 pub fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
