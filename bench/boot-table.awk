@@ -47,6 +47,7 @@ BEGIN {
 	t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t); t = t * 1000
 	line = $0; sub(/^\[ *[0-9.]+\] /, "", line)
 	for (i = 1; i <= nm; i++) if (!(i in at) && line ~ m[i]) at[i] = t
+	if (line == "bench-clock" && log_mark == "") log_mark = t
 	if (line ~ /^\.\.\. APIC ID:/ && dump_start == "") dump_start = t
 	if (dump_start != "" && dump_end == "" && dump_done) dump_end = t
 	if (line ~ /^\.+ done\.$/ && dump_start != "") dump_done = 1
@@ -66,11 +67,23 @@ BEGIN {
 	}
 	next
 }
-/^hyperpod: init->exec [0-9]+ us/ { init_exec = $3 + 0; next }
+/^hyperpod: init->exec [0-9]+ us/ {
+	init_exec = $3 + 0
+	if ($5 == "clock") exec_at = $6 / 1000
+	next
+}
 /^bench-app: now at [0-9]+ nsecs/ { app = $4 / 1e6; next }
+/^bench-app-clock: now at [0-9]+ nsecs/ { app_clock = $4 / 1e6; next }
 /^bench-cpu: / { cpu = $2; next }
 
 END {
+	# CLOCK_MONOTONIC (app, exec_at) onto the kernel log's clock (see bench/boot-probe.sh).
+	if (app > 0 && app_clock > 0 && log_mark != "") {
+		offset = log_mark - (app + app_clock) / 2
+		offset_err = (app_clock - app) / 2
+		app += offset
+		if (exec_at > 0) exec_at += offset
+	}
 	printf "\n%-52s %9s %9s\n", "step (guest time, ms)", "took", "at"
 	# Found milestones in time order (a stable insertion sort on their times).
 	k = 0
@@ -93,7 +106,11 @@ END {
 		if (init_exec > 0) printf "  %-50s %s\n", "spawn: fork, credentials, chdir, execve", ms((init_exec - init_sum) / 1000)
 	}
 	if (init_exec > 0) printf "%-52s %s\n", "init entry -> app execve (init's part)", ms(init_exec / 1000)
-	if (app > 0) {
+	if (app > 0 && exec_at > 0) {
+		printf "%-52s %s %s\n", "exec of init (Run /init -> init's entry)", ms(exec_at - init_exec / 1000 - run), ms(exec_at - init_exec / 1000)
+		printf "%-52s %s %s\n", "init entry -> it calls the app's execve", ms(init_exec / 1000), ms(exec_at)
+		printf "%-52s %s %s\n", "the app's execve and start, until its first read", ms(app - exec_at), ms(app)
+	} else if (app > 0) {
 		printf "%-52s %s %s\n", "exec of init + of the app, until its first read", ms(app - run - init_exec / 1000), ms(app)
 	}
 	tcg = 0
@@ -104,7 +121,10 @@ END {
 	printf "%-52s %s\n", "kernel clock 0 -> app running (upper bound of execve)", ms(app)
 	printf "%-52s %s\n", "of which TCG-only (APIC timer calibration window)", ms(tcg)
 	kvm = app - tcg
+	if (exec_at > 0) printf "%-52s %s\n", "KVM-equivalent: kernel clock 0 -> app's execve", ms(exec_at - tcg)
 	printf "%-52s %s\n", "KVM-equivalent: kernel clock 0 -> app running", ms(kvm)
+	if (offset_err != "") printf "CLOCK_MONOTONIC + %.3f ms = the log's clock (+/- %.3f ms)\n", offset, offset_err
+	else print "CLOCK_MONOTONIC taken as the log's clock (no bench-clock line)"
 	printf "guest CPU: %s\n", (cpu == "" ? "(not reported)" : cpu)
 	if (nic > 0) {
 		printf "\ninitcalls (initcall_debug): %d, %.3f ms in all; the slowest:\n", nic, ic_total / 1000

@@ -22,6 +22,12 @@
 # an option named twice, an option line without a "# why: ..." comment line right above it, or
 # any other kind of line fails the build too.
 #
+# Patches: <fragments>/patches/*.patch (LC_ALL=C order, `patch -p1`), each with a header saying
+# what it changes, why and what it saves, are applied to a hard-linked copy of the source tree,
+# src/<name>+p<h> (h = 12 hex of sha256 of the patch files in that order), made once under a lock;
+# the pristine tree is not modified (patch replaces the files it changes). A patch that does not
+# apply (say, after a Debian update of linux-source-6.12) fails the build and names the patch.
+#
 # Cache key (the Rust builder recomputes it to find the kernel; keep the two in step):
 #   Take every regular file under the fragments directory, recursively (symlinks and other
 #   non-regular files are skipped, not followed), this script included, except those under its
@@ -38,6 +44,7 @@
 #   <key16>-<version>/config      its final .config
 #   by-fragments/<key16>          symlink -> ../<key16>-<version> (the newest build of those fragments)
 #   src/<version>/                the unpacked Debian source (default source only)
+#   src/<name>+p<h>/              that source (or a --source tree) with the patches applied
 #   build/<version>/              out-of-tree build directory, kept so that a fragment change only
 #                                 rebuilds what it touches (--source trees: build/tree-<h>-<version>,
 #                                 h = 12 hex of sha256 of the tree's absolute path; --diagnostic:
@@ -173,6 +180,44 @@ if [ -z "$source_dir" ]; then
 	source_dir=$src_dir
 fi
 
+# --- patches ---------------------------------------------------------------------------------
+# The tree the patches are applied to is named after the source (its version, or the --source
+# tree's path hash) and the patches' hash, so each combination is made once.
+mapfile -t patch_files < <(
+	cd "$fragments_dir"
+	[ ! -d patches ] || find patches -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort
+)
+if [ "${#patch_files[@]}" -gt 0 ]; then
+	if [ "$source_dir" = "$kcache/src/$version" ]; then
+		base_name=$version
+	else
+		base_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
+	fi
+	patch_hash=$(cd "$fragments_dir" && cat -- "${patch_files[@]}" | sha256sum | cut -c1-12)
+	patched_dir="$kcache/src/$base_name+p$patch_hash"
+	if [ ! -f "$patched_dir/.hyperpod-patched" ]; then
+		mkdir -p "$kcache/src"
+		exec 8>"$kcache/src/.lock"
+		flock 8
+		if [ ! -f "$patched_dir/.hyperpod-patched" ]; then
+			say "applying ${#patch_files[@]} patch(es) to a copy of $source_dir"
+			copy=$(mktemp -d "$kcache/src/.patch.XXXXXX")
+			cp -al "$source_dir/." "$copy/"
+			for p in "${patch_files[@]}"; do
+				patch -d "$copy" -p1 --batch --forward --quiet --no-backup-if-mismatch \
+					-i "$fragments_dir/$p" >&2 ||
+					{ rm -rf "$copy"; die "$p does not apply to the kernel source $version"; }
+			done
+			printf '%s\n' "${patch_files[@]}" >"$copy/.hyperpod-patched"
+			rm -rf "$patched_dir"
+			mv -T "$copy" "$patched_dir"
+		fi
+		flock -u 8
+		exec 8>&-
+	fi
+	source_dir=$patched_dir
+fi
+
 # --- fragments: parse and validate ------------------------------------------------------------
 mapfile -t fragment_files < <(
 	cd "$fragments_dir"
@@ -227,6 +272,8 @@ if [ "$check_only" = 1 ]; then
 else
 	if [ "$source_dir" = "$kcache/src/$version" ]; then
 		build_name=$version
+	elif [ "$(dirname "$source_dir")" = "$kcache/src" ]; then
+		build_name=$(basename "$source_dir")
 	else
 		build_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
 	fi

@@ -131,8 +131,13 @@ fn exit_zero_with_marks_and_timing() {
         .console
         .lines()
         .find_map(|l| l.trim_end().strip_prefix("hyperpod: init->exec "))
-        .and_then(|rest| rest.strip_suffix(" us"))
-        .and_then(|n| n.parse().ok())
+        .and_then(|rest| rest.split_once(" us, clock "))
+        .filter(|(_, clock)| {
+            clock
+                .strip_suffix(" us")
+                .is_some_and(|c| c.parse::<u64>().is_ok())
+        })
+        .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no init->exec line:\n{}", boot.console));
     let steps = lines(boot)
         .into_iter()

@@ -38,6 +38,8 @@ else
 fi
 [ -c /dev/ptmx ] && [ -d /dev/pts ] && echo "HP-PTS ok"
 echo "HP-SYSCALLS $([ -e /proc/sys/fs/inotify/max_user_watches ] && echo inotify) $([ -e /proc/sys/fs/aio-max-nr ] && echo aio) $([ -d /proc/sys/fs/mqueue ] && echo mqueue)"
+echo "HP-PARAMS kernel $($bb ls /sys/module/kernel/parameters | $bb tr '\n' ' ')"
+echo "HP-PARAMS rcutree $($bb ls /sys/module/rcutree/parameters | $bb wc -l) $($bb cat /sys/module/rcutree/parameters/use_softirq)"
 echo "HP-TTYS1 $token" > /dev/ttyS1
 echo "HP-DONE"
 printf '\001' | $bb dd of=/dev/port bs=1 seek=@EXIT_PORT@ count=1 2>/dev/null
@@ -116,6 +118,36 @@ fn kernel_boots_busybox_init_under_tcg() {
             "{family} missing: {sys_line}"
         );
     }
+    // Built-in modules' parameters in sysfs, which patches/0001 creates once per run of a
+    // module: `kernel`'s come from three files far apart in link order (init/main.c,
+    // kernel/panic.c, mm/mmap.c), so they form several runs, each added to the same group;
+    // rcutree's 26 (in 6.12) are one long run.
+    let param_line = |module: &str| {
+        let tag = format!("HP-PARAMS {module} ");
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(tag.as_str()))
+            .unwrap_or_else(|| panic!("no {tag}line:\n{console}"))
+            .to_owned()
+    };
+    let kernel_params = param_line("kernel");
+    for p in [
+        "initcall_debug",
+        "panic",
+        "pause_on_oops",
+        "ignore_rlimit_data",
+    ] {
+        assert!(
+            kernel_params.split_whitespace().any(|w| w == p),
+            "/sys/module/kernel/parameters/{p} missing: {kernel_params}"
+        );
+    }
+    let rcutree = param_line("rcutree");
+    let (count, use_softirq) = rcutree.split_once(' ').unwrap_or_default();
+    assert!(
+        count.parse::<u32>().is_ok_and(|n| n >= 20) && use_softirq == "Y",
+        "/sys/module/rcutree/parameters: {rcutree}"
+    );
     assert!(console.contains("HP-DONE"), "{console}");
     assert!(
         !console.contains("HP-STILL-RUNNING"),
