@@ -67,6 +67,15 @@ BEGIN {
 	}
 	next
 }
+/^hyperpod: steps-cpu: / {
+	s = $0; sub(/^hyperpod: steps-cpu: /, "", s)
+	k = split(s, parts, " ")
+	for (i = 1; i <= k; i++) {
+		split(parts[i], kv, "="); v = kv[2]; sub(/us$/, "", v)
+		init_cpu[kv[1]] = v + 0; init_cpu_sum += v
+	}
+	next
+}
 /^hyperpod: init->exec [0-9]+ us/ {
 	init_exec = $3 + 0
 	if ($5 == "clock") exec_at = $6 / 1000
@@ -101,8 +110,11 @@ END {
 	}
 	run = (RUN in at) ? at[RUN] : prev
 	if (ninit > 0) {
-		printf "%-52s %9s %9s\n", "init (its own clock, from its entry):", "", ""
-		for (i = 1; i <= ninit; i++) printf "  %-50s %s\n", init_name[i], ms(init_us[i] / 1000)
+		printf "%-52s %9s %9s\n", "init (its own clock, from its entry):", "", (init_cpu_sum > 0 ? "init's CPU" : "")
+		for (i = 1; i <= ninit; i++) {
+			c = (init_name[i] in init_cpu) ? ms(init_cpu[init_name[i]] / 1000) : ""
+			printf "  %-50s %s %s\n", init_name[i], ms(init_us[i] / 1000), c
+		}
 		if (init_exec > 0) printf "  %-50s %s\n", "spawn: fork, credentials, chdir, execve", ms((init_exec - init_sum) / 1000)
 	}
 	if (init_exec > 0) printf "%-52s %s\n", "init entry -> app execve (init's part)", ms(init_exec / 1000)

@@ -10,12 +10,13 @@ use pod::protocol::{GuestLine, Mark};
 fn main() {
     // 8. Timing mark first, from the initramfs's own device nodes.
     let t0 = init::monotonic_us();
+    let cpu0 = init::thread_cpu_us();
     control::open();
     control::send(&GuestLine::Mark(Mark::Init));
     exit::open_port();
     exit::install_panic_hook();
 
-    let code = match run(t0) {
+    let code = match run(t0, cpu0) {
         Ok(code) => code,
         Err(err) => {
             control::say(&error_chain(&err));
@@ -27,8 +28,8 @@ fn main() {
 }
 
 /// Steps 1-6; returns the pod's exit status.
-fn run(t0: u64) -> Result<u8, InitError> {
-    let mut steps = Steps::new(t0);
+fn run(t0: u64, cpu0: u64) -> Result<u8, InitError> {
+    let mut steps = Steps::new(t0, cpu0);
     // 1. Early mounts.
     mounts::early()?;
     let opts = cmdline::parse(&std::fs::read_to_string(cmdline::CMDLINE_PATH).unwrap_or_default())?;
@@ -64,6 +65,7 @@ fn run(t0: u64) -> Result<u8, InitError> {
     steps.mark("user");
     if opts.debug {
         control::say(&steps.summary());
+        control::say(&steps.cpu_summary());
     }
 
     // 5. Spawn the app on its stdio (signals blocked first, so none is lost).
