@@ -9,6 +9,11 @@
                                               and prints the N (default 40) functions with the
                                               most samples, user-space samples as one row;
                                               with several vCPUs, one table per vCPU
+  boot-profile.py reps VMLINUX LOG [TABLE]    the REP string iterations counted by
+                                              bench/boot-reps.c (bench/boot.sh --reps): up to
+                                              `Run /init` and to the app's execve, the sites
+                                              with the most by function, and, given boot.sh's
+                                              TABLE, the KVM-equivalent time without them
 
 Samples are taken in host time, so a function's share is its share of TCG execution time, not
 of guest instructions: use it to find where to look, and bench/boot.sh's table (guest clock)
@@ -57,7 +62,8 @@ def sample(sock_path, out):
             pass
 
 
-def report(vmlinux, samples, top):
+def symbols(vmlinux):
+    """A function mapping an address to the kernel function holding it (`nm -n`)."""
     nm = subprocess.run(["nm", "-n", vmlinux], capture_output=True, text=True, check=True)
     addrs, names = [], []
     for line in nm.stdout.splitlines():
@@ -72,6 +78,11 @@ def report(vmlinux, samples, top):
         i = bisect.bisect_right(addrs, rip) - 1
         return names[i] if i >= 0 else "(unknown)"
 
+    return symbol
+
+
+def report(vmlinux, samples, top):
+    symbol = symbols(vmlinux)
     by_cpu = collections.defaultdict(list)
     for line in open(samples):
         fields = line.split()
@@ -98,9 +109,71 @@ def report_one(seq, top):
             print(f"{name:<44} {n:>8} {100.0 * n / max(len(part), 1):>6.1f}%")
 
 
+def reps(vmlinux, log, table=None, top=15):
+    symbol = symbols(vmlinux)
+    # "reps mark ADDR HIT insns N movs N stos N other N bytes N instances N" and
+    # "reps site MARK HIT SITE KIND WIDTH ITERATIONS", marks in bench/boot.sh's order.
+    counts, sites, order = {}, collections.defaultdict(list), []
+    for line in open(log):
+        f = line.split()
+        if f[:2] == ["reps", "mark"] and f[3] == "1":
+            counts[f[2]] = dict(zip(f[4::2], map(int, f[5::2])))
+            order.append(f[2])
+        elif f[:2] == ["reps", "site"] and f[3] == "1":
+            sites[f[2]].append((int(f[4], 16), f[5], int(f[6]), int(f[7])))
+    if len(order) < 4:
+        sys.exit(f"boot-profile.py: {log}: the guest did not reach every mark "
+                 "(start_kernel, Run /init, init's entry, execve)")
+    start, run_init, init_entry, execve = order[:4]
+
+    def between(a, b, *keys):
+        return sum(counts[b][k] - counts[a][k] for k in keys)
+
+    # icount's charge (an iteration is 1 ns), the charge with each REP instruction counted once,
+    # and with a CPU that moves 32 bytes a cycle at icount's 1 GHz.
+    print("REP string instructions (bench/boot-reps.c): icount charges every iteration 1 ns")
+    print(f"  {'part':<34} {'iterations':>10} {'REP insns':>9} {'MB':>6} {'icount ms':>9} {'once ms':>8} {'32 B/ns':>8}")
+    parts = (("kernel: start_kernel -> Run /init", start, run_init),
+             ("exec of init", run_init, init_entry),
+             ("init's part: entry -> app's execve", init_entry, execve),
+             ("all: start_kernel -> app's execve", start, execve))
+    extra = {}
+    for title, a, b in parts:
+        it = between(a, b, "movs", "stos", "other")
+        n = between(a, b, "instances")
+        mb = between(a, b, "bytes") / 1e6
+        extra[title] = (it / 1e6, (it - n) / 1e6, (it - mb * 1e6 / 32) / 1e6)
+        print(f"  {title:<34} {it:>10} {n:>9} {mb:>6.2f} {it / 1e6:>9.3f} {n / 1e6:>8.3f} {mb * 1e6 / 32 / 1e6:>8.3f}")
+    before = {site: n for site, _, _, n in sites[start]}
+    by_function = collections.Counter()
+    kinds = {}
+    for site, kind, width, n in sites[execve]:
+        name = symbol(site)
+        by_function[name] += n - before.get(site, 0)
+        kinds.setdefault(name, set()).add(f"{kind}{'bwdq'[[1, 2, 4, 8].index(width)]}")
+    print(f"  {'the most, by function':<40} {'kind':>12} {'icount ms':>9}")
+    for name, n in by_function.most_common(top):
+        print(f"  {name:<40} {','.join(sorted(kinds[name])):>12} {n / 1e6:9.3f}")
+    if not table:
+        return
+    rows = {}
+    for line in open(table):
+        for key in ("KVM-equivalent: kernel clock 0 -> app's execve", "init entry -> it calls the app's execve"):
+            if line.startswith(key):
+                rows[key] = float(line.split()[len(key.split())])
+    for key, part in (("KVM-equivalent: kernel clock 0 -> app's execve", "all: start_kernel -> app's execve"),
+                      ("init entry -> it calls the app's execve", "init's part: entry -> app's execve")):
+        if key in rows:
+            icount, once, model = extra[part]
+            print(f"{key}: icount {rows[key]:.3f} ms; each REP instruction counted once "
+                  f"{rows[key] - once:.3f}; REP at 32 bytes/ns {rows[key] - model:.3f}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "sample":
         sample(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "reps":
+        reps(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif len(sys.argv) >= 4 and sys.argv[1] == "report":
         report(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 40)
     else:

@@ -38,6 +38,11 @@
 #                            string instructions weigh under icount (measured: 0.9 ms)
 #   --profile                sample the vCPU through QEMU's monitor and list the kernel
 #                            functions it was found in (bench/boot-profile.py; host time)
+#   --reps                   count the iterations of REP string instructions (rep movs/stos)
+#                            with a QEMU plugin (bench/boot-reps.c, built with gcc): icount
+#                            charges each iteration 1 ns, a CPU with fast strings does 16-64
+#                            bytes a cycle. Prints them up to `Run /init` and to the app's
+#                            execve, and the sites with the most (not with --net)
 #   --icount-sleep on|off    icount's sleep mode (default on, see below)
 #   --no-lpj                 with several vCPUs, let each secondary vCPU calibrate its delay
 #                            loop as it does under TCG (see "TCG-only costs"); by default the
@@ -47,7 +52,7 @@
 #                            socketpair, a virtio-net device on it, and the overrides archive
 #                            carrying the guest's addressing (launcher/src/net.rs), so init
 #                            configures eth0; needs passt and python3
-# Needs: qemu-system-x86, umoci, busybox-static (scripts/setup installs them), cargo.
+# Needs: qemu-system-x86, umoci, busybox-static (scripts/setup installs them), cargo; gcc for --reps.
 #
 # TCG-only costs. QEMU 7.2's TCG offers no TSC-deadline timer, x2APIC or invariant TSC (it says
 # so when asked: `-cpu max,+tsc-deadline` warns "TCG doesn't support requested feature"). Without
@@ -72,7 +77,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-lpj=1 icount_sleep=on cpu=max vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0 profile=0
+lpj=1 icount_sleep=on cpu=max vcpus="" memory="" kernel="" diagnostic=0 append="" pod="" check="" keep="" net=0 profile=0 reps=0
 verity=--no-verity
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -88,17 +93,19 @@ while [ $# -gt 0 ]; do
     --keep) keep=${2:?--keep needs a directory}; shift 2 ;;
     --net) net=1; shift ;;
     --profile) profile=1; shift ;;
+    --reps) reps=1; shift ;;
     --no-lpj) lpj=0; shift ;;
     --icount-sleep)
       icount_sleep=${2:?--icount-sleep needs on or off}; shift 2
       case "$icount_sleep" in on | off) ;; *) echo "boot.sh: --icount-sleep: on or off" >&2; exit 2 ;; esac ;;
-    -h | --help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "boot.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 for n in "$vcpus" "$memory" "$check"; do
   case "$n" in '' | [0-9] | [0-9]*[0-9]) ;; *) echo "boot.sh: not a number: $n" >&2; exit 2 ;; esac
 done
+[ "$reps" = 0 ] || [ "$net" = 0 ] || { echo "boot.sh: --reps and --net do not go together" >&2; exit 2; }
 command -v qemu-system-x86_64 >/dev/null || { echo "boot.sh: qemu-system-x86_64 not found (apt-get install qemu-system-x86)" >&2; exit 2; }
 
 work=$(mktemp -d)
@@ -169,6 +176,24 @@ if [ "$profile" = 1 ]; then
   python3 bench/boot-profile.py sample "$work/monitor" "$work/samples" &
   sampler=$!
 fi
+if [ "$reps" = 1 ]; then
+  gcc -shared -fPIC -O2 -Wall -o "$work/reps.so" bench/boot-reps.c
+  # Marks: clock 0 (near enough: start_kernel), `Run /init`, init's entry point (its ELF
+  # header's; init is a static, non-PIE executable, and the first program to run), and the
+  # app's execve (the first execve system call: the kernel starts /init with kernel_execve).
+  marks=""
+  for sym in start_kernel run_init_process @init __x64_sys_execve; do
+    if [ "$sym" = @init ]; then
+      (cd "$work" && cpio -i --quiet --to-stdout init <initramfs >init.elf)
+      addr=$(readelf -h "$work/init.elf" | awk '/Entry point address/ { print $4 }')
+    else
+      addr=$(nm "$kernel" | awk -v s="$sym" '$3 == s && a == "" { a = "0x" $1 } END { print a }')
+    fi
+    [ -n "$addr" ] || { echo "boot.sh: --reps: no address for $sym" >&2; exit 2; }
+    marks="$marks,mark=$addr"
+  done
+  extra+=(-plugin "$work/reps.so$marks" -d plugin -D "$work/reps.log")
+fi
 
 # --net: what the launcher does for its default network (launcher/src/net.rs, net/passt.rs):
 # the guest's addressing in an overrides archive appended to the initramfs, passt on one end of
@@ -223,7 +248,12 @@ echo "== bench/boot.sh $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), QEMU $(qem
 echo "kernel $(basename "$(dirname "$kernel")")/$(basename "$kernel"), -cpu $cpu, $vcpus vCPU, $memory MiB, icount shift=0 (1 insn = 1 ns), sleep=$icount_sleep, wall ${wall%.*} s"
 echo "cmdline: $full_cmdline"
 [ "$net" = 0 ] || echo "network: passt + virtio-net-device (--net)"
-tr -d '\r' <"$work/console" | awk -v check="$check" -f bench/boot-table.awk
+tr -d '\r' <"$work/console" | awk -v check="$check" -f bench/boot-table.awk | tee "$work/table"
+if [ "$reps" = 1 ]; then
+  echo
+  python3 bench/boot-profile.py reps "$kernel" "$work/reps.log" "$work/table"
+  [ -z "$keep" ] || cp "$work/reps.log" "$keep/"
+fi
 if [ "$profile" = 1 ]; then
   wait "$sampler" || true
   echo
