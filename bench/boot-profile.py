@@ -12,8 +12,10 @@
   boot-profile.py reps VMLINUX LOG [TABLE]    the REP string iterations counted by
                                               bench/boot-reps.c (bench/boot.sh --reps): up to
                                               `Run /init` and to the app's execve, the sites
-                                              with the most by function, and, given boot.sh's
-                                              TABLE, the KVM-equivalent time without them
+                                              with the most by function, an instruction
+                                              profile of each part (kernel, exec of init, init)
+                                              by function, and, given boot.sh's TABLE, the
+                                              KVM-equivalent time with each REP counted once
 
 Samples are taken in host time, so a function's share is its share of TCG execution time, not
 of guest instructions: use it to find where to look, and bench/boot.sh's table (guest clock)
@@ -114,6 +116,7 @@ def reps(vmlinux, log, table=None, top=15):
     # "reps mark ADDR HIT insns N movs N stos N other N bytes N instances N" and
     # "reps site MARK HIT SITE KIND WIDTH ITERATIONS", marks in bench/boot.sh's order.
     counts, sites, order = {}, collections.defaultdict(list), []
+    blocks = collections.defaultdict(dict)
     for line in open(log):
         f = line.split()
         if f[:2] == ["reps", "mark"] and f[3] == "1":
@@ -121,6 +124,8 @@ def reps(vmlinux, log, table=None, top=15):
             order.append(f[2])
         elif f[:2] == ["reps", "site"] and f[3] == "1":
             sites[f[2]].append((int(f[4], 16), f[5], int(f[6]), int(f[7])))
+        elif f[:2] == ["reps", "block"] and f[3] == "1":
+            blocks[f[2]][int(f[4], 16)] = int(f[5])
     if len(order) < 4:
         sys.exit(f"boot-profile.py: {log}: the guest did not reach every mark "
                  "(start_kernel, Run /init, init's entry, execve)")
@@ -154,6 +159,20 @@ def reps(vmlinux, log, table=None, top=15):
     print(f"  {'the most, by function':<40} {'kind':>12} {'icount ms':>9}")
     for name, n in by_function.most_common(top):
         print(f"  {name:<40} {','.join(sorted(kinds[name])):>12} {n / 1e6:9.3f}")
+    # Where icount's time went in each part: instructions of the blocks run, by function, and how
+    # much of it was REP iterations.
+    for title, a, b in parts[:3]:
+        per_fn, rep_fn = collections.Counter(), collections.Counter()
+        for addr, n in blocks[b].items():
+            per_fn[symbol(addr)] += n - blocks[a].get(addr, 0)
+        sites_a = {site: n for site, _, _, n in sites[a]}
+        for site, _, _, n in sites[b]:
+            rep_fn[symbol(site)] += n - sites_a.get(site, 0)
+        total = sum(per_fn.values())
+        print(f"\n  {title}: {total / 1e6:.3f} ms of instructions (blocks counted whole), the most:")
+        print(f"    {'function':<40} {'icount ms':>9} {'REP ms':>7}")
+        for name, n in per_fn.most_common(top):
+            print(f"    {name:<40} {n / 1e6:9.3f} {rep_fn[name] / 1e6:7.3f}")
     if not table:
         return
     rows = {}

@@ -13,6 +13,8 @@
  *                times per mark) the plugin prints the counts so far:
  *                  reps mark ADDR HIT insns N movs N stos N other N bytes N instances N
  *                  reps site MARK-ADDR HIT SITE-ADDR KIND WIDTH ITERATIONS   (every site so far)
+ *                  reps block MARK-ADDR HIT BLOCK-ADDR INSTRUCTIONS (every translation block
+ *                  so far, by its first instruction's address: an instruction profile)
  *   at exit:     reps total insns N movs N stos N other N bytes N instances N
  * "insns" counts instructions of the translation blocks executed (an iteration is one); movs,
  * stos and other count iterations; instances counts REP instructions executed, each once.
@@ -69,6 +71,15 @@ static struct site sites[SITES];
 static uint64_t insns, iters[KINDS], bytes, instances;
 static uint64_t last_vaddr, last_insns;
 
+/* Instructions per translation block, keyed by its first instruction's address: a profile in
+ * icount's own unit (a block is counted whole each time it runs). */
+struct block {
+	uint64_t vaddr;
+	uint64_t insns;
+};
+#define BLOCKS (1u << 18)
+static struct block blocks[BLOCKS];
+
 #define MARKS 8
 #define HITS 16
 static uint64_t marks[MARKS];
@@ -117,6 +128,18 @@ static struct site *site_for(uint64_t vaddr)
 		struct site *s = &sites[(h + k) % SITES];
 		if (!s->used || s->vaddr == vaddr)
 			return s;
+	}
+	return NULL;
+}
+
+static struct block *block_for(uint64_t vaddr)
+{
+	uint64_t h = (vaddr * 0x9e3779b97f4a7c15ull) >> 46;
+
+	for (unsigned k = 0; k < BLOCKS; k++) {
+		struct block *b = &blocks[(h + k) % BLOCKS];
+		if (!b->vaddr || b->vaddr == vaddr)
+			return b;
 	}
 	return NULL;
 }
@@ -170,6 +193,15 @@ static void at_mark(unsigned int vcpu, void *userdata)
 			 kind_name[s->kind], s->width, (unsigned long long)s->iters);
 		qemu_plugin_outs(line);
 	}
+	for (unsigned k = 0; k < BLOCKS; k++) {
+		const struct block *b = &blocks[k];
+		if (!b->insns)
+			continue;
+		snprintf(line, sizeof line, "reps block 0x%llx %u 0x%llx %llu\n",
+			 (unsigned long long)marks[m], hits[m], (unsigned long long)b->vaddr,
+			 (unsigned long long)b->insns);
+		qemu_plugin_outs(line);
+	}
 }
 
 static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -178,6 +210,13 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 
 	(void)id;
 	qemu_plugin_register_vcpu_tb_exec_inline(tb, PLUGIN_INLINE_ADD_U64, &insns, n);
+	if (n) {
+		struct block *b = block_for(qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, 0)));
+		if (b) {
+			b->vaddr = qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, 0));
+			qemu_plugin_register_vcpu_tb_exec_inline(tb, PLUGIN_INLINE_ADD_U64, &b->insns, n);
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
 		uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
