@@ -42,7 +42,9 @@
 # Cache layout, under ${HYPERPOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperpod}/kernel/:
 #   <key16>-<version>/vmlinux     the kernel (only ever appears complete: built aside, renamed in)
 #   <key16>-<version>/config      its final .config
-#   by-fragments/<key16>          symlink -> ../<key16>-<version> (the newest build of those fragments)
+#   by-fragments/<key16>          symlink -> ../<key16>-<version> (the newest build of those fragments
+#                                 from Debian's source: hyperbuild's default kernel; --source builds
+#                                 leave it alone)
 #   src/<version>/                the unpacked Debian source (default source only)
 #   src/<name>+p<h>/              that source (or a --source tree) with the patches applied
 #   build/<version>/              out-of-tree build directory, kept so that a fragment change only
@@ -136,7 +138,9 @@ fragments_key() {
 key16=$(fragments_key)
 
 # --- source and its version ------------------------------------------------------------------
+default_source=1
 if [ -n "$source_dir" ]; then
+	default_source=0
 	[ -f "$source_dir/Makefile" ] && [ -f "$source_dir/Kconfig" ] ||
 		die "not a kernel source tree: $source_dir"
 	source_dir=$(cd "$source_dir" && pwd)
@@ -388,8 +392,10 @@ cp "$vmlinux" "$stage/vmlinux"
 cp "$cfg" "$stage/config"
 rm -rf "$out_dir"
 mv -T "$stage" "$out_dir"
-mkdir -p "$kcache/by-fragments"
-ln -sfn "../$out_name" "$kcache/by-fragments/.$key16.tmp.$$"
-mv -fT "$kcache/by-fragments/.$key16.tmp.$$" "$kcache/by-fragments/$key16"
+if [ "$default_source" = 1 ]; then
+	mkdir -p "$kcache/by-fragments"
+	ln -sfn "../$out_name" "$kcache/by-fragments/.$key16.tmp.$$"
+	mv -fT "$kcache/by-fragments/.$key16.tmp.$$" "$kcache/by-fragments/$key16"
+fi
 say "cached $out_dir ($(stat -c %s "$out_dir/vmlinux") bytes)"
 echo "$out_dir/vmlinux"
