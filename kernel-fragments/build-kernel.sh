@@ -160,27 +160,38 @@ if [ "$check_only" = 0 ] && [ -f "$out_dir/vmlinux" ]; then
 	exit 0
 fi
 
-# Unpack the Debian source once, under a lock, into a temp dir renamed into place.
+# Runs function $2 once under the source cache's lock, unless file $1 exists (looked at again
+# under the lock: another run may have just made it).
+locked_once() {
+	[ ! -f "$1" ] || return 0
+	mkdir -p "$kcache/src"
+	exec 8>"$kcache/src/.lock"
+	flock 8
+	if [ ! -f "$1" ]; then "$2"; fi
+	flock -u 8
+	exec 8>&-
+}
+
+# The cache's name for a --source tree: its path's hash and its version.
+tree_name() {
+	printf 'tree-%s-%s' "$(printf '%s' "$1" | sha256sum | cut -c1-12)" "$version"
+}
+
+# Unpack the Debian source once, into a temp dir renamed into place.
+unpack_debian() {
+	say "unpacking $DEBIAN_TARBALL ($version)"
+	unpack=$(mktemp -d "$kcache/src/.unpack.XXXXXX")
+	tar -xJf "$DEBIAN_TARBALL" -C "$unpack"
+	top=$(find "$unpack" -mindepth 1 -maxdepth 1 -type d)
+	[ "$(printf '%s\n' "$top" | wc -l)" = 1 ] && [ -f "$top/Makefile" ] ||
+		die "unexpected layout in $DEBIAN_TARBALL"
+	rm -rf "$src_dir"
+	mv -T "$top" "$src_dir"
+	rm -rf "$unpack"
+}
 if [ -z "$source_dir" ]; then
 	src_dir="$kcache/src/$version"
-	if [ ! -f "$src_dir/Makefile" ]; then
-		mkdir -p "$kcache/src"
-		exec 8>"$kcache/src/.lock"
-		flock 8
-		if [ ! -f "$src_dir/Makefile" ]; then
-			say "unpacking $DEBIAN_TARBALL ($version)"
-			unpack=$(mktemp -d "$kcache/src/.unpack.XXXXXX")
-			tar -xJf "$DEBIAN_TARBALL" -C "$unpack"
-			top=$(find "$unpack" -mindepth 1 -maxdepth 1 -type d)
-			[ "$(printf '%s\n' "$top" | wc -l)" = 1 ] && [ -f "$top/Makefile" ] ||
-				die "unexpected layout in $DEBIAN_TARBALL"
-			rm -rf "$src_dir"
-			mv -T "$top" "$src_dir"
-			rm -rf "$unpack"
-		fi
-		flock -u 8
-		exec 8>&-
-	fi
+	locked_once "$src_dir/Makefile" unpack_debian
 	source_dir=$src_dir
 fi
 
@@ -191,34 +202,28 @@ mapfile -t patch_files < <(
 	cd "$fragments_dir"
 	[ ! -d patches ] || find patches -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort
 )
+apply_patches() {
+	say "applying ${#patch_files[@]} patch(es) to a copy of $source_dir"
+	copy=$(mktemp -d "$kcache/src/.patch.XXXXXX")
+	cp -al "$source_dir/." "$copy/"
+	for p in "${patch_files[@]}"; do
+		patch -d "$copy" -p1 --batch --forward --quiet --no-backup-if-mismatch \
+			-i "$fragments_dir/$p" >&2 ||
+			{ rm -rf "$copy"; die "$p does not apply to the kernel source $version"; }
+	done
+	printf '%s\n' "${patch_files[@]}" >"$copy/.hyperpod-patched"
+	rm -rf "$patched_dir"
+	mv -T "$copy" "$patched_dir"
+}
 if [ "${#patch_files[@]}" -gt 0 ]; then
 	if [ "$source_dir" = "$kcache/src/$version" ]; then
 		base_name=$version
 	else
-		base_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
+		base_name=$(tree_name "$source_dir")
 	fi
 	patch_hash=$(cd "$fragments_dir" && cat -- "${patch_files[@]}" | sha256sum | cut -c1-12)
 	patched_dir="$kcache/src/$base_name+p$patch_hash"
-	if [ ! -f "$patched_dir/.hyperpod-patched" ]; then
-		mkdir -p "$kcache/src"
-		exec 8>"$kcache/src/.lock"
-		flock 8
-		if [ ! -f "$patched_dir/.hyperpod-patched" ]; then
-			say "applying ${#patch_files[@]} patch(es) to a copy of $source_dir"
-			copy=$(mktemp -d "$kcache/src/.patch.XXXXXX")
-			cp -al "$source_dir/." "$copy/"
-			for p in "${patch_files[@]}"; do
-				patch -d "$copy" -p1 --batch --forward --quiet --no-backup-if-mismatch \
-					-i "$fragments_dir/$p" >&2 ||
-					{ rm -rf "$copy"; die "$p does not apply to the kernel source $version"; }
-			done
-			printf '%s\n' "${patch_files[@]}" >"$copy/.hyperpod-patched"
-			rm -rf "$patched_dir"
-			mv -T "$copy" "$patched_dir"
-		fi
-		flock -u 8
-		exec 8>&-
-	fi
+	locked_once "$patched_dir/.hyperpod-patched" apply_patches
 	source_dir=$patched_dir
 fi
 
@@ -279,7 +284,7 @@ else
 	elif [ "$(dirname "$source_dir")" = "$kcache/src" ]; then
 		build_name=$(basename "$source_dir")
 	else
-		build_name="tree-$(printf '%s' "$source_dir" | sha256sum | cut -c1-12)-$version"
+		build_name=$(tree_name "$source_dir")
 	fi
 	if [ "$diagnostic" = 1 ]; then
 		default_build="$kcache/build/$build_name"

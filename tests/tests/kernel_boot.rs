@@ -166,9 +166,10 @@ fn kernel_boots_busybox_init_under_tcg() {
     );
 }
 
-/// Copies the fragments (the `*.conf` files of `common/` and `x86_64/`) into `dir`.
+/// Copies the fragments (the `*.conf` files of `common/` and `x86_64/`) and the source patches
+/// (`patches/`) into `dir`.
 fn copy_fragments(dir: &Path) {
-    for sub in ["common", "x86_64"] {
+    for sub in ["common", "x86_64", "patches"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
         for entry in std::fs::read_dir(fragments_dir().join(sub)).unwrap() {
             let path = entry.unwrap().path();
@@ -237,6 +238,26 @@ fn fragment_lint_rejects_conflicts_and_missing_reasons() {
     );
     assert!(
         log.contains("CONFIG_PRINTK_TIME: no \"# why: ...\" comment line above it"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_patch_that_does_not_apply_fails_the_build_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fragments(dir.path());
+    std::fs::write(
+        dir.path().join("patches/9999-stale.patch"),
+        "A patch written for another kernel.\n\n--- a/kernel/params.c\n+++ b/kernel/params.c\n\
+         @@ -1,3 +1,3 @@\n-no such line\n+a new line\n no such context\n nor this one\n",
+    )
+    .unwrap();
+    let (ok, log) = check_only(dir.path());
+    assert!(!ok, "a stale patch passed:\n{log}");
+    assert!(
+        log.contains(
+            "build-kernel.sh: patches/9999-stale.patch does not apply to the kernel source"
+        ),
         "{log}"
     );
 }
