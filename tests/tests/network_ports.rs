@@ -148,6 +148,10 @@ fn kvm_launches_end_their_passt_before_exiting() {
     // The KVM engine's main thread ends passt under its seccomp filter (pidfd): back to back
     // on one port, each launch finds it free and leaves no passt behind (this host's kvm_pvm
     // crawls through a Linux boot; a real KVM serves meanwhile).
+    // 1 GiB of guest memory keeps kvm_pvm crawling past the 2 s timeout and the 1 s grace: it
+    // stops the guest with an emulation failure at its first `xrstor` (fpu__init_system_xstate),
+    // which comes after the memory-sized part of the boot: ~2.0 s in at 128 MiB since the
+    // kernel's direct map got cheaper (patch 0003), 4.5 s at 512 MiB, 7.6 s at 1 GiB.
     // Ended by the timeout, or by SIGTERM / SIGINT forwarded while the guest runs (a short
     // --grace: this host's guest may never get to answer).
     let port = free_port();
@@ -158,7 +162,7 @@ fn kvm_launches_end_their_passt_before_exiting() {
         let running = Running::start(
             Command::new(probe::sibling_binary("hyperlaunch"))
                 .args(["--engine", "kvm", "--timeout", "2", "--grace", "1"])
-                .args(["-p", &format!("{port}:80")])
+                .args(["--memory", "1024", "-p", &format!("{port}:80")])
                 .arg(pod()),
         );
         let passt = wait_for_passt(running.child.id(), Duration::from_secs(10));
