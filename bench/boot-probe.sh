@@ -5,7 +5,7 @@
 # TSC-deadline timer. It runs as root (/proc/timer_list is mode 0400). Only the last line is
 # the command.
 # The kernel log's clock (local_clock) and CLOCK_MONOTONIC (the app's and init's readings) are
-# not the same clock: here the second ran ~0.38 ms behind. So after its first reading the probe
+# not the same clock: here the second ran ~0.43 ms behind. So after its first reading the probe
 # writes "bench-clock" to /dev/kmsg (a line on the log's clock) and reads CLOCK_MONOTONIC again;
 # bench/boot-table.awk puts CLOCK_MONOTONIC readings on the log's clock with the midpoint of the
 # two readings around that line (error: half their distance, ~0.1 ms).
