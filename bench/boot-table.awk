@@ -115,7 +115,7 @@ END {
 			c = (init_name[i] in init_cpu) ? ms(init_cpu[init_name[i]] / 1000) : ""
 			printf "  %-50s %s %s\n", init_name[i], ms(init_us[i] / 1000), c
 		}
-		if (init_exec > 0) printf "  %-50s %s\n", "spawn: fork, credentials, chdir, execve", ms((init_exec - init_sum) / 1000)
+		if (init_exec > 0) printf "  %-50s %s\n", "spawn: clone (vfork), credentials, chdir, execve", ms((init_exec - init_sum) / 1000)
 	}
 	if (init_exec > 0) printf "%-52s %s\n", "init entry -> app execve (init's part)", ms(init_exec / 1000)
 	if (app > 0 && exec_at > 0) {

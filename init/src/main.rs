@@ -40,12 +40,21 @@ fn run(t0: u64, cpu0: u64) -> Result<u8, InitError> {
     let plan = plan::plan(&spec, &overrides)?;
     steps.mark("spec");
 
-    // 3. Root: the image read-only under a writable overlay.
-    mounts::switch_to_image(
+    // 3. Root: the image read-only under a writable overlay; /etc's files go straight into a
+    // fresh upper layer, before the overlay exists.
+    let fresh_upper = mounts::mount_layers(
         opts.root.as_deref(),
         opts.upper.as_deref(),
         &plan.writable_size,
     )?;
+    let etc_written = fresh_upper
+        && guest::etc_files_in_upper(
+            mounts::UPPER,
+            mounts::LOWER,
+            &plan.hostname,
+            overrides.network.as_ref(),
+        )?;
+    mounts::overlay_and_switch()?;
     steps.mark("root");
 
     // 4. Guest setup.
@@ -56,7 +65,9 @@ fn run(t0: u64, cpu0: u64) -> Result<u8, InitError> {
         init::net::configure(n)?;
         steps.mark("net");
     }
-    guest::etc_files(&plan.hostname, overrides.network.as_ref())?;
+    if !etc_written {
+        guest::etc_files(&plan.hostname, overrides.network.as_ref())?;
+    }
     guest::raise_nofile()?;
     steps.mark("etc");
     let user = user::lookup(&plan.user)?;

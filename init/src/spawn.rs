@@ -1,4 +1,6 @@
-//! Starting the app: fork, then in the child its own session with its stdio
+//! Starting the app: a `vfork`-style child (`clone` with `CLONE_VM | CLONE_VFORK` on a stack of
+//! its own: no copy of init's page tables and no copy-on-write faults, as glibc's `posix_spawn`
+//! does), then in the child its own session with its stdio
 //! ([`crate::stdio::ChildStdio`]: pipes, a pseudo-terminal, or the console), the working
 //! directory (entered before the credentials change), the image user's credentials, and
 //! `execve` with a `PATH` lookup in the merged environment. A failure in the child comes back
@@ -6,7 +8,8 @@
 //! pipe, so init can give Docker's 126/127/125 with a message.
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::RawFd;
 
 use thiserror::Error;
 
@@ -71,7 +74,7 @@ pub enum SpawnError {
         step: &'static str,
         source: io::Error,
     },
-    #[error("fork")]
+    #[error("start the app's process")]
     Fork(#[source] io::Error),
 }
 
@@ -100,7 +103,7 @@ pub fn candidates(name: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
-/// Everything the child needs, prepared before `fork` so the child only makes system calls.
+/// Everything the child needs, prepared before it is started so that it only makes system calls.
 pub struct Launch {
     argv0: String,
     argv: Vec<CString>,
@@ -154,33 +157,62 @@ pub fn ensure_workdir(dir: &str) -> Result<(), SpawnError> {
     std::fs::create_dir_all(dir).map_err(|e| SpawnError::Workdir(dir.into(), e))
 }
 
-/// Forks and executes the app on `stdio`; returns its pid once `execve` succeeded.
+/// The child's own stack. It runs only system calls and a little formatting, like glibc's
+/// `posix_spawn` child (which gets 32 KiB plus the argument vector).
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child runs with, all prepared before it exists: it shares init's memory until it
+/// execs or exits, so it must not allocate or change anything init relies on.
+struct ChildArgs<'a> {
+    launch: &'a Launch,
+    stdio: &'a ChildStdio,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// The `Exec` mark's control line, formatted.
+    exec_mark: &'a [u8],
+    /// The report pipe's two ends.
+    rd: RawFd,
+    wr: RawFd,
+}
+
+/// Starts the app on `stdio`; returns its pid once `execve` succeeded.
 pub fn spawn(l: &Launch, stdio: &ChildStdio) -> Result<libc::pid_t, SpawnError> {
     let mut argv: Vec<*const libc::c_char> = l.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = l.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
+    let exec_mark = GuestLine::Mark(Mark::Exec).format();
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 returns.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(SpawnError::Fork)?;
     let (rd, wr) = (fds[0], fds[1]);
-    // SAFETY: init is single-threaded, so the child may run arbitrary code; it only makes
-    // system calls on data prepared above, then execs or exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: in the child; `rd` is the parent's end.
-        unsafe { libc::close(rd) };
-        let (stage, errno) = child(l, stdio, &argv, &envp);
-        let mut report = [0u8; 5];
-        report[0] = stage as u8;
-        report[1..].copy_from_slice(&errno.to_le_bytes());
-        // SAFETY: `report` is 5 readable bytes; _exit ends the child without running
-        // the parent's atexit handlers or destructors.
-        unsafe {
-            libc::write(wr, report.as_ptr().cast(), report.len());
-            libc::_exit(EXIT_SETUP as i32);
-        }
-    }
+    let args = ChildArgs {
+        launch: l,
+        stdio,
+        argv: &argv,
+        envp: &envp,
+        exec_mark: exec_mark.as_bytes(),
+        rd,
+        wr,
+    };
+    // Capacity only: the child touches the pages it uses, from the top down.
+    let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
+    // x86-64 wants the stack 16-byte aligned at a call.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    // SAFETY: `top` is the aligned end of CHILD_STACK bytes that outlive the child's use of
+    // them: with CLONE_VFORK this thread resumes only once the child has exec'd or exited, so
+    // `stack`, `args` and everything they point to stay alive and untouched meanwhile. The
+    // child shares this memory and only makes system calls on prepared data (see
+    // `child_main`). Init is single-threaded, so no lock can be held across the clone.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&args as *const ChildArgs<'_>).cast_mut().cast(),
+        )
+    };
+    drop(stack);
     // SAFETY: the parent does not use the write end.
     unsafe { libc::close(wr) };
     if pid < 0 {
@@ -225,6 +257,25 @@ pub fn spawn(l: &Launch, stdio: &ChildStdio) -> Result<libc::pid_t, SpawnError> 
     })
 }
 
+/// The child: sets itself up and execs, or reports the failed stage and errno on the pipe and
+/// exits.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `spawn` keeps alive until this child execs or exits.
+    let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    // SAFETY: closes this child's copy of the parent's end (the descriptor table is not shared).
+    unsafe { libc::close(a.rd) };
+    let (stage, errno) = child(a);
+    let mut report = [0u8; 5];
+    report[0] = stage as u8;
+    report[1..].copy_from_slice(&errno.to_le_bytes());
+    // SAFETY: `report` is 5 readable bytes; _exit ends the child without running init's atexit
+    // handlers or destructors.
+    unsafe {
+        libc::write(a.wr, report.as_ptr().cast(), report.len());
+        libc::_exit(EXIT_SETUP as i32)
+    }
+}
+
 fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
@@ -232,25 +283,22 @@ fn errno() -> i32 {
 }
 
 /// The child's side: returns only on failure, with the failed stage and errno.
-fn child(
-    l: &Launch,
-    stdio: &ChildStdio,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> (Stage, i32) {
+fn child(a: &ChildArgs<'_>) -> (Stage, i32) {
+    let (l, argv, envp) = (a.launch, a.argv, a.envp);
     // SAFETY: every call below is a plain system call on valid, prepared arguments; the
-    // signal mask and dispositions are reset so the app starts like any process.
+    // signal dispositions are reset, then the mask, so the app starts like any process (and no
+    // handler of init's could run on this shared memory in between).
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         for sig in 1..32 {
             libc::signal(sig, libc::SIG_DFL);
         }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         if libc::setsid() < 0 {
             return (Stage::Setsid, errno());
         }
-        match stdio {
+        match a.stdio {
             ChildStdio::Console => {
                 controlling_terminal();
                 if !l.tty {
@@ -294,13 +342,21 @@ fn child(
             return (Stage::Chdir, errno());
         }
     }
-    control::send(&GuestLine::Mark(Mark::Exec));
+    if let Some(fd) = control::fd() {
+        control::write_all(fd, a.exec_mark);
+    }
     if let Some(t0) = l.debug_t0 {
         // Also the absolute CLOCK_MONOTONIC reading: bench/boot.sh places the app's `execve` on
-        // the kernel's clock with it.
+        // the kernel's clock with it. Formatted on the stack: this child must not allocate.
         let now = crate::monotonic_us();
         let us = now.saturating_sub(t0);
-        control::say(&format!("init->exec {us} us, clock {now} us"));
+        let mut line = [0u8; 96];
+        let room = line.len();
+        let mut rest = &mut line[..];
+        if writeln!(rest, "hyperpod: init->exec {us} us, clock {now} us").is_ok() {
+            let len = room - rest.len();
+            control::write_all(2, &line[..len]);
+        }
     }
     let mut result = libc::ENOENT;
     for path in &l.candidates {
@@ -320,7 +376,7 @@ fn child(
 /// device (best effort: without a terminal the app still runs, on init's descriptors).
 ///
 /// # Safety
-/// Call only in the freshly forked child, after `setsid`.
+/// Call only in the app's child (`child`), after `setsid`.
 unsafe fn controlling_terminal() {
     for path in [c"/dev/console", c"/dev/ttyS0"] {
         // SAFETY: NUL-terminated path; plain system calls on the returned descriptor.
@@ -347,7 +403,7 @@ unsafe fn controlling_terminal() {
 /// `\n` -> `\r\n`, no echo), as `docker run` without `-t` (best effort).
 ///
 /// # Safety
-/// Call only in the freshly forked child.
+/// Call only in the app's child (`child`).
 unsafe fn raw_console() {
     // SAFETY: termios is plain data, filled by tcgetattr before use; fd 0 is the console.
     unsafe {
