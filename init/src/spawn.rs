@@ -346,14 +346,23 @@ fn child(a: &ChildArgs<'_>) -> (Stage, i32) {
         control::write_all(fd, a.exec_mark);
     }
     if let Some(t0) = l.debug_t0 {
-        // Also the absolute CLOCK_MONOTONIC reading: bench/boot.sh places the app's `execve` on
-        // the kernel's clock with it. Formatted on the stack: this child must not allocate.
+        // Also the absolute CLOCK_MONOTONIC reading, which bench/boot.sh places on the kernel
+        // log's clock, and the TSC: under QEMU's icount it counts guest time from power-on in
+        // nanoseconds, a clock that loses none of the early boot's ticks (docs/BENCHMARKS.md).
+        // Formatted on the stack: this child must not allocate.
         let now = crate::monotonic_us();
         let us = now.saturating_sub(t0);
-        let mut line = [0u8; 96];
+        // SAFETY: rdtsc reads the time-stamp counter; it has no memory effects.
+        let tsc = unsafe { std::arch::x86_64::_rdtsc() };
+        let mut line = [0u8; 128];
         let room = line.len();
         let mut rest = &mut line[..];
-        if writeln!(rest, "hyperpod: init->exec {us} us, clock {now} us").is_ok() {
+        if writeln!(
+            rest,
+            "hyperpod: init->exec {us} us, clock {now} us, tsc {tsc}"
+        )
+        .is_ok()
+        {
             let len = room - rest.len();
             control::write_all(2, &line[..len]);
         }

@@ -2,8 +2,9 @@
 //! by `hyperbuild` with the probe app of `bench/boot-probe.sh`, is booted under
 //! `-icount shift=0,sleep=on` (one guest instruction = 1 ns whatever the host's load; idle time,
 //! here only the waits for disk reads, passes in real time) with the pod's own kernel, initramfs, command line and rootfs window,
-//! and `bench/boot-table.awk` (the table of `bench/boot.sh`) computes the guest time from the
-//! kernel's clock zero to the app's first clock reading. More than 3x the goal (10 ms with 1 vCPU
+//! and `bench/boot-table.awk` (the table of `bench/boot.sh`) computes the guest time from
+//! power-on to the app's first clock reading, on the TSC that init reads at the app's `execve`
+//! (icount's own clock; the kernel's clock misses ~4.4 ms of the early boot's ticks). More than 3x the goal (10 ms with 1 vCPU
 //! and 128 MiB) fails: 30 ms. (With 2 vCPUs the secondary CPU's bring-up alone takes ~80 ms of
 //! icount time under QEMU's one-vCPU-at-a-time TCG; not guarded here, see docs/BENCHMARKS.md.)
 //!

@@ -132,10 +132,10 @@ fn exit_zero_with_marks_and_timing() {
         .lines()
         .find_map(|l| l.trim_end().strip_prefix("hyperpod: init->exec "))
         .and_then(|rest| rest.split_once(" us, clock "))
-        .filter(|(_, clock)| {
-            clock
-                .strip_suffix(" us")
-                .is_some_and(|c| c.parse::<u64>().is_ok())
+        .filter(|(_, rest)| {
+            rest.split_once(" us, tsc ").is_some_and(|(clock, tsc)| {
+                clock.parse::<u64>().is_ok() && tsc.parse::<u64>().is_ok()
+            })
         })
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no init->exec line:\n{}", boot.console));
